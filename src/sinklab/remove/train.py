@@ -1,0 +1,466 @@
+"""Pre-training study: train a small Llama-style decoder from scratch and watch whether an attention sink grows.
+
+Gu et al. 2024 ("When Attention Sink Emerges in Language Models") pre-trained 60M LLaMA models and saw the first-token
+sink appear after 1-2k steps; weight decay, the amount of data, a learnable key bias and unnormalised sigmoid
+attention changed it. StreamingLLM (Xiao et al. 2023) prepended a learnable sink token to every sample; gated
+attention (Qiu et al. 2025), softpick (Zuhri et al. 2025) and clipped softmax (Bondarenko et al. 2023) removed the
+sink together with the massive activations that break 8-bit quantization. ``train`` runs any of them:
+
+    model  = LlamaForCausalLM(LlamaConfig(preset)), random init, patched by sinklab.remove.patch(model, variant)
+    data   = non-overlapping windows of a token corpus (sinklab.data.train_corpus), prefix = [sink] [BOS] as asked
+    optim  = AdamW, linear warmup then cosine decay to min_lr_ratio * lr, gradient clipping, bf16 autocast on CUDA
+    every eval_every steps, on held-out text: validation loss; Sink_1^eps at T=64 and first-token mass through
+    sinklab's measurement engine; max |x| and kurtosis of the residual stream. At the end: perplexity in full
+    precision and after W8A8 fake quantization (sinklab.remove.quant).
+
+Multi-GPU: launch with ``torchrun --nproc_per_node N``; torch.distributed DDP does the rest (NCCL on CUDA, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sinklab.errors import SinklabInputError
+
+VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid", "gated")
+BOS_MODES = ("always", "never")
+METRIC_LEN = 64  # Gu et al. measure Sink_1 on sequences of T = 64 tokens
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Model shape and training recipe of one study scale."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    context: int
+    batch_size: int
+    lr: float
+    warmup: int
+    steps: int
+    eval_every: int
+    eval_batches: int
+    metric_seqs: int
+
+
+PRESETS: dict[str, Preset] = {
+    # CPU test scale: seconds on 2 cores (byte tokens, embedded pydoc corpus)
+    "tiny": Preset(64, 2, 4, 128, 64, 8, 3e-3, 5, 30, 10, 2, 8),
+    # GPU study scale: 8 x 512, SmolLM2's 49k vocabulary tied in and out (~50M parameters), context 256
+    "small": Preset(512, 8, 8, 1376, 256, 64, 2e-3, 100, 1000, 100, 8, 64),
+}
+
+
+@dataclass
+class TrainConfig:
+    """One pre-training run. ``None`` fields take the preset's value."""
+
+    variant: str = "softmax"
+    preset: str = "tiny"
+    steps: int | None = None
+    corpus: str | None = None  # a directory from scripts/build_train_corpus.py; None: the embedded byte corpus
+    variant_params: dict = field(default_factory=dict)  # extra parameters for sinklab.remove.patch
+    weight_decay: float = 0.1
+    sink_token: bool = False  # StreamingLLM: a dedicated learnable token at position 0 of every sequence
+    bos: Literal["always", "never"] = "always"
+    batch_size: int | None = None  # per process
+    context: int | None = None
+    lr: float | None = None
+    warmup: int | None = None
+    min_lr_ratio: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_every: int | None = None
+    eval_batches: int | None = None
+    metric_seqs: int | None = None
+    eps: float = 0.3
+    max_epochs: float = 1.0  # refuse runs that would pass over the training tokens more often than this
+    quant_eval: bool = True
+    seed: int = 0
+    device: str | None = None  # default: cuda if available, else cpu
+    out: str | None = None  # write train.json and plots here
+
+    def resolved(self) -> TrainConfig:
+        """Validate and fill every ``None`` from the preset."""
+        if self.preset not in PRESETS:
+            raise SinklabInputError(f"unknown preset {self.preset!r}; accepted: {', '.join(PRESETS)}")
+        if self.variant not in VARIANTS:
+            raise SinklabInputError(f"unknown variant {self.variant!r}; accepted: {', '.join(VARIANTS)}")
+        if self.bos not in BOS_MODES:
+            raise SinklabInputError(f"unknown --bos {self.bos!r}; accepted: {', '.join(BOS_MODES)}")
+        preset = PRESETS[self.preset]
+        filled = replace(
+            self, **{k: getattr(preset, k) for k in asdict(self) if getattr(self, k) is None and hasattr(preset, k)}
+        )
+        for name in ("steps", "batch_size", "context", "warmup", "eval_every", "eval_batches", "metric_seqs"):
+            value = getattr(filled, name)
+            if value < (0 if name == "warmup" else 1):
+                raise SinklabInputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if filled.context < METRIC_LEN:
+            raise SinklabInputError(f"context must be at least {METRIC_LEN} (Sink_1 is measured at T=64)")
+        if filled.weight_decay < 0 or filled.lr <= 0:
+            raise SinklabInputError("learning rate must be > 0 and weight decay >= 0")
+        return filled
+
+    @property
+    def name(self) -> str:
+        parts = [self.variant, f"wd{self.weight_decay:g}", f"bos-{self.bos}"]
+        return "-".join([*parts, "sinktoken"] if self.sink_token else parts)
+
+
+@dataclass
+class TrainResult:
+    """What a run measured: ``history`` (one row per evaluation), ``final`` (last evaluation + W8A8), the model."""
+
+    config: TrainConfig
+    history: list[dict]
+    final: dict
+    params: int
+    tokens_per_second: float
+    model: nn.Module = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "name": self.config.name,
+            "params": self.params,
+            "tokens_per_second": self.tokens_per_second,
+            "history": self.history,
+            "final": self.final,
+        }
+
+
+# -- model ---------------------------------------------------------------------------------------------------------
+def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
+    """A randomly initialised Llama decoder of the preset's shape, patched to ``config.variant``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    p = PRESETS[config.preset]
+    torch.manual_seed(config.seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=p.hidden,
+            intermediate_size=p.intermediate,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            num_key_value_heads=p.heads,
+            max_position_embeddings=max(config.context, 2 * METRIC_LEN),
+            tie_word_embeddings=True,
+            attn_implementation="sdpa",
+        )
+    )
+    _patch(model, config)
+    return model
+
+
+def _patch(model: nn.Module, config: TrainConfig) -> None:
+    """Turn the model into its attention variant with the same call users make."""
+    if config.variant == "softmax" and not config.variant_params:
+        return
+    from sinklab.remove import patch
+
+    patch(model, config.variant, **config.variant_params)
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Batches:
+    """Non-overlapping windows of ``body`` tokens, shuffled once per epoch, each behind the same ``prefix``."""
+
+    tokens: np.ndarray  # [N] token ids
+    body: int
+    prefix: list[int]
+    seed: int
+    _epochs: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def windows(self) -> int:
+        return len(self.tokens) // self.body
+
+    def take(self, indices: np.ndarray) -> torch.Tensor:
+        rows = np.stack([self.tokens[i * self.body : (i + 1) * self.body] for i in indices]).astype(np.int64)
+        prefix = np.broadcast_to(np.asarray(self.prefix, dtype=np.int64), (len(indices), len(self.prefix)))
+        return torch.from_numpy(np.concatenate([prefix, rows], axis=1))  # [B, len(prefix) + body]
+
+    def order(self, position: int) -> int:
+        """The window index at ``position`` of the endless stream (a fresh permutation each epoch)."""
+        epoch, offset = divmod(position, self.windows)
+        if epoch not in self._epochs:
+            self._epochs = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.windows)}
+        return int(self._epochs[epoch][offset])
+
+    def step(self, step: int, batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+        start = (step * world + rank) * batch
+        return self.take(np.asarray([self.order(start + i) for i in range(batch)]))
+
+
+def _load_data(config: TrainConfig):
+    from sinklab.data.train_corpus import embedded_byte_corpus, load_corpus
+
+    return embedded_byte_corpus() if config.corpus is None else load_corpus(config.corpus)
+
+
+def _prefix(config: TrainConfig, corpus, vocab_size: int) -> list[int]:
+    prefix = [vocab_size - 1] if config.sink_token else []  # the sink token is the one id past the corpus vocab
+    if config.bos == "always":
+        if corpus.bos_token_id is None:
+            raise SinklabInputError("--bos always needs a corpus whose tokenizer has a BOS token; use --bos never")
+        prefix.append(corpus.bos_token_id)
+    return prefix
+
+
+def _targets(ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    """Next-token targets [B, T-1]; the prefix and the first text token are never predicted, so every variant is
+    scored on exactly the same tokens with the same context."""
+    targets = ids[:, 1:].clone()
+    targets[:, :prefix_len] = -100
+    return targets
+
+
+def _loss(model: nn.Module, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
+    logits = model(input_ids=ids).logits  # [B, T, V]
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), _targets(ids, prefix_len).flatten())
+
+
+# -- metrics -------------------------------------------------------------------------------------------------------
+def _attention_metrics(model: nn.Module, tokenizer, sequences: list[list[int]], eps: float) -> dict:
+    """Sink_1^eps and first-token mass [L][H] at T=64: sinklab's measurement engine is their definition."""
+    from sinklab.measure import scan
+
+    result = scan(model, tokenizer, sequences, eps=eps, batch_size=len(sequences), keep_pattern=0, progress=False)
+    return {"sink_rate": float(result.sink_rate), "first_token_mass": np.asarray(result.first_token_mass).tolist()}
+
+
+def _residual_metrics(model: nn.Module, ids: torch.Tensor) -> dict:
+    """Max |x| and kurtosis E[(x-mu)^4] / sigma^4 of each layer's residual-stream output (all tokens and dims),
+    maximised over layers, as Bondarenko et al. 2023 report them."""
+    found: list[torch.Tensor] = []
+    handles = [
+        layer.register_forward_hook(lambda m, a, out: found.append(out[0] if isinstance(out, tuple) else out))
+        for layer in model.model.layers
+    ]
+    try:
+        model(input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    max_abs, kurtosis = [], []
+    for hidden in found:  # [B, T, d]
+        x = hidden.detach().double().flatten()
+        centred = x - x.mean()
+        max_abs.append(x.abs().max().item())
+        kurtosis.append((centred.pow(4).mean() / centred.pow(2).mean().pow(2)).item())
+    return {"max_activation": max(max_abs), "kurtosis": max(kurtosis), "max_activation_by_layer": max_abs}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config: TrainConfig) -> dict:
+    """Validation loss at the training context; sink and residual metrics on ``metric_seqs`` sequences of T=64."""
+    model.eval()
+    device = next(model.parameters()).device
+    losses = []
+    for i in range(config.eval_batches):
+        ids = val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % val.windows).to(device)
+        with _autocast(device):
+            losses.append(_loss(model, ids, len(val.prefix)).item())
+    ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
+    row = {"val_loss": float(np.mean(losses))}
+    row.update(_attention_metrics(model, tokenizer, ids.tolist(), config.eps))
+    row["first_token_mass_mean"] = float(np.mean(row["first_token_mass"]))
+    with _autocast(device):
+        row.update(_residual_metrics(model, ids.to(device)))
+    model.train()
+    return row
+
+
+@torch.no_grad()
+def quantized_perplexity(model: nn.Module, val: Batches, config: TrainConfig) -> dict:
+    """Validation perplexity in full precision and under W8A8 fake quantization (per-tensor and per-token)."""
+    from sinklab.remove.quant import W8A8
+
+    device = next(model.parameters()).device
+    model.eval()
+
+    def loss() -> float:
+        total = 0.0
+        for i in range(config.eval_batches):
+            ids = val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % val.windows)
+            total += _loss(model, ids.to(device), len(val.prefix)).item()  # fp32: only the rounding differs
+        return total / config.eval_batches
+
+    out = {"ppl_fp32": math.exp(loss())}
+    for granularity in ("tensor", "token"):
+        with W8A8(model, activations=granularity):
+            out[f"ppl_w8a8_{granularity}"] = math.exp(loss())
+    model.train()
+    return out
+
+
+# -- training ------------------------------------------------------------------------------------------------------
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _lr(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
+    """AdamW; weight decay on the matrices of linear and embedding layers only (not norms, sink logits, biases)."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear | nn.Embedding)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) in decay], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one configuration; on rank 0, write ``config.out/train.json`` and plots when ``out`` is set."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    config = config.resolved()
+    rank, world, local_rank = _distributed()
+    if config.device is not None:
+        device = torch.device(config.device)
+    else:
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    corpus = _load_data(config)
+    tokenizer = corpus.load_tokenizer()
+    vocab_size = corpus.vocab_size + int(config.sink_token)
+    if config.sink_token:
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|sink|>"]})
+    prefix = _prefix(config, corpus, vocab_size)
+    body = config.context - len(prefix)
+    train_data = Batches(corpus.train, body, prefix, config.seed)
+    needed = config.steps * config.batch_size * world
+    if needed > train_data.windows * config.max_epochs:
+        raise SinklabInputError(
+            f"corpus too small: {config.steps} steps x {config.batch_size * world} sequences of {body} tokens need "
+            f"{needed * body:,} tokens, the corpus has {len(corpus.train):,} (max_epochs={config.max_epochs:g}); "
+            "give fewer --steps or a larger --corpus"
+        )
+    val = Batches(corpus.val, body, prefix, config.seed)
+    metric = Batches(corpus.val, METRIC_LEN - len(prefix), prefix, config.seed)
+    if val.windows < 1 or metric.windows < 1:
+        raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {config.context}")
+
+    model = build_model(config, vocab_size).to(device)
+    raw = model
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = _optimizer(raw, config, fused=device.type == "cuda")
+    params = sum(p.numel() for p in raw.parameters())
+    history: list[dict] = []
+    train_loss = float("nan")
+    started, train_time = time.perf_counter(), 0.0
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=rank != 0) as progress:
+        bar = progress.add_task(f"train {config.name}", total=config.steps, info="")
+        for step in range(config.steps + 1):
+            if step % config.eval_every == 0 or step == config.steps:
+                if rank == 0:
+                    row = {"step": step, "tokens": step * config.batch_size * world * body, "train_loss": train_loss}
+                    row.update(evaluate(raw, tokenizer, val, metric, config))
+                    history.append(row)
+                    progress.update(bar, info=f"val {row['val_loss']:.3f} sink {row['sink_rate']:.1%}")
+                if step == config.steps:
+                    break
+            tick = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, config)
+            ids = train_data.step(step, config.batch_size, rank, world).to(device)
+            with _autocast(device):
+                loss = _loss(model, ids, len(prefix))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
+            optimizer.step()
+            reported = loss.detach()
+            if world > 1:
+                torch.distributed.all_reduce(reported, op=torch.distributed.ReduceOp.AVG)
+            train_loss = reported.item()
+            train_time += time.perf_counter() - tick
+            progress.update(bar, advance=1)
+    final = dict(history[-1]) if rank == 0 else {}
+    if rank == 0 and config.quant_eval:
+        final.update(quantized_perplexity(raw, val, config))
+    tokens_per_second = config.steps * config.batch_size * world * config.context / max(train_time, 1e-9)
+    final["wall_seconds"] = time.perf_counter() - started
+    result = TrainResult(config, history, final, params, tokens_per_second, raw)
+    if rank == 0 and config.out is not None:
+        save(result, config.out)
+    if world > 1:
+        torch.distributed.barrier()
+    return result
+
+
+# -- output --------------------------------------------------------------------------------------------------------
+def plot_curves(runs: list[dict], path: str | Path) -> None:
+    """Validation loss, Sink_1, first-token mass and max |activation| against step, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("val_loss", "validation loss", False),
+        ("sink_rate", "Sink_1^0.3 (T=64)", False),
+        ("first_token_mass_mean", "first-token mass (mean over heads)", False),
+        ("max_activation", "max |residual activation|", True),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (key, title, log) in zip(axes, panels, strict=True):
+        for run in runs:
+            steps = [row["step"] for row in run["history"]]
+            ax.plot(steps, [row[key] for row in run["history"]], marker=".", label=run["name"])
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if log:
+            ax.set_yscale("log")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(result: TrainResult, out: str | Path) -> Path:
+    """Write ``train.json`` and ``curves.png`` into ``out`` all at once (a temp dir renamed at the end)."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    record = result.to_dict()
+    (tmp / "train.json").write_text(json.dumps(record, indent=1))
+    plot_curves([record], tmp / "curves.png")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    return out
