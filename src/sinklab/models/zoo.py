@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +151,24 @@ def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype |
     return model, tokenizer
 
 
+def _cache_converted(model, tokenizer, target: Path) -> None:
+    """Save the de-quantized model beside the others; a failure here only costs speed next time."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.hf_quantizer = None  # the weights are plain float tensors now
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not target.exists():
+            tmp.rename(target)
+    except (OSError, ValueError):
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None):
     cached = _cache_root() / "models" / spec.name
     if (cached / "config.json").exists():
@@ -158,14 +178,7 @@ def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None):
     directory, gguf_file = spec.locate()
     model, tokenizer = _from_directory(directory, gguf_file, dtype)
     if gguf_file is not None:  # keep a de-quantized copy: GGUF conversion is the slow part of loading
-        try:
-            tmp = cached.with_name(cached.name + ".tmp")
-            model.config.quantization_config = None
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            tmp.replace(cached)
-        except OSError:
-            pass  # a read-only cache only costs speed
+        _cache_converted(model, tokenizer, cached)
     return model, tokenizer
 
 

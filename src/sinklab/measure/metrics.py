@@ -1,0 +1,62 @@
+"""Sink metrics from attention statistics: the formulas of the literature, in one place.
+
+- First-token mass alpha_1^{l,h} and sink rate Sink_1^eps (Gu et al. 2024, "When Attention Sink Emerges in
+  Language Models"): alpha_k = mean attention key k receives over the queries that may attend it;
+  Sink_k^eps = mean over (l, h) of [alpha_k^{l,h} > eps].
+- Sink discovery: every key whose mean received mass exceeds a threshold in some head (non-initial sinks such as
+  delimiters, [SEP]); keys that few queries can see are skipped (their mean is noise).
+- Massive activations (Sun et al. 2024): |x| > 100 and about 1000x the median |x| of that hidden state.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sinklab.ops.colsum import AttentionStats
+
+MASSIVE_MIN_ABS = 100.0
+MASSIVE_MIN_RATIO = 1000.0
+
+
+def mean_received(stats: AttentionStats) -> torch.Tensor:
+    """[B, H, S] mean attention each key receives over the valid queries allowed to attend it (0 where none)."""
+    return stats.colsum / stats.count[:, None, :].clamp_min(1)
+
+
+def first_positions(key_padding: torch.Tensor | None, batch: int, device=None) -> torch.Tensor:
+    """[B] index of each sequence's first real token (left padding moves it)."""
+    if key_padding is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return key_padding.int().argmax(dim=1)
+
+
+def first_token_mass(stats: AttentionStats, first: torch.Tensor) -> torch.Tensor:
+    """[B, H] alpha_1: mean attention the first real token receives."""
+    mass = mean_received(stats)
+    return mass.gather(2, first.to(mass.device)[:, None, None].expand(-1, mass.shape[1], 1))[..., 0]
+
+
+def sink_rate(alpha: torch.Tensor, eps: float) -> float:
+    """Sink_1^eps: fraction of (layer, head) pairs whose alpha_1 (averaged over sequences) exceeds eps."""
+    return float((alpha > eps).double().mean())
+
+
+def mean_entropy(stats: AttentionStats) -> torch.Tensor:
+    """[B, H] mean attention entropy (nats) per valid query row."""
+    return stats.entropy / stats.rows[:, None].clamp_min(1)
+
+
+def eligible_keys(stats: AttentionStats, min_queries: int) -> torch.Tensor:
+    """[B, S] keys seen by at least ``min_queries`` valid queries: only those can be called sinks."""
+    return stats.count >= min_queries
+
+
+def massive_entries(
+    max_values: torch.Tensor,
+    medians: torch.Tensor,
+    min_abs: float = MASSIVE_MIN_ABS,
+    min_ratio: float = MASSIVE_MIN_RATIO,
+) -> torch.Tensor:
+    """Bool mask over candidate activations that are massive: |x| > min_abs and |x| / median >= min_ratio."""
+    mag = max_values.abs()
+    return (mag > min_abs) & (mag >= min_ratio * medians.clamp_min(1e-12))

@@ -1,0 +1,350 @@
+"""`sinklab.scan`: where a model's sinks are, how strong, and where its massive activations sit.
+
+Runs the model over token sequences inside one ``Observer`` and reduces each forward pass at once, so memory stays
+O(T) per layer whatever the length: per (layer, head) the first-token mass alpha_1 and the attention entropy; per
+key position the sink evidence (mean received mass above ``sink_threshold`` in some head); per layer the residual
+stream's largest activations.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sinklab.data import BosMode, read_texts, token_sequences
+from sinklab.errors import SinklabInputError
+from sinklab.measure import metrics
+from sinklab.measure.engine import Observer
+
+PATTERN_WINDOW = 64
+
+
+@dataclass
+class ScanResult:
+    """What ``scan`` measured. ``to_dict()`` gives metrics.json (DESIGN.md's keys plus extras); ``save(dir)`` writes
+    metrics.json, heads.csv, PNG plots and a self-contained report.html."""
+
+    model: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    tokens: int
+    num_sequences: int
+    sequence_length: int
+    eps: float
+    sink_threshold: float
+    first_token_mass: torch.Tensor  # [L, H] alpha_1 averaged over sequences
+    entropy: torch.Tensor  # [L, H] mean row entropy (nats)
+    top_other_mass: torch.Tensor  # [L, H] largest mean mass on a non-first key, averaged over sequences
+    sinks: list[dict]
+    massive_activations: list[dict]
+    layer_max_abs: torch.Tensor  # [L] largest |hidden| per layer (max over sequences)
+    layer_median_abs: torch.Tensor  # [L] median |hidden| per layer (mean over sequences)
+    dim_max: torch.Tensor  # [L, d] max |hidden| per hidden dim
+    layer_types: list[str]
+    pattern: torch.Tensor | None = None  # [L, H, w, w] attention maps of the first w tokens of sequence 0
+    pattern_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def sink_rate(self) -> float:
+        """Gu et al.'s Sink_1^eps."""
+        return metrics.sink_rate(self.first_token_mass, self.eps)
+
+    def strongest_head(self) -> tuple[int, int]:
+        """(layer, head) with the largest first-token mass."""
+        idx = int(self.first_token_mass.argmax())
+        return idx // self.num_heads, idx % self.num_heads
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "tokens": self.tokens,
+            "num_sequences": self.num_sequences,
+            "sequence_length": self.sequence_length,
+            "eps": self.eps,
+            "sink_rate": self.sink_rate,
+            "first_token_mass": _rounded(self.first_token_mass),
+            "sinks": self.sinks,
+            "massive_activations": self.massive_activations,
+            "entropy": _rounded(self.entropy),
+            "sink_threshold": self.sink_threshold,
+            "layer_types": self.layer_types,
+            "layer_max_abs": _rounded(self.layer_max_abs, 3),
+            "layer_median_abs": _rounded(self.layer_median_abs, 5),
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write metrics.json, heads.csv, plots and report.html into ``out_dir`` (all or nothing)."""
+        from sinklab.report import write_scan_report
+
+        return write_scan_report(self, Path(out_dir))
+
+
+def _rounded(t: torch.Tensor, digits: int = 6):
+    return torch.round(t.double(), decimals=digits).tolist()
+
+
+def _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[list[int]]:
+    if isinstance(texts_or_ids, torch.Tensor):
+        texts_or_ids = texts_or_ids.tolist() if texts_or_ids.dim() == 2 else [texts_or_ids.tolist()]
+    if texts_or_ids is None or isinstance(texts_or_ids, str | Path):
+        texts_or_ids = read_texts(None if texts_or_ids is None else [texts_or_ids])
+    items = list(texts_or_ids)
+    if not items:
+        raise SinklabInputError("no texts given; pass strings, token id lists, or None for the embedded corpus")
+    if all(isinstance(x, str) for x in items):
+        return token_sequences(tokenizer, items, max_tokens, num_texts, bos)
+    if all(isinstance(x, Sequence) and all(isinstance(t, int) for t in x) for x in items):
+        seqs = [list(x) for x in items if len(x) > 0][:num_texts]
+        if not seqs:
+            raise SinklabInputError("all token sequences are empty")
+        return seqs
+    raise SinklabInputError("texts_or_ids must be strings or lists of token ids, not a mix")
+
+
+def _check_length(model, length: int, allow_beyond_positions: bool) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and length > limit and not allow_beyond_positions:
+        raise SinklabInputError(
+            f"sequences of {length} tokens exceed the model's {limit} positions; use --max-tokens <= {limit}"
+        )
+
+
+def _batches(seqs: list[list[int]], batch_size: int, pad_id: int, left_pad: bool):
+    for start in range(0, len(seqs), batch_size):
+        group = seqs[start : start + batch_size]
+        width = max(map(len, group))
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, seq in enumerate(group):
+            sl = slice(width - len(seq), width) if left_pad else slice(0, len(seq))
+            ids[row, sl] = torch.tensor(seq)
+            mask[row, sl] = 1
+        yield start, ids, mask
+
+
+class _Accumulator:
+    """Reduces each forward pass at once (nothing T x T, nothing per key kept beyond the pass)."""
+
+    def __init__(
+        self, num_layers: int, num_heads: int, hidden: int, eps: float, sink_threshold: float, min_queries: int
+    ):
+        self.L, self.H = num_layers, num_heads
+        self.eps, self.sink_threshold, self.min_queries = eps, sink_threshold, min_queries
+        self.alpha = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.entropy = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.other = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.sequences = 0
+        self.tokens = 0
+        self.layer_max = torch.zeros(num_layers, dtype=torch.float64)
+        self.layer_median = torch.zeros(num_layers, dtype=torch.float64)
+        self.dim_max = torch.zeros(num_layers, hidden, dtype=torch.float64)
+        self.sinks: dict[tuple[int, int], dict] = {}
+        self.massive: dict[tuple[int, int, int, int], dict] = {}
+
+    def add(self, obs: Observer, ids: torch.Tensor, mask: torch.Tensor, decode) -> None:
+        B = ids.shape[0]
+        padding = mask.bool()
+        first = metrics.first_positions(padding, B)
+        self.sequences += B
+        self.tokens += int(mask.sum())
+        best = torch.zeros(B, ids.shape[1], dtype=torch.float64)
+        heads = torch.zeros(B, ids.shape[1], dtype=torch.long)
+        layers_hit: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for layer in range(self.L):
+            stats = obs.attention[layer]
+            self.alpha[layer] += metrics.first_token_mass(stats, first).double().cpu().sum(0)
+            self.entropy[layer] += metrics.mean_entropy(stats).double().cpu().sum(0)
+            mass = metrics.mean_received(stats).double().cpu()  # [B, H, S]
+            eligible = metrics.eligible_keys(stats, self.min_queries).cpu()  # [B, S]
+            mass = mass.masked_fill(~eligible[:, None, :], 0.0)
+            other = mass.clone()
+            other[torch.arange(B), :, first] = 0.0
+            self.other[layer] += other.amax(dim=2).sum(0)
+            above = mass > self.sink_threshold  # [B, H, S]
+            heads += above.sum(1)
+            best = torch.maximum(best, mass.amax(1))
+            for b, pos in (above.any(1)).nonzero().tolist():
+                layers_hit[(b, pos)].append(layer)
+            self._add_residual(obs, layer, ids, first, decode)
+        for (b, pos), hit_layers in layers_hit.items():
+            rel = pos - int(first[b])
+            entry = self.sinks.setdefault(
+                (rel, int(ids[b, pos])),
+                {
+                    "position": rel,
+                    "token": decode(int(ids[b, pos])),
+                    "mass": 0.0,
+                    "heads": 0,
+                    "sequences": 0,
+                    "layers": set(),
+                },
+            )
+            entry["mass"] += float(best[b, pos])
+            entry["heads"] = max(entry["heads"], int(heads[b, pos]))
+            entry["sequences"] += 1
+            entry["layers"].update(hit_layers)
+
+    def _add_residual(self, obs: Observer, layer: int, ids, first, decode) -> None:
+        res = obs.residual.get(layer)
+        if res is None:
+            return
+        self.layer_max[layer] = max(float(self.layer_max[layer]), float(res.max_abs.max()))
+        self.layer_median[layer] += float(res.median_abs.double().sum())
+        self.dim_max[layer] = torch.maximum(self.dim_max[layer], res.dim_max.double().amax(0).cpu())
+        massive = metrics.massive_entries(res.top_value, res.median_abs[:, None])
+        for b, k in massive.nonzero().tolist():
+            pos, dim = int(res.top_pos[b, k]), int(res.top_dim[b, k])
+            value, median = float(res.top_value[b, k]), float(res.median_abs[b])
+            rel = pos - int(first[b])
+            entry = self.massive.setdefault(
+                (layer, rel, int(ids[b, pos]), dim),
+                {
+                    "layer": layer,
+                    "position": rel,
+                    "token": decode(int(ids[b, pos])),
+                    "dim": dim,
+                    "value": 0.0,
+                    "ratio_to_median": 0.0,
+                    "sequences": 0,
+                },
+            )
+            entry["value"] += value
+            entry["ratio_to_median"] += abs(value) / max(median, 1e-12)
+            entry["sequences"] += 1
+
+    def sink_list(self) -> list[dict]:
+        out = []
+        for entry in self.sinks.values():
+            n = entry["sequences"]
+            out.append({**entry, "mass": round(entry["mass"] / n, 6), "layers": sorted(entry["layers"])})
+        return sorted(out, key=lambda e: (-e["heads"], -e["mass"]))
+
+    def massive_list(self) -> list[dict]:
+        out = []
+        for entry in self.massive.values():
+            n = entry["sequences"]
+            out.append(
+                {
+                    **entry,
+                    "value": round(entry["value"] / n, 3),
+                    "ratio_to_median": round(entry["ratio_to_median"] / n, 1),
+                }
+            )
+        return sorted(out, key=lambda e: -abs(e["value"]))
+
+
+def _forward_kwargs(base_model) -> dict:
+    params = inspect.signature(base_model.forward).parameters
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
+@torch.no_grad()
+def scan(
+    model,
+    tokenizer,
+    texts_or_ids=None,
+    eps: float = 0.3,
+    *,
+    max_tokens: int = 512,
+    num_texts: int | None = 4,
+    bos: BosMode = "auto",
+    batch_size: int = 1,
+    sink_threshold: float | None = None,
+    min_queries: int | None = None,
+    keep_pattern: int = PATTERN_WINDOW,
+    model_name: str | None = None,
+    allow_beyond_positions: bool = False,
+    progress: bool = True,
+) -> ScanResult:
+    """Measure attention sinks and massive activations of ``model`` on texts or token ids.
+
+    ``texts_or_ids``: strings (split by DESIGN.md's rule into ``max_tokens``-token sequences, at most
+    ``num_texts``), token-id lists, a [N, T] tensor, or None for the embedded corpus. ``eps`` is Gu et al.'s
+    threshold for Sink_1^eps; ``sink_threshold`` (default eps) is the mean received mass that makes any key a sink,
+    counted only where at least ``min_queries`` (default min(32, T/4)) queries can see it.
+    """
+    if not 0.0 < eps < 1.0:
+        raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
+    if batch_size < 1:
+        raise SinklabInputError(f"batch size must be >= 1, got {batch_size}")
+    seqs = _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    longest = max(map(len, seqs))
+    _check_length(model, longest, allow_beyond_positions)
+    config = model.config
+    num_layers = config.num_hidden_layers
+    num_heads = config.num_attention_heads
+    hidden = config.hidden_size
+    sink_threshold = eps if sink_threshold is None else sink_threshold
+    min_queries = min_queries or max(1, min(32, longest // 4))
+    acc = _Accumulator(num_layers, num_heads, hidden, eps, sink_threshold, min_queries)
+    device = next(model.parameters()).device
+    base = model.base_model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    causal = getattr(config, "is_decoder", False) or "ForCausalLM" in type(model).__name__
+    decode = _decoder(tokenizer)
+    pattern = None
+    num_batches = math.ceil(len(seqs) / batch_size)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"scan {model_name or type(model).__name__}", total=num_batches * num_layers)
+        advance = [lambda hidden, ctx: bar.advance(task)]
+        hooks = {f"layers.{i}.resid_post": advance for i in range(num_layers)}
+        with Observer(model, keep_pattern=keep_pattern, hooks=hooks) as obs:
+            for start, ids, mask in _batches(seqs, batch_size, pad_id, left_pad=causal):
+                obs.clear()
+                obs.keep_pattern = keep_pattern if start == 0 else 0
+                kwargs = _forward_kwargs(base)
+                if causal:  # left padding must not shift the real tokens' positions
+                    kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp_min(0).to(device)
+                base(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+                acc.add(obs, ids, mask, decode)
+                if start == 0 and keep_pattern:
+                    pattern = torch.stack(
+                        [obs.attention[layer].pattern[0].float().cpu() for layer in range(num_layers)]
+                    )
+    n = acc.sequences
+    first_ids = seqs[0][: pattern.shape[-1]] if pattern is not None else []
+    return ScanResult(
+        model=model_name or getattr(config, "_name_or_path", "") or type(model).__name__,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", num_heads),
+        tokens=acc.tokens,
+        num_sequences=n,
+        sequence_length=longest,
+        eps=eps,
+        sink_threshold=sink_threshold,
+        first_token_mass=acc.alpha / n,
+        entropy=acc.entropy / n,
+        top_other_mass=acc.other / n,
+        sinks=acc.sink_list(),
+        massive_activations=acc.massive_list(),
+        layer_max_abs=acc.layer_max,
+        layer_median_abs=acc.layer_median / n,
+        dim_max=acc.dim_max,
+        layer_types=list(getattr(config, "layer_types", None) or ["full_attention"] * num_layers),
+        pattern=pattern,
+        pattern_tokens=[decode(t) for t in first_ids],
+    )
+
+
+def _decoder(tokenizer):
+    cache: dict[int, str] = {}
+
+    def decode(token_id: int) -> str:
+        if token_id not in cache:
+            cache[token_id] = tokenizer.decode([token_id])
+        return cache[token_id]
+
+    return decode

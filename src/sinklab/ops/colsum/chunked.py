@@ -1,0 +1,138 @@
+"""Attention statistics in query chunks: O(T) memory, never a T x T matrix. Twin of ``naive.py``.
+
+Each chunk of R queries builds only its [B, Hkv, G*R, S'] score block over the keys it can reach (S' <= S: causal
+and sliding-window rows skip keys they cannot see), takes an exact row softmax, and accumulates the column sums,
+counts and entropies. GQA is handled by folding the G query heads of one KV head into the row dimension, so keys
+and values are never repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from sinklab.ops.colsum.naive import allowed_mask, query_validity
+from sinklab.ops.colsum.types import AttentionStats
+
+DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks amortize Python overhead
+
+
+def chunk_rows(batch: int, heads: int, kv_len: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Rows per chunk so that one float32 [B, H, R, S] score block stays within ``block_bytes``."""
+    return max(16, block_bytes // max(1, batch * heads * kv_len * 4))
+
+
+def _key_range(r0: int, r1: int, q_len: int, kv_len: int, causal: bool, window: int | None) -> tuple[int, int]:
+    """Keys that queries r0..r1-1 can reach at all."""
+    offset = kv_len - q_len
+    hi = min(kv_len, r1 + offset) if causal else kv_len
+    lo = 0
+    if window is not None:
+        lo = max(0, r0 + offset - window + 1)
+        if not causal:
+            hi = min(kv_len, r1 + offset + window - 1)
+    return lo, hi
+
+
+def attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool = True,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+    keep_pattern: int = 0,
+    rows_per_chunk: int | None = None,
+    on_chunk: Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], None] | None = None,
+) -> tuple[torch.Tensor, AttentionStats]:
+    """Same contract as ``naive.attention_stats``: ``(out [B, H, T, D], AttentionStats)``, in query chunks.
+
+    ``on_chunk(probs, rows, keys)`` sees each [B, H, R, K] probability block (padded query rows zeroed).
+    """
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    R = rows_per_chunk or chunk_rows(B, H, S)
+    valid = query_validity(T, S, key_padding, B, q.device)  # [B, T]
+    out = torch.empty_like(q)
+    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    colsum = torch.zeros(B, H, S, dtype=compute_dtype, device=q.device)
+    count = torch.zeros(B, S, dtype=torch.long, device=q.device)
+    entropy = torch.zeros(B, H, dtype=compute_dtype, device=q.device)
+    pattern = None
+    qg = q.view(B, Hkv, G, T, D)
+    for r0 in range(0, T, R):
+        r1 = min(T, r0 + R)
+        lo, hi = _key_range(r0, r1, T, S, causal, window)
+        allowed = allowed_mask(
+            T, S, causal=causal, window=window, key_padding=key_padding, rows=(r0, r1), keys=(lo, hi), device=q.device
+        )  # [B or 1, 1, R, K]
+        rows = r1 - r0
+        q_blk = qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D)
+        scores = (q_blk @ k[:, :, lo:hi].transpose(-1, -2)).to(compute_dtype).view(B, H, rows, hi - lo)
+        scores.mul_(scale).masked_fill_(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        row_has_key = allowed.any(-1, keepdim=True)  # [B or 1, 1, R, 1]
+        if not bool(row_has_key.all()):
+            probs = probs.masked_fill(~row_has_key, 0.0)
+        v_blk = v[:, :, lo:hi].to(compute_dtype)
+        o_blk = probs.view(B, Hkv, G * rows, hi - lo) @ v_blk
+        out[:, :, r0:r1] = o_blk.view(B, H, rows, D).to(q.dtype)
+        if keep_pattern and r0 < keep_pattern:
+            if pattern is None:
+                pattern = torch.zeros(
+                    B, H, min(keep_pattern, T), min(keep_pattern, S), dtype=compute_dtype, device=q.device
+                )
+            w = min(keep_pattern, S)
+            take = min(r1, pattern.shape[2]) - r0
+            seg = torch.zeros(B, H, take, w, dtype=compute_dtype, device=q.device)
+            k_hi = min(hi, w)
+            if k_hi > lo:
+                seg[..., lo:k_hi] = probs[:, :, :take, : k_hi - lo]
+            pattern[:, :, r0 : r0 + take] = seg
+        row_ok = valid[:, None, r0:r1, None]  # [B, 1, R, 1]
+        if not bool(row_ok.all()):
+            probs = probs * row_ok
+        if on_chunk is not None:
+            on_chunk(probs, (r0, r1), (lo, hi))
+        colsum[:, :, lo:hi] += probs.sum(dim=2)
+        entropy -= torch.special.xlogy(probs, probs).sum(dim=(-1, -2))
+        count[:, lo:hi] += (allowed & row_ok).sum(dim=(1, 2))
+    return out, AttentionStats(colsum=colsum, count=count, entropy=entropy, rows=valid.sum(-1), pattern=pattern)
+
+
+def colsum(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool = True,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+    rows_per_chunk: int | None = None,
+) -> torch.Tensor:
+    """Same contract as ``naive.colsum``: mass each key receives given each row's logsumexp, in query chunks."""
+    B, H, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = H // Hkv
+    R = rows_per_chunk or chunk_rows(B, H, S)
+    valid = query_validity(T, S, key_padding, B, q.device)
+    total = torch.zeros(B, H, S, dtype=lse.dtype, device=q.device)
+    qg = q.view(B, Hkv, G, T, D)
+    for r0 in range(0, T, R):
+        r1 = min(T, r0 + R)
+        lo, hi = _key_range(r0, r1, T, S, causal, window)
+        rows = r1 - r0
+        scores = (qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D) @ k[:, :, lo:hi].transpose(-1, -2)).to(lse.dtype)
+        scores = scores.view(B, H, rows, hi - lo) * scale
+        allowed = allowed_mask(
+            T, S, causal=causal, window=window, key_padding=key_padding, rows=(r0, r1), keys=(lo, hi), device=q.device
+        )
+        allowed = allowed & valid[:, None, r0:r1, None]
+        probs = torch.exp(scores - lse[:, :, r0:r1, None]).masked_fill(~allowed, 0.0)
+        total[:, :, lo:hi] += probs.sum(dim=2)
+    return total

@@ -1,0 +1,103 @@
+"""Self-contained HTML report (plots inlined as base64) and the files `sinklab scan` writes, all or nothing."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from sinklab.report.plots import all_plots
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _table(rows: list[dict], columns: list[str], limit: int = 20) -> str:
+    if not rows:
+        return "<p><em>none found</em></p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows[:limit]
+    )
+    more = f"<p>{len(rows) - limit} more in metrics.json</p>" if len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def heads_rows(result) -> list[dict]:
+    """One row per (layer, head): the content of heads.csv."""
+    group = result.num_heads // max(1, result.num_kv_heads)
+    rows = []
+    for layer in range(result.num_layers):
+        for head in range(result.num_heads):
+            alpha = float(result.first_token_mass[layer, head])
+            rows.append(
+                {
+                    "layer": layer,
+                    "head": head,
+                    "kv_head": head // group,
+                    "layer_type": result.layer_types[layer],
+                    "first_token_mass": round(alpha, 6),
+                    "is_sink": int(alpha > result.eps),
+                    "entropy": round(float(result.entropy[layer, head]), 6),
+                    "top_other_key_mass": round(float(result.top_other_mass[layer, head]), 6),
+                }
+            )
+    return rows
+
+
+def render_html(result, plots: list[Path]) -> str:
+    d = result.to_dict()
+    layer, head = result.strongest_head()
+    summary = [
+        ("model", d["model"]),
+        ("layers x heads", f"{d['num_layers']} x {d['num_heads']} ({d['num_kv_heads']} KV heads)"),
+        ("sequences x tokens", f"{d['num_sequences']} x {d['sequence_length']} ({d['tokens']} tokens)"),
+        (f"Sink_1^{d['eps']} (Gu et al.)", f"{d['sink_rate']:.2%}"),
+        ("strongest sink head", f"layer {layer}, head {head} (alpha_1 = {result.first_token_mass[layer, head]:.3f})"),
+        ("sinks found", str(len(d["sinks"]))),
+        ("massive activations", str(len(d["massive_activations"]))),
+        ("largest |hidden|", f"{float(result.layer_max_abs.max()):.1f}"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
+    figures = "".join(f"<figure>{_img(p)}</figure>" for p in plots)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>sinklab scan: {html.escape(d["model"])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
+img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
+<h1>sinklab scan</h1><table>{rows}</table>
+<h2>Plots</h2>{figures}
+<h2>Sinks (keys whose mean received mass exceeds {d["sink_threshold"]} in some head)</h2>
+{_table(d["sinks"], ["position", "token", "mass", "heads", "sequences", "layers"])}
+<h2>Massive activations (|x| &gt; 100 and &ge; 1000x the median, Sun et al. 2024)</h2>
+{_table(d["massive_activations"], ["layer", "position", "token", "dim", "value", "ratio_to_median", "sequences"])}
+<p>Definitions: alpha_1 is the mean attention the first token receives over the queries that may attend it
+(Gu et al. 2024); Sink_1^eps is the share of heads with alpha_1 &gt; eps. Full per-head numbers: heads.csv.</p>
+</body></html>"""
+
+
+def write_scan_report(result, out_dir: Path) -> Path:
+    """Write metrics.json, heads.csv, PNG plots and report.html into ``out_dir``: into a temporary directory first,
+    moved into place only when everything succeeded, so a failure leaves no half-written report."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
+        rows = heads_rows(result)
+        with open(tmp / "heads.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        plots = all_plots(result, tmp)
+        (tmp / "report.html").write_text(render_html(result, plots))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for file in tmp.iterdir():
+            file.replace(out_dir / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
