@@ -1,0 +1,1 @@
+"""clipped attention: naive.py (the definition) and chunked.py (CPU fast path)."""

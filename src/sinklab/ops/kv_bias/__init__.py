@@ -1,0 +1,1 @@
+"""kv_bias attention: naive.py (the definition) and chunked.py (CPU fast path)."""

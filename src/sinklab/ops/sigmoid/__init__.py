@@ -1,0 +1,1 @@
+"""sigmoid attention: naive.py (the definition) and chunked.py (CPU fast path)."""

@@ -1,0 +1,1 @@
+"""softmax1 attention: naive.py (the definition) and chunked.py (CPU fast path)."""
