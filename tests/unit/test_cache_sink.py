@@ -1,0 +1,130 @@
+"""SinkCache: equal to the dense cache while the stream fits, equal to the naive pattern reference beyond it."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from sinklab.errors import SinklabInputError
+from sinklab.exploit.cache import SinkCache
+from sinklab.exploit.cache.naive import stream_reference_logits, visible_keys
+from sinklab.models import load
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert not torch.isnan(a).any()
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module", params=["tiny-llama", "tiny-gemma3"])
+def model(request):
+    return load(request.param)[0]
+
+
+def decode(model, ids, cache, chunks=None, own_positions=True):
+    chunks = chunks or [1] * ids.shape[1]
+    out, t = [], 0
+    with torch.no_grad():
+        for c in chunks:
+            kw = {"position_ids": cache.position_ids(c, ids.shape[0])} if own_positions else {}
+            out.append(model(input_ids=ids[:, t : t + c], cache=cache, use_cache=True, **kw).logits)
+            t += c
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("positions", ["cache", "absolute"])
+def test_equals_dense_cache_while_it_fits(model, positions):
+    ids = torch.randint(7, 200, (2, 13), generator=torch.Generator().manual_seed(1))
+    got = decode(model, ids, SinkCache(3, 10, positions, model=model), own_positions=False)
+    want = decode(model, ids, DynamicCache(config=model.config), own_positions=False)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("positions", ["cache", "absolute"])
+@pytest.mark.parametrize("own_positions", [True, False])
+def test_matches_reference_beyond_window(model, positions, own_positions):
+    ids = torch.randint(7, 200, (2, 40), generator=torch.Generator().manual_seed(2))
+    cache = SinkCache(3, 10, positions, model=model)
+    got = decode(model, ids, cache, own_positions=own_positions)
+    want = stream_reference_logits(model, ids, 3, 10, positions)
+    assert rel(got, want) <= 1e-5
+    assert cache.cache_size() == 13
+    dense = model(input_ids=ids).logits
+    assert rel(got[:, 20:], dense[:, 20:]) > 1e-3  # the eviction really changes the result
+
+
+def test_positions_stay_bounded_with_rebase(model):
+    ids = torch.randint(7, 200, (1, 60), generator=torch.Generator().manual_seed(3))
+    cache = SinkCache(2, 6, "cache", model=model)
+    got = decode(model, ids, cache)
+    assert cache._next_position <= cache.max_position == 14
+    assert rel(got, stream_reference_logits(model, ids, 2, 6, "cache")) <= 1e-5
+
+
+def test_cache_and_absolute_differ(model):
+    ids = torch.randint(7, 200, (1, 30), generator=torch.Generator().manual_seed(4))
+    a = decode(model, ids, SinkCache(3, 8, "cache", model=model))
+    b = decode(model, ids, SinkCache(3, 8, "absolute", model=model))
+    assert torch.equal(a[:, :11], b[:, :11])
+    assert rel(a[:, 12:], b[:, 12:]) > 1e-4
+
+
+@pytest.mark.parametrize("positions", ["cache", "absolute"])
+def test_chunks_match_reference(model, positions):
+    chunks = [5, 1, 4, 1, 1, 12, 3, 1, 1, 20, 1]
+    ids = torch.randint(7, 200, (1, sum(chunks)), generator=torch.Generator().manual_seed(5))
+    got = decode(model, ids, SinkCache(3, 8, positions, model=model), chunks)
+    assert rel(got, stream_reference_logits(model, ids, 3, 8, positions, chunks)) <= 1e-5
+
+
+def test_no_sinks_is_a_sliding_window(model):
+    ids = torch.randint(7, 200, (1, 25), generator=torch.Generator().manual_seed(6))
+    got = decode(model, ids, SinkCache(0, 7, "cache", model=model))
+    assert rel(got, stream_reference_logits(model, ids, 0, 7, "cache")) <= 1e-5
+
+
+def test_generate_matches_manual_greedy_loop(model):
+    prompt = torch.randint(7, 200, (2, 5), generator=torch.Generator().manual_seed(7))
+    out = model.generate(prompt, cache=SinkCache(2, 6, model=model), max_new_tokens=20, do_sample=False)
+    cache, ids = SinkCache(2, 6, model=model), prompt
+    with torch.no_grad():
+        logits = model(input_ids=prompt, cache=cache).logits
+        for _ in range(20):
+            nxt = logits[:, -1:].argmax(-1)
+            ids = torch.cat([ids, nxt], 1)
+            logits = model(input_ids=nxt, cache=cache).logits
+    assert torch.equal(out, ids)
+    assert cache.cache_size() == 8
+
+
+def test_memory_is_constant():
+    model = load("tiny-llama")[0]
+    cache = SinkCache(4, 16, model=model)
+    ids = torch.randint(7, 200, (1, 100))
+    decode(model, ids[:, :30], cache)
+    size = cache.nbytes()
+    decode(model, ids[:, 30:], cache)
+    assert cache.nbytes() == size and cache.cache_size() == 20
+
+
+def test_visible_keys_rule():
+    vis = visible_keys(8, 2, 3)
+    assert vis[4] == [0, 1, 2, 3, 4]
+    assert vis[7] == [0, 1, 5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("sinks", "window", "positions"), [(4, 4, "cache"), (-1, 8, "cache"), (2, 0, "cache"), (2, 8, "rope")]
+)
+def test_bad_sizes(sinks, window, positions):
+    model = load("tiny-llama")[0]
+    with pytest.raises(SinklabInputError):
+        SinkCache(sinks, window, positions, model=model)
+
+
+def test_cache_positions_need_the_model():
+    with pytest.raises(SinklabInputError, match="model"):
+        SinkCache(4, 16, "cache")
+    cache = SinkCache(4, 16, "absolute")  # absolute positions need no RoPE frequencies
+    model = load("tiny-llama")[0]
+    ids = torch.randint(7, 200, (1, 30))
+    assert rel(decode(model, ids, cache), stream_reference_logits(model, ids, 4, 16, "absolute")) <= 1e-5
