@@ -1,0 +1,28 @@
+"""Learnable per-head sink logit (gpt-oss) on CUDA: the fused Triton kernels of ``sinklab.ops._triton``.
+
+The running max and sum start at (s_h, 1); d s_h = -sum_i p_sink,i (dO_i . O_i).
+Inputs the kernels do not take (see ``sinklab.ops._triton.flash``) go to ``chunked.attention``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sinklab.ops._triton.flash import attention as flash_attention
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    window: int | None = None,
+    sink: torch.Tensor,
+) -> torch.Tensor:
+    """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]; same contract as ``naive.attention``."""
+    return flash_attention(
+        q, k, v, variant="sink", causal=causal, attn_mask=attn_mask, scale=scale, window=window, sink=sink
+    )
