@@ -1,6 +1,7 @@
 """sinklab's command line: one module per command, all registered on one typer app."""
 
-from sinklab.cli import models  # noqa: F401  (each import registers its command)
+import sinklab.cli.train  # noqa: F401
+from sinklab.cli import models, scan  # noqa: F401  (each import registers its command)
 from sinklab.cli._app import app
 
 

@@ -169,12 +169,13 @@ def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
 
 
 def _patch(model: nn.Module, config: TrainConfig) -> None:
-    """Turn the model into its attention variant with the same call users make."""
+    """Turn the model into its attention variant with the same call users make (fresh parameters: init="default").
+    The softmax baseline stays on transformers' own SDPA attention."""
     if config.variant == "softmax" and not config.variant_params:
         return
     from sinklab.remove import patch
 
-    patch(model, config.variant, **config.variant_params)
+    patch(model, config.variant, init="default", **config.variant_params)
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -238,12 +239,65 @@ def _loss(model: nn.Module, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
-def _attention_metrics(model: nn.Module, tokenizer, sequences: list[list[int]], eps: float) -> dict:
-    """Sink_1^eps and first-token mass [L][H] at T=64: sinklab's measurement engine is their definition."""
-    from sinklab.measure import scan
+PROBE_NAME = "sinklab_train_probe"
 
-    result = scan(model, tokenizer, sequences, eps=eps, batch_size=len(sequences), keep_pattern=0, progress=False)
-    return {"sink_rate": float(result.sink_rate), "first_token_mass": np.asarray(result.first_token_mass).tolist()}
+
+def _probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The patched variant's attention, unchanged, plus A[:, :, t, 0] (the weight each query gives key 0) from the
+    same ``sinklab.ops.attention`` call with V = e_0, so the variant's own definition gives the weights.
+
+    Stopgap until sinklab.measure's Observer evaluates patched variants (it recomputes plain softmax today).
+    Assumes the metric batches: no padding, causal, key 0 visible to every query.
+    """
+    from transformers import AttentionInterface
+
+    from sinklab.ops import attention
+    from sinklab.remove.patch import ATTN_NAME, PREFIX
+
+    state = module._sinklab
+    params = dict(state["hparams"])
+    params.update({n: getattr(module, PREFIX + n) for n in state["learnable"] if n != "gate"})
+    if "v_bias" in params:  # the bias slot's value would leak into coordinate 0
+        params["v_bias"] = torch.zeros_like(params["v_bias"])
+    e0 = torch.zeros_like(value)  # [B, Hkv, S, D]
+    e0[:, :, 0, 0] = 1
+    variant = "softmax" if state["variant"] == "gated" else state["variant"]  # the gate acts after the weights
+    weights = attention(query, key, e0, variant=variant, causal=True, scale=scaling, **params)[..., 0]  # [B, H, T]
+    module._sinklab_alpha = weights.float().mean(-1)  # [B, H] alpha_1: every query of a causal row sees key 0
+    return AttentionInterface()[ATTN_NAME](module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _variant_alpha(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """[L, H] first-token mass alpha_1 of a patched model, averaged over the sequences ``ids`` [N, T]."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from sinklab.remove.patch import ATTN_NAME
+
+    AttentionInterface.register(PROBE_NAME, _probe_attention)
+    AttentionMaskInterface.register(PROBE_NAME, sdpa_mask)
+    modules = [m for m in model.modules() if hasattr(m, "_sinklab")]
+    model.set_attn_implementation(PROBE_NAME)
+    try:
+        model(input_ids=ids)
+        return torch.stack([m._sinklab_alpha.mean(0) for m in modules]).detach().cpu().double()
+    finally:
+        model.set_attn_implementation(ATTN_NAME)
+        for m in modules:
+            m.__dict__.pop("_sinklab_alpha", None)
+
+
+def _attention_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) -> dict:
+    """Sink_1^eps (Gu et al.) and first-token mass [L][H] at T=64 through sinklab.measure (``scan`` for softmax
+    models; for patched variants the probe above gives alpha_1 and ``sinklab.measure.metrics`` the rate)."""
+    from sinklab.measure import metrics, scan
+
+    if getattr(model.config, "sinklab_variant", None):
+        alpha = _variant_alpha(model, ids.to(next(model.parameters()).device))
+    else:
+        result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
+        alpha = result.first_token_mass
+    return {"sink_rate": metrics.sink_rate(alpha, eps), "first_token_mass": alpha.tolist()}
 
 
 def _residual_metrics(model: nn.Module, ids: torch.Tensor) -> dict:
@@ -280,7 +334,7 @@ def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config:
             losses.append(_loss(model, ids, len(val.prefix)).item())
     ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
     row = {"val_loss": float(np.mean(losses))}
-    row.update(_attention_metrics(model, tokenizer, ids.tolist(), config.eps))
+    row.update(_attention_metrics(model, tokenizer, ids, config.eps))
     row["first_token_mass_mean"] = float(np.mean(row["first_token_mass"]))
     with _autocast(device):
         row.update(_residual_metrics(model, ids.to(device)))

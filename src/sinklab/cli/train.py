@@ -1,0 +1,74 @@
+"""`sinklab train`: pre-train a small Llama decoder with one attention variant or intervention, measure its sinks."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sinklab.cli._app import command
+
+
+@command("train")
+def train_command(
+    variant: str = typer.Option("softmax", help="softmax, softmax1, sink, kv_bias, softpick, clipped, sigmoid, gated"),
+    preset: str = typer.Option("tiny", help="tiny (CPU, seconds) or small (GPU study, ~50M parameters)"),
+    steps: int = typer.Option(None, help="optimizer steps (default: the preset's)"),
+    out: str = typer.Option(..., help="output directory: train.json and curves.png"),
+    corpus: str = typer.Option(None, help="corpus directory from scripts/build_train_corpus.py (default: embedded)"),
+    weight_decay: float = typer.Option(0.1, help="AdamW weight decay on weight matrices"),
+    sink_token: bool = typer.Option(False, help="prepend a learnable sink token to every sequence (StreamingLLM)"),
+    bos: str = typer.Option("always", help="always: every sequence starts with BOS; never: no BOS"),
+    batch_size: int = typer.Option(None, help="sequences per step and process (default: the preset's)"),
+    lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
+    eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
+    max_epochs: float = typer.Option(1.0, help="refuse runs that pass over the training tokens more often"),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train from scratch on held-out-checked text; record Sink_1, first-token mass, max |x|, kurtosis, W8A8 ppl.
+
+    Several GPUs: torchrun --nproc_per_node N --no-python sinklab train ...
+    """
+    from sinklab.remove.train import TrainConfig, train
+
+    config = TrainConfig(
+        variant=variant,
+        preset=preset,
+        steps=steps,
+        corpus=corpus,
+        weight_decay=weight_decay,
+        sink_token=sink_token,
+        bos=bos,
+        batch_size=batch_size,
+        lr=lr,
+        eval_every=eval_every,
+        max_epochs=max_epochs,
+        device=device,
+        seed=seed,
+        out=out,
+    )
+    result = train(config)
+    if not result.final:  # ranks other than 0 report nothing
+        return
+    final = result.final
+    table = Table(title=f"sinklab train {result.config.name} ({result.params / 1e6:.2f}M parameters)")
+    for col in ("step", "val loss", "Sink_1", "first-token mass", "max |x|", "kurtosis"):
+        table.add_column(col, justify="right")
+    for row in result.history:
+        table.add_row(
+            str(row["step"]),
+            f"{row['val_loss']:.3f}",
+            f"{row['sink_rate']:.1%}",
+            f"{row['first_token_mass_mean']:.3f}",
+            f"{row['max_activation']:.1f}",
+            f"{row['kurtosis']:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    if "ppl_fp32" in final:
+        console.print(
+            f"perplexity fp32 {final['ppl_fp32']:.2f}, W8A8 per-tensor {final['ppl_w8a8_tensor']:.2f}, "
+            f"per-token {final['ppl_w8a8_token']:.2f}; {result.tokens_per_second:,.0f} tokens/s"
+        )
+    console.print(f"wrote {out}/train.json and {out}/curves.png")
