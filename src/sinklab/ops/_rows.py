@@ -31,11 +31,13 @@ def rowwise_attention(
     B, H, T, D = q.shape
     k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])  # [B, H, S, D]
 
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype  # weights in fp32 at least
+
     def block(qc, kc, vc, keep, bias):
-        s = scale * (qc @ kc.transpose(-1, -2))  # [B, H, Tc, K]
+        s = scale * (qc.to(compute) @ kc.to(compute).transpose(-1, -2))  # [B, H, Tc, K]
         if bias is not None:
-            s = s + bias.to(s.dtype)
-        return weights(s, keep) @ vc
+            s = s + bias.to(compute)
+        return (weights(s, keep) @ vc.to(compute)).to(q.dtype)
 
     chunks = []
     step = block_rows(spec, BLOCK_ELEMS, B * H)
