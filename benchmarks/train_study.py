@@ -13,6 +13,7 @@ Prints a rich table, then ONE JSON line last.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -65,6 +66,14 @@ def _hardware() -> str:
     return f"cpu{os.cpu_count()}"
 
 
+def _impl(config: TrainConfig) -> str:
+    """Which attention code trained the run: transformers' SDPA, or sinklab.ops through remove.patch."""
+    if config.variant == "softmax":
+        return "transformers sdpa"
+    cuda = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+    return "sinklab.ops triton" if cuda else "sinklab.ops chunked"
+
+
 def _summary(run: dict, base: dict | None) -> dict:
     final = run["final"]
     row = {
@@ -79,6 +88,7 @@ def _summary(run: dict, base: dict | None) -> dict:
         "ppl_w8a8_tensor": final.get("ppl_w8a8_tensor"),
         "ppl_w8a8_token": final.get("ppl_w8a8_token"),
         "tokens_per_second": run["tokens_per_second"],
+        "attention_impl": run["attention_impl"],
         "published": PUBLISHED.get(run["study_name"], ""),
     }
     if base is not None:
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         finally:
             longest = max(longest, time.perf_counter() - tick)
-        run = {"study_name": name, **result.to_dict()}
+        run = {"study_name": name, "attention_impl": _impl(result.config), **result.to_dict()}
         record["runs"].append(run)
         base = record["runs"][0] if record["runs"][0]["study_name"] == "softmax" else None
         record["table"] = [_summary(r, base) for r in record["runs"]]
