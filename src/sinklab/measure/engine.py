@@ -13,6 +13,7 @@ Stable hook names (TransformerLens style), each a list of callables in ``Observe
     layers.{i}.attn.chunk  fn(probs, ctx)                         each [B, H, R, K] probability block
     layers.{i}.attn.out    fn(out, ctx) -> out | None             [B, H, T, D] before the output projection
     layers.{i}.attn_block  fn(out, ctx) -> out | None             output of the whole attention module
+    layers.{i}.mlp_in      fn(hidden, ctx) -> hidden | None       [B, T, d] input of the MLP module
     layers.{i}.mlp         fn(out, ctx) -> out | None             output of the MLP module
     layers.{i}.resid_post  fn(hidden, ctx) -> hidden | None       [B, T, d] output of the layer
 
@@ -166,6 +167,8 @@ class Observer:
             self._handles.append(layer.register_forward_hook(self._layer_hook(i)))
             for part, module in _block_parts(layer).items():
                 self._handles.append(module.register_forward_hook(self._part_hook(i, part)))
+                if part == "mlp":
+                    self._handles.append(module.register_forward_pre_hook(self._input_hook(i, part), with_kwargs=True))
         for i, layer in enumerate(layers):
             for module in layer.modules():
                 if "Attention" in type(module).__name__:
@@ -220,6 +223,21 @@ class Observer:
             tensor = _first_tensor(output)
             new = self._run(name, tensor, ctx)
             return _replace_first(output, new) if new is not tensor else None
+
+        return hook
+
+    def _input_hook(self, layer: int, part: str):
+        name = f"layers.{layer}.{part}_in"
+
+        def hook(module, args, kwargs):
+            if not self.hooks.get(name):
+                return None
+            ctx = AttentionContext(layer, True, None, self._padding)
+            tensor = args[0] if args else kwargs["hidden_states"]
+            new = self._run(name, tensor, ctx)
+            if new is tensor:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
 
         return hook
 

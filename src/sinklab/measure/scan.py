@@ -179,17 +179,13 @@ class _Accumulator:
             self._add_residual(obs, layer, ids, first, decode)
         for (b, pos), hit_layers in layers_hit.items():
             rel = pos - int(first[b])
+            token = decode(int(ids[b, pos]))
+            # the first token is one sink whatever its text; later keys are grouped by position and text
             entry = self.sinks.setdefault(
-                (rel, int(ids[b, pos])),
-                {
-                    "position": rel,
-                    "token": decode(int(ids[b, pos])),
-                    "mass": 0.0,
-                    "heads": 0,
-                    "sequences": 0,
-                    "layers": set(),
-                },
+                (rel, None if rel == 0 else token),
+                {"position": rel, "token": set(), "mass": 0.0, "heads": 0, "sequences": 0, "layers": set()},
             )
+            entry["token"].add(token)
             entry["mass"] += float(best[b, pos])
             entry["heads"] = max(entry["heads"], int(heads[b, pos]))
             entry["sequences"] += 1
@@ -227,7 +223,9 @@ class _Accumulator:
         out = []
         for entry in self.sinks.values():
             n = entry["sequences"]
-            out.append({**entry, "mass": round(entry["mass"] / n, 6), "layers": sorted(entry["layers"])})
+            tokens = sorted(entry["token"])
+            out.append({**entry, "token": " | ".join(tokens[:4]) + (" | ..." if len(tokens) > 4 else ""),
+                        "mass": round(entry["mass"] / n, 6), "layers": sorted(entry["layers"])})
         return sorted(out, key=lambda e: (-e["heads"], -e["mass"]))
 
     def massive_list(self) -> list[dict]:

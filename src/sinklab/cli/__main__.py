@@ -1,0 +1,5 @@
+"""`python -m sinklab.cli`."""
+
+from sinklab.cli import main
+
+main()

