@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from eager_reference import eager_stats
 
 from sinklab.measure import Observer
 from sinklab.measure.metrics import first_positions, first_token_mass, mean_entropy
@@ -17,35 +18,6 @@ def _inputs(tokenizer, padding_side):
     return enc["input_ids"], enc["attention_mask"]
 
 
-def _eager_stats(model, ids, mask, is_decoder):
-    """colsum, count-normalized alpha_1 and entropy from the full attention matrices."""
-    model.set_attn_implementation("eager")
-    kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
-    with torch.no_grad():
-        attentions = model.base_model(input_ids=ids, attention_mask=mask, output_attentions=True, **kwargs).attentions
-    model.set_attn_implementation("sdpa")
-    valid = mask.bool()
-    first = first_positions(valid, ids.shape[0])
-    stats = []
-    layer_types = getattr(model.config, "layer_types", None) or ["full_attention"] * len(attentions)
-    for A, kind in zip(attentions, layer_types, strict=True):  # [B, H, T, S]
-        A = A.double() * valid[:, None, :, None]
-        colsum = A.sum(2)
-        T = A.shape[-1]
-        allowed = torch.ones(T, T, dtype=torch.bool)
-        if is_decoder:
-            allowed = allowed.tril()
-        if kind == "sliding_attention":
-            allowed = allowed.triu(-(model.config.sliding_window - 1))
-        allowed = allowed[None, None]
-        allowed = allowed & valid[:, None, None, :] & valid[:, None, :, None]
-        count = allowed[:, 0].sum(1)
-        alpha = colsum.gather(2, first[:, None, None].expand(-1, A.shape[1], 1))[..., 0] / count.gather(1, first[:, None])
-        entropy = -torch.special.xlogy(A, A).sum((-1, -2)) / valid.sum(1, keepdim=True)
-        stats.append((colsum, alpha, entropy))
-    return stats
-
-
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-bert"])
 def test_observer_equals_eager(name):
     model, tokenizer = load(name)
@@ -53,7 +25,7 @@ def test_observer_equals_eager(name):
     ids, mask = _inputs(tokenizer, "left" if is_decoder else "right")
     if name == "tiny-gemma3":
         assert ids.shape[1] > model.config.sliding_window  # the window really cuts
-    eager = _eager_stats(model, ids, mask, is_decoder)
+    eager = eager_stats(model, ids, mask, is_decoder)
     kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
     with torch.no_grad():
         reference = model.base_model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state

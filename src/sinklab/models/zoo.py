@@ -222,6 +222,8 @@ def load(
             f"unknown model {name_or_path!r}; accepted: {', '.join(accepted_names())}, "
             "a local directory, a .gguf file or a hub id (org/name)"
         )
+    if name_or_path in EMBEDDED or name_or_path in TINY_MODELS:
+        model.config._name_or_path = name_or_path
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
