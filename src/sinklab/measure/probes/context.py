@@ -1,0 +1,85 @@
+"""The run a probe sees: the model, the sequences, their baseline records, and interventions shared by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from sinklab.measure import metrics
+from sinklab.measure.probes._common import Baseline, Hooks, Pass, forward
+
+
+@dataclass
+class ProbeContext:
+    """Shared by the probes of one ``explain`` run. ``intervene`` caches passes by name, so two probes that ask for
+    the same intervention (noop and bias both zero the sink) pay for it once."""
+
+    model: object
+    tokenizer: object
+    sequences: list[list[int]]
+    baselines: list[Baseline]
+    eps: float
+    causal: bool
+    lm: bool
+    decode: Callable[[int], str]
+    advance: Callable[[], None] = lambda: None
+    seed: int = 0
+    _cache: dict[str, list[Pass]] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.num_attention_heads
+
+    def run(self, ids: list[int], hooks: Hooks | None = None) -> Pass:
+        """One observed pass (advances the progress bar)."""
+        result = forward(self.model, ids, hooks)
+        self.advance()
+        return result
+
+    def intervene(
+        self,
+        name: str,
+        hooks_for: Callable[[int], Hooks | None],
+        edit: Callable[[list[int]], list[int]] | None = None,
+    ) -> list[Pass]:
+        """One pass per sequence with ``hooks_for(sequence index)`` (and the input changed by ``edit``), cached
+        under ``name``."""
+        if name not in self._cache:
+            self._cache[name] = [
+                self.run(edit(ids) if edit else ids, hooks_for(i)) for i, ids in enumerate(self.sequences)
+            ]
+        return self._cache[name]
+
+    def baseline_alpha(self) -> torch.Tensor:
+        """[L, H] alpha_1 averaged over the sequences."""
+        return torch.stack([b.run.alpha for b in self.baselines]).mean(0)
+
+    def sink_rate(self, passes: list[Pass], position: int = 0) -> float:
+        """Gu et al.'s Sink^eps of key ``position``, alpha averaged over sequences first (as ``scan`` does)."""
+        alpha = torch.stack([p.mass[:, :, position] for p in passes]).mean(0)
+        return metrics.sink_rate(alpha, self.eps)
+
+    def effect(self, passes: list[Pass]) -> dict:
+        """Loss and sink rate of same-input intervention passes against the baseline."""
+        base = [b.run for b in self.baselines]
+        out = {
+            "sink_rate": self.sink_rate(passes),
+            "baseline_sink_rate": self.sink_rate(base),
+        }
+        out["sink_rate_delta"] = out["sink_rate"] - out["baseline_sink_rate"]
+        if self.lm:
+            loss = sum(p.loss() for p in passes) / len(passes)
+            baseline = sum(p.loss() for p in base) / len(base)
+            out.update(loss=loss, baseline_loss=baseline, loss_delta=loss - baseline)
+        else:
+            out.update(loss=None, loss_note=NO_LOSS)
+        return out
+
+
+NO_LOSS = "next-token loss does not apply: the model has no causal LM head (encoder); sink rate only"

@@ -1,0 +1,180 @@
+"""`sinklab.explain`: test each mechanism the literature proposes for attention sinks on one model, each with a
+measured quantity and an intervention (its effect on next-token loss and on Gu et al.'s sink rate).
+
+One baseline pass per sequence records what every probe measures (``Recorder``); each intervention is one more
+pass per sequence, shared by name between probes. Sequences run one at a time (batch 1), so the sink is position 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from sinklab.data import BosMode
+from sinklab.errors import SinklabInputError
+from sinklab.measure import metrics
+from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, is_causal, record, rounded
+from sinklab.measure.probes.anchor import AnchorProbe
+from sinklab.measure.probes.bias import BiasProbe
+from sinklab.measure.probes.context import NO_LOSS, ProbeContext
+from sinklab.measure.probes.emergence import EmergenceProbe
+from sinklab.measure.probes.noop import NoopProbe
+from sinklab.measure.probes.outlier import OutlierProbe
+from sinklab.measure.scan import _as_sequences, _check_length, _decoder
+
+PROBES = {p.name: p for p in (NoopProbe, OutlierProbe, BiasProbe, AnchorProbe, EmergenceProbe)}
+MIN_TOKENS = 4
+
+
+@dataclass
+class ExplainResult:
+    """What ``explain`` found: one section per probe (``probes``), and the probes that do not apply, with why."""
+
+    model: str
+    causal: bool
+    lm: bool
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    tokens: int
+    num_sequences: int
+    sequence_length: int
+    eps: float
+    baseline: dict
+    probes: dict[str, dict] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The content of probes.json."""
+        return rounded(
+            {
+                "model": self.model,
+                "causal": self.causal,
+                "lm_head": self.lm,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads,
+                "tokens": self.tokens,
+                "num_sequences": self.num_sequences,
+                "sequence_length": self.sequence_length,
+                "eps": self.eps,
+                "baseline": self.baseline,
+                "probes": self.probes,
+                "not_applicable": self.not_applicable,
+                "seconds": self.seconds,
+            }
+        )
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write probes.json, PNG plots and a self-contained report.html into ``out_dir`` (all or nothing)."""
+        from sinklab.report.probes import write_explain_report
+
+        return write_explain_report(self, Path(out_dir))
+
+
+def parse_probes(probes) -> list[str]:
+    """Probe names from a list or a comma-separated string; unknown names raise ``SinklabInputError``."""
+    names = [p.strip() for p in probes.split(",")] if isinstance(probes, str) else [str(p).strip() for p in probes]
+    names = [n for n in names if n]
+    unknown = [n for n in names if n not in PROBES]
+    if unknown or not names:
+        raise SinklabInputError(
+            f"unknown probe {', '.join(map(repr, unknown)) or '(none given)'}; accepted: {', '.join(PROBES)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def explain(
+    model,
+    tokenizer,
+    texts_or_ids=None,
+    *,
+    probes=tuple(PROBES),
+    eps: float = 0.3,
+    max_tokens: int = 512,
+    num_texts: int | None = 4,
+    bos: BosMode = "auto",
+    model_name: str | None = None,
+    seed: int = 0,
+    allow_beyond_positions: bool = False,
+    progress: bool = True,
+) -> ExplainResult:
+    """Run the probes (``noop``, ``outlier``, ``bias``, ``anchor``, ``emergence``) on ``model``.
+
+    ``texts_or_ids`` as in ``sinklab.scan`` (strings split into ``max_tokens``-token sequences, at most
+    ``num_texts``; token-id lists; None for the embedded corpus). A probe that does not apply to the model (an
+    encoder, a block without an MLP) is listed in ``not_applicable`` with the reason; the others run. Without a
+    causal LM head, interventions report sink rates and no loss.
+    """
+    names = parse_probes(probes)
+    if not 0.0 < eps < 1.0:
+        raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
+    seqs = _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    if min(map(len, seqs)) < MIN_TOKENS:
+        raise SinklabInputError(f"every sequence needs at least {MIN_TOKENS} tokens; use longer texts")
+    _check_length(model, max(map(len, seqs)), allow_beyond_positions)
+    start = time.perf_counter()
+    cfg = model.config
+    chosen = [PROBES[n]() for n in names]
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    console = Console(stderr=True)
+    with Progress(*columns, disable=not progress, transient=True, console=console) as bar:
+        ctx = ProbeContext(
+            model=model,
+            tokenizer=tokenizer,
+            sequences=seqs,
+            baselines=[],
+            eps=eps,
+            causal=is_causal(model),
+            lm=has_lm_head(model),
+            decode=_decoder(tokenizer),
+            seed=seed,
+        )
+        shared = {p for probe in chosen for p in probe.passes}
+        extra = sum(probe.extra_passes(ctx) for probe in chosen if hasattr(probe, "extra_passes"))
+        task = bar.add_task(
+            f"explain {model_name or type(model).__name__}", total=len(seqs) * (1 + len(shared)) + extra
+        )
+        ctx.advance = lambda: bar.advance(task)
+        for ids in seqs:
+            ctx.baselines.append(record(model, ids))
+            ctx.advance()
+        sections, skipped = {}, {}
+        for probe in chosen:
+            bar.update(task, description=f"explain: {probe.name}")
+            try:
+                sections[probe.name] = probe.run(ctx)
+            except ProbeNotApplicable as exc:
+                skipped[probe.name] = str(exc)
+                if progress:
+                    console.print(f"[yellow]sinklab: probe {probe.name} does not apply:[/] {exc}")
+    if not sections:
+        raise SinklabInputError(f"no requested probe applies to this model: {'; '.join(skipped.values())}")
+    base = [b.run for b in ctx.baselines]
+    alpha = ctx.baseline_alpha()
+    baseline = {"sink_rate": metrics.sink_rate(alpha, eps), "mean_alpha_1": float(alpha.mean())}
+    if ctx.lm:
+        baseline["loss"] = sum(p.loss() for p in base) / len(base)
+    else:
+        baseline["loss_note"] = NO_LOSS
+    return ExplainResult(
+        model=model_name or getattr(cfg, "_name_or_path", "") or type(model).__name__,
+        causal=ctx.causal,
+        lm=ctx.lm,
+        num_layers=cfg.num_hidden_layers,
+        num_heads=cfg.num_attention_heads,
+        num_kv_heads=getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
+        tokens=sum(map(len, seqs)),
+        num_sequences=len(seqs),
+        sequence_length=max(map(len, seqs)),
+        eps=eps,
+        baseline=baseline,
+        probes=sections,
+        not_applicable=skipped,
+        seconds=time.perf_counter() - start,
+    )
