@@ -144,6 +144,27 @@ def test_headwise_gate_and_unpatch_restore_the_model():
         assert torch.equal(outputs(model, ids, mask), ref)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral"])
+def test_identity_patch_on_qwen_and_mistral(arch):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"qwen3": {"head_dim": 8}, "mistral": {"sliding_window": 5}}.get(arch, {})
+    cfg = AutoConfig.for_model(
+        arch, vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, attn_implementation="sdpa", **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    ids, mask = batch(T=12)
+    ids = ids % 100
+    with torch.no_grad():
+        ref = outputs(model, ids, mask)
+        for variant in IDENTITY_VARIANTS:
+            got = outputs(patch(model, variant), ids, mask)
+            assert rel(got[mask.bool()], ref[mask.bool()]) <= 1e-5, variant
+            unpatch(model)
+
+
 def test_patch_works_on_a_model_built_from_config():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -2,7 +2,8 @@
 
 Layout q [B, H, T, D], k/v [B, Hkv, S, D] (GQA: H % Hkv == 0); when S > T the queries are the last T positions.
 ``impl``: "naive" (the definition, materializes T x S), "chunked" (CPU fast path), "triton" (GPU kernels in
-``sinklab.ops.<variant>.triton``), "auto" (triton for CUDA tensors when that module and triton import, else chunked).
+``sinklab.ops.<variant>.triton``), "auto" (triton for CUDA tensors when that module and triton import, else chunked;
+also chunked when the kernel raises NotImplementedError for a case it does not cover).
 """
 
 from __future__ import annotations
@@ -86,15 +87,19 @@ def attention(
         raise SinklabInputError(f"unknown impl {impl!r}; accepted: {', '.join(IMPLS)}")
     check_qkv(q, k, v)
     _check_params(variant, params, q.shape[1], q.shape[-1])
+    kw = dict(causal=causal, attn_mask=attn_mask, scale=scale, window=window, **params)
     if impl in ("auto", "triton"):
         module = _triton_module(variant) if q.is_cuda else None
         if module is not None:
-            return module.attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, window=window, **params)
+            try:
+                return module.attention(q, k, v, **kw)
+            except NotImplementedError:  # a kernel may decline a case (a mask kind, a parameter): auto falls back
+                if impl == "triton":
+                    raise
         if impl == "triton":
             raise SinklabInputError(
                 f"impl='triton' needs CUDA tensors, the triton package and sinklab.ops.{variant}.triton; "
                 f"accepted here: {', '.join(i for i in IMPLS if i != 'triton')}"
             )
         impl = "chunked"
-    module = importlib.import_module(f"sinklab.ops.{variant}.{impl}")
-    return module.attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, window=window, **params)
+    return importlib.import_module(f"sinklab.ops.{variant}.{impl}").attention(q, k, v, **kw)
