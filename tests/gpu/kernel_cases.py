@@ -43,8 +43,22 @@ def poisoned():
         torch.empty, torch.empty_like = empty, empty_like
 
 
-def make_case(variant: str, *, B=2, H=4, Hkv=2, T=37, S=45, D=16, dtype=torch.float32, device="cpu", causal=True,
-              window=None, pad=False, seed=0) -> dict:
+def make_case(
+    variant: str,
+    *,
+    B=2,
+    H=4,
+    Hkv=2,
+    T=37,
+    S=45,
+    D=16,
+    dtype=torch.float32,
+    device="cpu",
+    causal=True,
+    window=None,
+    pad=False,
+    seed=0,
+) -> dict:
     """Random q, k, v, parameters and (optionally) a key-padding mask that leaves some query rows with no key."""
     g = torch.Generator(device="cpu").manual_seed(seed)
 

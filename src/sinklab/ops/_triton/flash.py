@@ -52,10 +52,16 @@ class Config:
     bwd_stages: int
 
 
+# head dim -> Config chosen by ``benchmarks/kernels.py --tune`` in the running process (empty: the defaults below)
+TUNED: dict[int, Config] = {}
+
+
 def config(head_dim: int) -> Config:
     """Tiles for Hopper (H100/H200) bf16/fp16; under the interpreter, small tiles so tests touch every block kind."""
     if INTERPRET:
         return Config(16, 16, 4, 1, 16, 16, 16, 16, 4, 1)
+    if head_dim in TUNED:
+        return TUNED[head_dim]
     if head_dim <= 64:
         return Config(128, 64, 4, 3, 64, 128, 128, 64, 8, 3)
     return Config(128, 64, 8, 3, 64, 128, 128, 64, 8, 3)

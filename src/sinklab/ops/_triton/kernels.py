@@ -548,28 +548,31 @@ def _dkdv_loop(
             else:
                 ok = kp[:, None] & (offs_m[None, :] >= 0)
             sT = tl.where(ok, sT, float("-inf"))
-        dpT = tl.dot(v, tl.trans(do))  # [BN, BM]
+        if MODE == 3:
+            aT = 1.0 / (1.0 + tl.math.exp2(-(sT + b2)))
+        else:
+            pT = tl.math.exp2(sT - lse[None, :])
         if MODE == 0:
-            pT = tl.math.exp2(sT - lse[None, :])
             aT = pT
-            dsT = pT * (dpT - delta[None, :])
         elif MODE == 1:
-            pT = tl.math.exp2(sT - lse[None, :])
             pos = sT > 0
             aT = tl.where(pos, pT - tl.math.exp2(-lse)[None, :], 0.0)
-            sgn = pos.to(tl.float32) - (sT < 0).to(tl.float32)
-            dsT = pT * (tl.where(pos, dpT, 0.0) - sgn * delta[None, :])
         elif MODE == 2:
-            pT = tl.math.exp2(sT - lse[None, :])
             y = (p1 - p0) * pT + p0
             aT = tl.minimum(tl.maximum(y, 0.0), 1.0)
             if MASKED or HAS_PAD:
                 aT = tl.where(ok, aT, 0.0)
+        dv = tl.dot(aT.to(do.dtype), do, dv)
+        dpT = tl.dot(v, tl.trans(do))  # [BN, BM]
+        if MODE == 0:
+            dsT = pT * (dpT - delta[None, :])
+        elif MODE == 1:
+            sgn = pos.to(tl.float32) - (sT < 0).to(tl.float32)
+            dsT = pT * (tl.where(pos, dpT, 0.0) - sgn * delta[None, :])
+        elif MODE == 2:
             dsT = pT * (tl.where((y > 0.0) & (y < 1.0), (p1 - p0) * dpT, 0.0) - delta[None, :])
         else:
-            aT = 1.0 / (1.0 + tl.math.exp2(-(sT + b2)))
             dsT = dpT * aT * (1.0 - aT)
-        dv = tl.dot(aT.to(do.dtype), do, dv)
         dk = tl.dot(dsT.to(q.dtype), q, dk)
     return dk, dv
 

@@ -1,0 +1,261 @@
+"""Fused Triton attention kernels of every sinklab variant against PyTorch SDPA on one GPU, in the same run.
+
+    PYTHONPATH=src python benchmarks/kernels.py --check --tune --out benchmarks/results/kernels-h200.json
+
+1. --tune: a few tile configs of the softmax kernels at T = 8192; the fastest forward and backward per head dim are
+   used for every variant below (recorded in the JSON).
+2. --check: every variant (and the column-sum kernel) against its naive definition in float64, forward and every
+   gradient, bf16, causal, T = 2048, D 64 and 128, NaN-poisoned buffers (tests/gpu/kernel_cases.py), with the
+   very kernels (tiles, specializations) that get timed. A variant that fails is not timed.
+3. Timing (triton.testing.do_bench medians): forward and forward+backward of SDPA, of every variant through
+   ``sinklab.ops.attention``, and of FlexAttention with the logsumexp rescale out * sigmoid(lse - s_h) for the sink
+   logit (the usual way to get a sink without a custom kernel; shared/REFERENCES.md), B=2, H=16, bf16, causal.
+   TFLOP/s counts 4 B H T^2 D / 2 for the causal forward and 3.5x that for forward+backward, for every variant.
+
+Prints a rich table, then ONE JSON line last; partial results are written to --out after every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "gpu"))
+import kernel_cases  # noqa: E402  (the same checks as tests/gpu)
+
+import sinklab.ops  # noqa: E402
+
+VARIANTS = kernel_cases.VARIANTS
+TOL = 1e-2
+DEVICE = "cuda"
+CHECK_T, TUNE_T = 2048, 8192
+
+
+def params_for(variant: str, H: int, D: int, device: str) -> dict:
+    if variant == "sink":
+        return {"sink": torch.randn(H, device=device, requires_grad=True)}
+    if variant == "kv_bias":
+        return {
+            "k_bias": torch.randn(H, D, device=device, requires_grad=True),
+            "v_bias": torch.randn(H, D, device=device, requires_grad=True),
+        }
+    if variant == "sigmoid":
+        return {"bias": torch.full((H,), -8.0, device=device, requires_grad=True)}
+    return {}
+
+
+def flops(B: int, H: int, T: int, D: int, backward: bool) -> float:
+    fwd = 4 * B * H * T * T * D / 2
+    return fwd * (3.5 if backward else 1.0)
+
+
+def bench(fn, grads=None) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
+
+
+def run_check(Ds: list[int], console: Console) -> dict:
+    out = {}
+    for D in Ds:
+        for variant in VARIANTS:
+            case = kernel_cases.make_case(variant, B=1, H=8, Hkv=8, T=CHECK_T, S=CHECK_T, D=D, dtype=torch.bfloat16,
+                                          device=DEVICE, causal=True, seed=D)  # fmt: skip
+            errs = kernel_cases.check(variant, case)
+            ok = all(not math.isnan(e) and e <= TOL for e in errs.values())
+            out[f"{variant}/D{D}"] = {"ok": ok, "max_rel_err": max(errs.values()), "errors": errs}
+            console.print(
+                f"check {variant:9s} D={D:3d}: {'ok ' if ok else 'FAIL'} max rel err {max(errs.values()):.2e}"
+            )
+        case = kernel_cases.make_case("softmax", B=1, H=8, Hkv=8, T=CHECK_T, S=CHECK_T, D=D, dtype=torch.bfloat16,
+                                      device=DEVICE, causal=True, pad=True)  # fmt: skip
+        err = kernel_cases.check_colsum(case)
+        out[f"colsum/D{D}"] = {"ok": err <= 1e-3, "max_rel_err": err}
+        console.print(f"check colsum    D={D:3d}: {'ok ' if err <= 1e-3 else 'FAIL'} rel err {err:.2e}")
+    return out
+
+
+def run_tune(Ds: list[int], console: Console) -> dict:
+    from sinklab.ops._triton import flash
+
+    fwd_cands = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
+                 128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}  # fmt: skip
+    bwd_cands = [(64, 128, 128, 64, 8, 3), (32, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2)]
+    B, H, T = 2, 16, TUNE_T
+    chosen = {}
+    for D in Ds:
+        q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+        do = torch.randn_like(q)
+        prob = flash.Problem(0, 0, True, None, 1 / math.sqrt(D))
+        best_f, best_b = None, None
+        for m, n, w, s in fwd_cands[D]:
+            cfg = flash.Config(m, n, w, s, *bwd_cands[0])
+            ms = bench(lambda cfg=cfg, x=(q, k, v, None, prob): flash.forward(*x, cfg=cfg))
+            console.print(f"tune D={D} fwd {(m, n, w, s)}: {ms:.3f} ms")
+            if best_f is None or ms < best_f[0]:
+                best_f = (ms, (m, n, w, s))
+        o, lse = flash.forward(q, k, v, None, prob)
+        for bc in bwd_cands:
+            cfg = flash.Config(*best_f[1], *bc)
+            ms = bench(lambda cfg=cfg, x=(q, k, v, o, lse, do, None, prob): flash.backward(*x, cfg=cfg))
+            console.print(f"tune D={D} bwd {bc}: {ms:.3f} ms")
+            if best_b is None or ms < best_b[0]:
+                best_b = (ms, bc)
+        flash.TUNED[D] = flash.Config(*best_f[1], *best_b[1])
+        chosen[D] = {"fwd": best_f[1], "bwd": best_b[1], "fwd_ms": best_f[0], "bwd_ms": best_b[0]}
+    return chosen
+
+
+def flex_fns(B: int, H: int, T: int):
+    """(plain flex, flex + sink rescale) callables; compiled once per shape."""
+    from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
+
+    torch._dynamo.config.cache_size_limit = 64
+    flex = torch.compile(flex_attention, dynamic=False)
+    mask = create_block_mask(lambda b, h, i, j: j <= i, B=None, H=None, Q_LEN=T, KV_LEN=T, device=DEVICE)
+
+    def plain(q, k, v):
+        return flex(q, k, v, block_mask=mask)
+
+    def rescale(q, k, v, sink):
+        out, aux = flex(q, k, v, block_mask=mask, return_aux=AuxRequest(lse=True))
+        return out * torch.sigmoid(aux.lse - sink[None, :, None])[..., None].to(out.dtype)
+
+    return plain, rescale
+
+
+def time_shape(B, H, T, D, variants, record) -> None:
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+
+    def both(name, fwd, leaves):
+        record(name, T, D, "fwd", bench(fwd))
+        record(name, T, D, "fwd+bwd", bench(lambda: fwd().backward(do), grads=leaves))
+
+    both("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
+    for variant in variants:
+        params = params_for(variant, H, D, DEVICE)
+        both(variant, lambda p=params, var=variant: sinklab.ops.attention(q, k, v, variant=var, **p),
+             [q, k, v, *(x for x in params.values() if isinstance(x, torch.Tensor))])  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--D", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--B", type=int, default=2)
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--check", action="store_true", help="check every kernel against naive first")
+    ap.add_argument("--tune", action="store_true", help="pick tile configs at T=8192 first")
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
+    args = ap.parse_args()
+    console = Console()
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    result = {
+        "benchmark": "kernels",
+        "device": props.name,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "shape": {"B": args.B, "H": args.H, "dtype": "bfloat16", "causal": True},
+        "flops": "causal forward 4*B*H*T^2*D/2; forward+backward 3.5x that; same count for every variant",
+        "note": "one GPU, nothing else running on it; medians of triton.testing.do_bench",
+        "check": {},
+        "tuned": {},
+        "timings": {},
+    }
+    t0 = time.time()
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, args.out)
+
+    variants = list(args.variants)
+    if args.tune:  # first, so that the check below runs the very kernels that get timed
+        result["tuned"] = {str(d): c for d, c in run_tune(args.D, console).items()}
+        save()
+    if args.check:
+        result["check"] = run_check(args.D, console)
+        failed = {k.split("/")[0] for k, r in result["check"].items() if not r["ok"]}
+        variants = [v for v in variants if v not in failed]
+        result["not_timed_failed_check"] = sorted(failed)
+        save()
+
+    def record(name, T, D, kind, ms):
+        key = f"T{T}/D{D}"
+        entry = result["timings"].setdefault(key, {}).setdefault(name, {})
+        if kind == "error":
+            entry["error"] = ms
+        else:
+            entry[f"{kind}_ms"] = ms
+            entry[f"{kind}_tflops"] = flops(args.B, args.H, T, D, kind == "fwd+bwd") / (ms * 1e-3) / 1e12
+        console.print(
+            f"[{time.time() - t0:6.1f}s] {key} {name:18s} {kind:8s} {ms if kind == 'error' else f'{ms:.3f} ms'}"
+        )
+        save()
+
+    for T in args.T:
+        for D in args.D:
+            time_shape(args.B, args.H, T, D, variants, record)
+    if not args.no_flex:
+        for T in args.T:
+            for D in args.D:
+                time_shape_flex(args.B, args.H, T, D, record)
+
+    # ratios to SDPA (and to the Flex rescale path) in the same run
+    table = Table(title=f"{props.name}: TFLOP/s fwd / fwd+bwd (ratio to SDPA fwd+bwd), B={args.B} H={args.H} bf16")
+    table.add_column("variant")
+    keys = list(result["timings"])
+    for key in keys:
+        table.add_column(key, justify="right")
+    names = ["sdpa", *variants, "flex", "flex_sink_rescale"]
+    for name in names:
+        row = [name]
+        for key in keys:
+            e = result["timings"][key].get(name, {})
+            sd = result["timings"][key].get("sdpa", {})
+            if "fwd+bwd_tflops" in e and "fwd+bwd_ms" in sd:
+                e["ratio_fwd_bwd_vs_sdpa"] = sd["fwd+bwd_ms"] / e["fwd+bwd_ms"]
+                e["ratio_fwd_vs_sdpa"] = sd["fwd_ms"] / e["fwd_ms"]
+                row.append(f"{e['fwd_tflops']:.0f} / {e['fwd+bwd_tflops']:.0f} ({e['ratio_fwd_bwd_vs_sdpa']:.2f}x)")
+            else:
+                row.append(e.get("error", "-")[:30] if isinstance(e.get("error"), str) else "-")
+        table.add_row(*row)
+    console.print(table)
+    result["wall_s"] = time.time() - t0
+    save()
+    print(json.dumps(result))
+
+
+def time_shape_flex(B, H, T, D, record) -> None:
+    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+    try:
+        plain, rescale = flex_fns(B, H, T)
+        sink = torch.randn(H, device=DEVICE, requires_grad=True)
+        for name, fn, leaves in (("flex", lambda: plain(q, k, v), [q, k, v]),
+                                 ("flex_sink_rescale", lambda: rescale(q, k, v, sink), [q, k, v, sink])):  # fmt: skip
+            record(name, T, D, "fwd", bench(fn))
+            record(name, T, D, "fwd+bwd", bench(lambda fn=fn: fn().backward(do), grads=leaves))
+    except Exception as e:  # a baseline that fails is recorded, not fatal
+        record("flex_sink_rescale", T, D, "error", f"{type(e).__name__}: {str(e)[:300]}")
+
+
+if __name__ == "__main__":
+    main()
