@@ -2,6 +2,9 @@
 
     PYTHONPATH=src python benchmarks/kernels.py --check --tune --out benchmarks/results/kernels-h200.json
 
+On the H200 the tuning ran first in its own process (SINKLAB_TRITON_TILES=tiles.json ... --tune --tune-only), so
+that the GPU tests and the timed run used the same tiles (benchmarks/KERNELS_NOTES.md has the exact command).
+
 1. --tune: a few tile configs of the softmax kernels at T = 8192; the fastest forward and backward per head dim are
    used for every variant below (recorded in the JSON).
 2. --check: every variant (and the column-sum kernel) against its naive definition in float64, forward and every
@@ -113,7 +116,11 @@ def run_tune(Ds: list[int], console: Console) -> dict:
             if best_b is None or ms < best_b[0]:
                 best_b = (ms, bc)
         flash.TUNED[D] = flash.Config(*best_f[1], *best_b[1])
-        chosen[D] = {"fwd": best_f[1], "bwd": best_b[1], "fwd_ms": best_f[0], "bwd_ms": best_b[0]}
+        chosen[str(D)] = {"config": list(best_f[1] + best_b[1]), "fwd_ms": best_f[0], "bwd_ms": best_b[0],
+                          "T": T, "B": B, "H": H}  # fmt: skip
+    path = os.environ.get("SINKLAB_TRITON_TILES")
+    if path:  # later processes (the GPU tests, the timed run) read it at import
+        Path(path).write_text(json.dumps(chosen))
     return chosen
 
 
@@ -121,7 +128,9 @@ def flex_fns(B: int, H: int, T: int):
     """(plain flex, flex + sink rescale) callables; compiled once per shape."""
     from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
-    torch._dynamo.config.cache_size_limit = 64
+    for name in ("recompile_limit", "cache_size_limit"):  # one compile per shape; the default limit is 8
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 64)
     flex = torch.compile(flex_attention, dynamic=False)
     mask = create_block_mask(lambda b, h, i, j: j <= i, B=None, H=None, Q_LEN=T, KV_LEN=T, device=DEVICE)
 
@@ -159,7 +168,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--check", action="store_true", help="check every kernel against naive first")
     ap.add_argument("--tune", action="store_true", help="pick tile configs at T=8192 first")
+    ap.add_argument("--tune-only", action="store_true", help="stop after --tune (tiles go to $SINKLAB_TRITON_TILES)")
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="skip the Flex baselines past this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
     args = ap.parse_args()
     console = Console()
@@ -188,8 +199,15 @@ def main() -> None:
 
     variants = list(args.variants)
     if args.tune:  # first, so that the check below runs the very kernels that get timed
-        result["tuned"] = {str(d): c for d, c in run_tune(args.D, console).items()}
+        result["tuned"] = run_tune(args.D, console)
         save()
+        if args.tune_only:
+            return
+    elif os.environ.get("SINKLAB_TRITON_TILES") and Path(os.environ["SINKLAB_TRITON_TILES"]).exists():
+        result["tuned"] = json.loads(Path(os.environ["SINKLAB_TRITON_TILES"]).read_text())
+    from sinklab.ops._triton import flash
+
+    result["tiles"] = {str(d): flash.config(d).__dict__ for d in args.D}
     if args.check:
         result["check"] = run_check(args.D, console)
         failed = {k.split("/")[0] for k, r in result["check"].items() if not r["ok"]}
@@ -216,6 +234,9 @@ def main() -> None:
     if not args.no_flex:
         for T in args.T:
             for D in args.D:
+                if time.time() - t0 > args.budget_s:
+                    record("flex_sink_rescale", T, D, "error", "skipped: time budget of this run")
+                    continue
                 time_shape_flex(args.B, args.H, T, D, record)
 
     # ratios to SDPA (and to the Flex rescale path) in the same run

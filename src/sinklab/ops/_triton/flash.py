@@ -10,6 +10,7 @@ heads or queries (anything but key padding broadcastable as [B, 1, 1, S]), and a
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -52,8 +53,17 @@ class Config:
     bwd_stages: int
 
 
-# head dim -> Config chosen by ``benchmarks/kernels.py --tune`` in the running process (empty: the defaults below)
-TUNED: dict[int, Config] = {}
+def _tiles_from_env() -> dict[int, Config]:
+    """Per-head-dim tiles from the JSON file named by SINKLAB_TRITON_TILES ({"64": {"config": [...]}, ...}), as
+    written by ``benchmarks/kernels.py --tune``; empty (the defaults below) when unset."""
+    path = os.environ.get("SINKLAB_TRITON_TILES")
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {int(d): Config(*entry["config"]) for d, entry in json.load(f).items()}
+
+
+TUNED: dict[int, Config] = _tiles_from_env()
 
 
 def config(head_dim: int) -> Config:
