@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--max-epochs", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/train-study-<hw>.json)")
+    parser.add_argument("--no-quant", action="store_true", help="skip the W8A8 perplexity at the end")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run that would end past it (s)")
     parser.add_argument("--mirror", default=os.environ.get("OUT"), help="also write results here after every run")
     args = parser.parse_args(argv)
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "lr": args.lr,
                 "eval_every": args.eval_every,
                 "max_epochs": args.max_epochs,
+                "quant_eval": not args.no_quant,
                 **RUNS[name],
             }
         )

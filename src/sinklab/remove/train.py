@@ -293,7 +293,9 @@ def _attention_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: floa
     from sinklab.measure import metrics, scan
 
     if getattr(model.config, "sinklab_variant", None):
-        alpha = _variant_alpha(model, ids.to(next(model.parameters()).device))
+        device = next(model.parameters()).device
+        with _autocast(device):  # on CUDA the variants' Triton kernels take bf16, as in training
+            alpha = _variant_alpha(model, ids.to(device))
     else:
         result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
         alpha = result.first_token_mass
