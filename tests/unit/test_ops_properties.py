@@ -5,6 +5,7 @@ With V = I (head dim D = S, value j = e_j) the output row of query i is its weig
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,15 @@ from hypothesis import strategies as st
 from sinklab.ops import attention
 
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread avoids OpenMP barriers that stall when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @st.composite

@@ -15,6 +15,15 @@ from sinklab.ops import VARIANTS, attention
 VARS = list(VARIANTS)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread avoids OpenMP barriers that stall when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
     assert not math.isnan(err)

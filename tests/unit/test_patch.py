@@ -14,6 +14,15 @@ from sinklab.remove import IDENTITY_VARIANTS, PATCH_VARIANTS, load_patched, patc
 MODELS = ["tiny-llama", "tiny-gemma3", "tiny-bert"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread avoids OpenMP barriers that stall when other processes share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel(a, b) -> float:
     return ((a - b).double().norm() / b.double().norm()).item()
 
