@@ -83,15 +83,22 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     elif causal and 1 < T != S:  # transformers skips the mask here only for SDPA's top-left causal alignment
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()
         causal = False
-    params = dict(state["hparams"])
-    params.update({n: getattr(module, PREFIX + n) for n in state["learnable"] if n != "gate"})
-    variant = "softmax" if state["variant"] == "gated" else state["variant"]
+    variant, params = module_variant(module)
     out = ops_attention(query, key, value, variant=variant, causal=causal, attn_mask=mask, scale=scaling, **params)
     out = out.transpose(1, 2)  # [B, T, H, D]
     if state["variant"] == "gated":
         out = apply_gate(out, module._sinklab_x, module.sinklab_gate, state["gate_scale"])
         module._sinklab_x = None
     return out.contiguous(), None
+
+
+def module_variant(module: nn.Module) -> tuple[str, dict]:
+    """(ops variant, its parameters) of a patched attention module: the ``sinklab.ops.attention`` call that gives its
+    attention weights (for "gated" that is plain softmax; the gate acts on the output)."""
+    state = module._sinklab
+    params = dict(state["hparams"])
+    params.update({n: getattr(module, PREFIX + n) for n in state["learnable"] if n != "gate"})
+    return ("softmax" if state["variant"] == "gated" else state["variant"]), params
 
 
 def _stash_input(module, args, kwargs):
