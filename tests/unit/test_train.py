@@ -1,0 +1,190 @@
+"""sinklab.remove.train: a tiny pre-training run learns and measures every metric; variants, errors, CLI, study."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sinklab.errors import SinklabInputError
+from sinklab.remove.train import (
+    METRIC_LEN,
+    VARIANTS,
+    Batches,
+    TrainConfig,
+    _lr,
+    _variant_alpha,
+    build_model,
+    train,
+)
+from sinklab.testing import assert_close
+
+pytestmark = pytest.mark.xdist_group("train")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (2 shared cores: more threads only contend)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+METRICS = ("val_loss", "sink_rate", "first_token_mass_mean", "max_activation", "kurtosis")
+
+
+def test_tiny_run_learns_and_measures_every_metric(tmp_path):
+    out = tmp_path / "run"
+    result = train(TrainConfig(preset="tiny", steps=30, eval_every=10, out=str(out)))
+    first, last = result.history[0], result.history[-1]
+    assert [row["step"] for row in result.history] == [0, 10, 20, 30]
+    assert last["val_loss"] < first["val_loss"] - 1.0  # random init ~ log(263) = 5.6 -> well below
+    assert math.isfinite(last["train_loss"]) and last["train_loss"] < first["val_loss"]
+    for row in result.history:
+        for key in METRICS:
+            assert math.isfinite(row[key]), key
+        assert 0.0 <= row["sink_rate"] <= 1.0
+        assert np.asarray(row["first_token_mass"]).shape == (2, 4)  # [L][H] of the tiny preset
+        assert len(row["max_activation_by_layer"]) == 2
+    assert last["max_activation"] > 0 and last["kurtosis"] > 1.0
+    final = result.final
+    assert final["ppl_fp32"] == pytest.approx(math.exp(last["val_loss"]), rel=1e-3)
+    assert final["ppl_w8a8_tensor"] > 1.0 and final["ppl_w8a8_token"] > 1.0
+    record = json.loads((out / "train.json").read_text())
+    assert record["history"][-1]["val_loss"] == last["val_loss"]
+    assert (out / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "softmax"])
+def test_every_variant_trains_through_patch(variant):
+    result = train(TrainConfig(variant=variant, preset="tiny", steps=6, eval_every=6, quant_eval=False))
+    assert result.model.config.sinklab_variant["variant"] == variant
+    first, last = result.history
+    assert last["val_loss"] < first["val_loss"]
+    for key in METRICS:
+        assert math.isfinite(last[key]), key
+
+
+@pytest.mark.parametrize("overrides", [{"sink_token": True, "bos": "never"}, {"bos": "never"}, {"weight_decay": 0.0}])
+def test_interventions_train(overrides):
+    result = train(TrainConfig(preset="tiny", steps=4, eval_every=4, quant_eval=False, **overrides))
+    assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
+    if overrides.get("sink_token"):  # one extra embedding row: the sink token, id = corpus vocab
+        assert result.model.get_input_embeddings().weight.shape[0] == 263 + 1
+
+
+def test_probe_equals_scan_on_softmax():
+    """The first-token probe for patched models agrees with sinklab.scan (the definition) where both apply."""
+    from sinklab.measure import scan
+    from sinklab.models import byte_tokenizer
+    from sinklab.remove import patch
+
+    model = build_model(TrainConfig(preset="tiny").resolved(), 263)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)  # sharper attention than the init gives
+    ids = torch.randint(7, 263, (3, METRIC_LEN), generator=torch.Generator().manual_seed(1))
+    expected = scan(model, byte_tokenizer(), ids, eps=0.3, batch_size=3, keep_pattern=0, progress=False)
+    patch(model, "softmax", init="default")
+    with torch.no_grad():
+        assert_close(_variant_alpha(model, ids).float(), expected.first_token_mass.float(), name="alpha_1")
+
+
+@pytest.mark.parametrize("variant", ["softpick", "clipped", "sigmoid"])
+def test_probe_trick_gives_the_variant_weights(variant):
+    """attention(q, k, V = e_0)[..., 0] is column 0 of the variant's weight matrix (its naive definition)."""
+    import importlib
+
+    from sinklab.ops import attention
+
+    naive = importlib.import_module(f"sinklab.ops.{variant}.naive")
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, 17, 8, generator=g, dtype=torch.float64) * 2 for _ in range(2))
+    e0 = torch.zeros_like(q)
+    e0[:, :, 0, 0] = 1
+    keep = torch.ones(17, 17, dtype=torch.bool).tril()
+    s = q @ k.transpose(-1, -2) / math.sqrt(8)
+    params = {"bias": -math.log(17)} if variant == "sigmoid" else {}
+    expected = naive.weights(s, keep, **params)[..., 0]
+    assert_close(attention(q, k, e0, variant=variant, causal=True)[..., 0], expected, name=variant)
+
+
+def test_batches_are_disjoint_across_ranks_and_deterministic():
+    data = Batches(np.arange(1000, dtype=np.uint16), body=10, prefix=[1], seed=3)
+    ranks = [data.step(2, 4, rank, 2) for rank in range(2)]
+    assert ranks[0].shape == (4, 11) and (ranks[0][:, 0] == 1).all()
+    starts = {int(r[1]) for batch in ranks for r in batch}
+    assert len(starts) == 8  # 8 different windows
+    assert torch.equal(data.step(2, 4, 1, 2), ranks[1])
+    epoch = {int(data.step(s, 10)[i, 1]) for s in range(10) for i in range(10)}
+    assert epoch == set(range(0, 1000, 10))  # one epoch visits every window once
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(preset="tiny", steps=100, warmup=10, lr=1e-3).resolved()
+    assert _lr(0, cfg) == pytest.approx(1e-4)
+    assert _lr(9, cfg) == pytest.approx(1e-3)
+    assert _lr(10, cfg) == pytest.approx(1e-3)
+    assert _lr(99, cfg) == pytest.approx(1e-4, rel=0.01)
+    assert all(_lr(s, cfg) >= _lr(s + 1, cfg) for s in range(10, 99))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"variant": "flash"}, "unknown variant 'flash'; accepted: softmax"),
+        ({"preset": "huge"}, "unknown preset 'huge'; accepted: tiny, small"),
+        ({"bos": "auto"}, "unknown --bos 'auto'; accepted: always, never"),
+        ({"steps": 100_000}, "corpus too small"),
+        ({"steps": 0}, "--steps must be a positive integer"),
+        ({"context": 32}, "context must be at least 64"),
+        ({"corpus": "/nonexistent"}, "is not a built corpus"),
+    ],
+)
+def test_bad_input_is_one_clear_error(overrides, message):
+    with pytest.raises(SinklabInputError, match=message.replace("(", r"\(")):
+        train(TrainConfig(**{"preset": "tiny", **overrides}))
+
+
+def test_cli_train_writes_results_and_fails_cleanly(tmp_path):
+    from sinklab.cli import app
+
+    out = tmp_path / "ok"
+    result = CliRunner().invoke(app, ["train", "--steps", "3", "--eval-every", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "train.json").exists() and (out / "curves.png").exists()
+    bad = tmp_path / "bad"
+    result = CliRunner().invoke(app, ["train", "--variant", "nope", "--out", str(bad)])
+    assert result.exit_code == 2
+    assert "unknown variant 'nope'" in result.output
+    assert not bad.exists()
+    result = CliRunner().invoke(app, ["train", "--steps", "999999", "--out", str(bad)])
+    assert result.exit_code == 2 and "corpus too small" in result.output
+    assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_study_script_runs_and_ends_with_one_json_line(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "benchmarks" / "train_study.py"
+    spec = importlib.util.spec_from_file_location("train_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    out = tmp_path / "train-study-test.json"
+    record = study.main(
+        ["--preset", "tiny", "--steps", "3", "--eval-every", "3", "--runs", "softmax", "gated", "--out", str(out)]
+    )
+    assert [row["run"] for row in record["table"]] == ["softmax", "gated"]
+    assert record["table"][1]["loss_vs_baseline_pct"] == pytest.approx(
+        100 * (record["table"][1]["val_loss"] / record["table"][0]["val_loss"] - 1)
+    )
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["benchmark"] == "train_study"
+    assert json.loads(out.read_text())["runs"][0]["history"]
+    assert out.with_suffix(".png").exists()
