@@ -49,7 +49,7 @@ def train_command(
         out=out,
     )
     result = train(config)
-    if not result.final:  # ranks other than 0 report nothing
+    if not result.history:  # ranks other than 0 report nothing
         return
     final = result.final
     table = Table(title=f"sinklab train {result.config.name} ({result.params / 1e6:.2f}M parameters)")

@@ -465,7 +465,7 @@ def train(config: TrainConfig) -> TrainResult:
             train_loss = reported.item()
             train_time += time.perf_counter() - tick
             progress.update(bar, advance=1)
-    final = dict(history[-1]) if rank == 0 else {}
+    final = dict(history[-1]) if rank == 0 else {"train_loss": train_loss}  # the loss is averaged over ranks
     if rank == 0 and config.quant_eval:
         final.update(quantized_perplexity(raw, val, config))
     tokens_per_second = config.steps * config.batch_size * world * config.context / max(train_time, 1e-9)
