@@ -13,7 +13,6 @@ Prints a rich table, then ONE JSON line last.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -68,10 +67,7 @@ def _hardware() -> str:
 
 def _impl(config: TrainConfig) -> str:
     """Which attention code trained the run: transformers' SDPA, or sinklab.ops through remove.patch."""
-    if config.variant == "softmax":
-        return "transformers sdpa"
-    cuda = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
-    return "sinklab.ops triton" if cuda else "sinklab.ops chunked"
+    return "transformers sdpa" if config.variant == "softmax" else "sinklab.ops via remove.patch (impl auto)"
 
 
 def _summary(run: dict, base: dict | None) -> dict:
