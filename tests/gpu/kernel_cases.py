@@ -19,7 +19,7 @@ VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "si
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64; NaN anywhere gives NaN (never passes a <= test); 0 when both are 0."""
-    a, b = a.double(), b.double()
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
     if not bool(torch.isfinite(a).all()):
         return math.nan
     den = b.norm().item()
@@ -88,38 +88,40 @@ def make_case(
     return case
 
 
-def _leaves(case: dict, dtype: torch.dtype | None) -> tuple[list[str], list[torch.Tensor]]:
+def _leaves(case: dict, dtype: torch.dtype | None, device) -> tuple[list[str], list[torch.Tensor]]:
     names, leaves = [], []
     for name in ("q", "k", "v"):
         names.append(name)
-        leaves.append(case[name].detach().to(dtype or case[name].dtype).requires_grad_())
+        leaves.append(case[name].detach().to(device, dtype or case[name].dtype).requires_grad_())
     for name, p in case["params"].items():
         if isinstance(p, torch.Tensor):
             names.append(name)
-            leaves.append(p.detach().to(dtype or torch.float32).requires_grad_())
+            leaves.append(p.detach().to(device, dtype or torch.float32).requires_grad_())
     return names, leaves
 
 
-def _run(fn, case: dict, dtype: torch.dtype | None, grad_out: torch.Tensor) -> dict[str, torch.Tensor]:
-    names, leaves = _leaves(case, dtype)
+def _run(fn, case: dict, dtype: torch.dtype | None, grad_out: torch.Tensor, device=None) -> dict[str, torch.Tensor]:
+    device = device or case["q"].device
+    names, leaves = _leaves(case, dtype, device)
     q, k, v, *rest = leaves
     params = dict(case["params"])
     params.update(zip(names[3:], rest, strict=True))
-    out = fn(q, k, v, **case["kw"], **params)
-    grads = torch.autograd.grad(out, leaves, grad_out.to(out.dtype))
+    kw = {n: (x.to(device) if isinstance(x, torch.Tensor) else x) for n, x in case["kw"].items()}
+    out = fn(q, k, v, **kw, **params)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(device, out.dtype))
     return {"out": out, **{f"d{n}": g for n, g in zip(names, grads, strict=True)}}
 
 
 def check(variant: str, case: dict, impl=None, seed: int = 1) -> dict[str, float]:
     """Relative error of the output and of every gradient of ``impl`` (default: the variant's triton.attention)
-    against its ``naive.attention`` in float64; NaN-poisoned allocations while ``impl`` runs."""
+    against its ``naive.attention`` in float64 on the CPU; NaN-poisoned allocations while ``impl`` runs."""
     naive = importlib.import_module(f"sinklab.ops.{variant}.naive").attention
     impl = impl or importlib.import_module(f"sinklab.ops.{variant}.triton").attention
     g = torch.Generator(device="cpu").manual_seed(seed)
     grad_out = torch.randn(case["q"].shape, generator=g).to(case["q"].device)
     with poisoned():
         got = _run(impl, case, None, grad_out)
-    ref = _run(naive, case, torch.float64, grad_out)
+    ref = _run(naive, case, torch.float64, grad_out, device="cpu")
     return {name: rel_err(got[name], ref[name]) for name in ref}
 
 
@@ -134,13 +136,15 @@ def check_colsum(case: dict, impl=None) -> float:
     mask = kw.get("attn_mask")
     key_padding = None if mask is None else mask[:, 0, 0, :]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    s, keep = full_logits(q.double(), k.double(), causal=kw["causal"], attn_mask=mask, scale=scale,
-                          window=kw["window"])  # fmt: skip
+    q64, k64 = q.double().cpu(), k.double().cpu()
+    mask64 = None if mask is None else mask.cpu()
+    s, keep = full_logits(q64, k64, causal=kw["causal"], attn_mask=mask64, scale=scale, window=kw["window"])
     if keep is not None:
         s = s.masked_fill(~keep, -math.inf)
     lse = torch.logsumexp(s, dim=-1)  # [B, H, T] float64
-    args = dict(scale=scale, causal=kw["causal"], window=kw["window"], key_padding=key_padding)
+    args = dict(scale=scale, causal=kw["causal"], window=kw["window"])
+    kp64 = None if key_padding is None else key_padding.cpu()
     with poisoned():
-        got = impl(q, k, lse.float(), **args)
-    ref = naive.colsum(q.double(), k.double(), lse, **args)
+        got = impl(q, k, lse.float().to(q.device), key_padding=key_padding, **args)
+    ref = naive.colsum(q64, k64, lse, key_padding=kp64, **args)
     return rel_err(got, ref)

@@ -72,9 +72,9 @@ def config(head_dim: int) -> Config:
         return Config(16, 16, 4, 1, 16, 16, 16, 16, 4, 1)
     if head_dim in TUNED:
         return TUNED[head_dim]
-    if head_dim <= 64:
-        return Config(128, 64, 4, 3, 64, 128, 128, 64, 8, 3)
-    return Config(128, 64, 8, 3, 64, 128, 128, 64, 8, 3)
+    if head_dim <= 64:  # the fastest of the tiles tried on an H200 (benchmarks/KERNELS_NOTES.md)
+        return Config(128, 64, 8, 3, 64, 128, 128, 64, 8, 3)
+    return Config(128, 128, 8, 3, 64, 128, 128, 64, 8, 3)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,8 @@ def forward(q, k, v, kpm, prob: Problem, sink=None, kb=None, vb=None, bias=None,
         HAS_WINDOW=prob.window is not None,
         HAS_PAD=kpm is not None,
         BLOCK_M=cfg.m,
-        BLOCK_N=cfg.n,
+        # 128-key tiles fit the registers of the plain softmax/sink forward only; the other variants spill there
+        BLOCK_N=cfg.n if prob.mode == 0 and prob.seed != 2 else min(cfg.n, 64),
         HEAD_D=D,
         num_warps=cfg.warps,
         num_stages=cfg.stages,
@@ -190,7 +191,7 @@ def backward(
             BLOCK_M=bm,
             HEAD_D=D,
         )
-    elif prob.mode == 2:  # clipped: delta' needs a pass over the keys
+    elif prob.mode == 2:  # clipped: delta' needs a pass over the keys (it holds dO too: at most 64 keys a tile)
         kernels.attn_fwd[(triton.cdiv(T, cfg.m), B * H)](
             q,
             k,
@@ -218,7 +219,7 @@ def backward(
             PASS=2,
             **masks,
             BLOCK_M=cfg.m,
-            BLOCK_N=cfg.n,
+            BLOCK_N=min(cfg.n, 64),
             HEAD_D=D,
             num_warps=cfg.warps,
             num_stages=cfg.stages,
