@@ -67,7 +67,9 @@ def _hardware() -> str:
 
 def _impl(config: TrainConfig) -> str:
     """Which attention code trained the run: transformers' SDPA, or sinklab.ops through remove.patch."""
-    return "transformers sdpa" if config.variant == "softmax" else "sinklab.ops via remove.patch (impl auto)"
+    if config.variant == "softmax":
+        return "transformers sdpa"
+    return "sinklab.ops via remove.patch (impl auto: Triton kernels or the chunked fallback; which one is not recorded)"
 
 
 def _summary(run: dict, base: dict | None) -> dict:

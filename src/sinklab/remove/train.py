@@ -252,16 +252,13 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
     from transformers import AttentionInterface
 
     from sinklab.ops import attention
-    from sinklab.remove.patch import ATTN_NAME, PREFIX
+    from sinklab.remove.patch import ATTN_NAME, module_variant
 
-    state = module._sinklab
-    params = dict(state["hparams"])
-    params.update({n: getattr(module, PREFIX + n) for n in state["learnable"] if n != "gate"})
+    variant, params = module_variant(module)  # for "gated": softmax, the gate acts after the weights
     if "v_bias" in params:  # the bias slot's value would leak into coordinate 0
         params["v_bias"] = torch.zeros_like(params["v_bias"])
     e0 = torch.zeros_like(value)  # [B, Hkv, S, D]
     e0[:, :, 0, 0] = 1
-    variant = "softmax" if state["variant"] == "gated" else state["variant"]  # the gate acts after the weights
     weights = attention(query, key, e0, variant=variant, causal=True, scale=scaling, **params)[..., 0]  # [B, H, T]
     module._sinklab_alpha = weights.float().mean(-1)  # [B, H] alpha_1: every query of a causal row sees key 0
     return AttentionInterface()[ATTN_NAME](module, query, key, value, attention_mask, scaling, dropout, **kwargs)
