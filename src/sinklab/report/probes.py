@@ -1,0 +1,241 @@
+"""Plots and the self-contained HTML page of `sinklab explain` (one section per probe), all or nothing."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sinklab.report.html import _img, _table
+from sinklab.report.plots import _save
+
+
+def _arr(x) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in x], dtype=float) if isinstance(x, list) else np.asarray(x)
+
+
+def noop_plot(section: dict, eps: float, path: Path) -> Path:
+    """alpha_1 against the sink's value norm ratio per head; per layer, the median ratio in sink and other heads."""
+    m = section["measured"]
+    alpha = np.asarray(m["alpha_1"], dtype=float)
+    ratio = np.asarray(m["value_norm_ratio"], dtype=float)
+    dormant = np.asarray(m["dormant"], dtype=bool)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax0.scatter(alpha[~dormant], ratio[~dormant], s=10, color="#8aa6d6", label="heads")
+    ax0.scatter(alpha[dormant], ratio[dormant], s=12, color="#c0392b", label="dormant heads")
+    ax0.axvline(eps, color="#999", ls=":")
+    ax0.axhline(1.0, color="#999", ls=":")
+    ax0.set(
+        xscale="linear", yscale="log", xlabel="alpha_1", ylabel="||v_sink|| / median ||v||", title="no-op signature"
+    )
+    ax0.legend(fontsize=8)
+    rows = m["per_layer"]
+    layers = [r["layer"] for r in rows]
+    ax1.semilogy(layers, _arr([r["median_value_ratio_sink_heads"] for r in rows]), "o-", label="sink heads")
+    ax1.semilogy(layers, _arr([r["median_value_ratio_other_heads"] for r in rows]), "s--", label="other heads")
+    ax1.axhline(1.0, color="#999", ls=":")
+    ax1.set(xlabel="layer", ylabel="median value norm ratio", title="sink's value norm over the median")
+    ax1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def outlier_plot(section: dict, path: Path) -> Path:
+    """Largest |h| at the sink by layer (writing layer marked) and what attention and MLP write into its dims."""
+    m = section["measured"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    track = np.asarray(m["sink_max_abs_by_layer"], dtype=float)
+    ax0.semilogy(range(len(track)), np.maximum(track, 1e-6), "o-")
+    ax0.axvline(m["write_layer"], color="#c0392b", ls="--", label=f"writing layer {m['write_layer']}")
+    ax0.set(xlabel="layer", ylabel=f"|h_sink[{m['dim']}]|", title="the sink's largest dim across layers")
+    ax0.legend(fontsize=8)
+    seq = next((s for s in m["per_sequence"] if s["write_layer"] == m["write_layer"]), m["per_sequence"][0])
+    dims = seq["dims"]
+    x = np.arange(len(dims))
+    ax1.bar(x - 0.2, seq["attn_writes"], 0.4, label="attention writes")
+    ax1.bar(x + 0.2, seq["mlp_writes"], 0.4, label="MLP writes")
+    ax1.set_xticks(x, [str(d) for d in dims])
+    ax1.set(xlabel="dim", ylabel="value added at the sink", title=f"layer {seq['write_layer']}: who writes it")
+    ax1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def bias_plot(section: dict, path: Path) -> Path:
+    """Per layer: cosine of the sink's contribution to its mean, and its coefficient of variation."""
+    m = section["measured"]
+    cos, cv = _arr(m["cosine_to_mean_by_layer"]), _arr(m["cv_by_layer"])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(range(len(cos)), cos, "o-", label="cosine of c_t to its mean")
+    ax.plot(range(len(cv)), cv, "s--", label="coefficient of variation")
+    ax.set(xlabel="layer", ylabel="value", title="how constant is the sink's contribution (1 and 0: a bias)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def anchor_plot(section: dict, path: Path) -> Path:
+    """Direction stability of the sink's state over layers; its key's cosine to the query axis against others'."""
+    m = section["measured"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    sink, mid = _arr(m["hidden_cosine_over_layers"]), _arr(m["middle_token_hidden_cosine_over_layers"])
+    ax0.plot(range(1, len(sink) + 1), sink, "o-", label="sink token")
+    ax0.plot(range(1, len(mid) + 1), mid, "s--", label="middle token")
+    ax0.set(xlabel="layer l", ylabel="cos(h_l, h_{l-1})", title="hidden-state direction over layers")
+    ax0.legend(fontsize=8)
+    k_sink = np.nanmedian(np.asarray(m["sink_key_cosine_to_query_axis"], dtype=float), axis=1)
+    k_other = np.nanmedian(np.asarray(m["other_keys_cosine_to_query_axis"], dtype=float), axis=1)
+    ax1.plot(range(len(k_sink)), k_sink, "o-", label="sink key")
+    ax1.plot(range(len(k_other)), k_other, "s--", label="median other key")
+    ax1.set(xlabel="layer", ylabel="cosine to the query axis (median over heads)", title="keys against the query cone")
+    ax1.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def emergence_plot(section: dict, model: str, path: Path) -> Path:
+    """Sink_1 on natural, random and repeated tokens at T = 64, beside Gu et al.'s Table 1."""
+    m = section["measured"]
+    kinds = ("natural", "random", "repeated")
+    rows = {model: [100 * m["kinds"][k]["sink_rate"] for k in kinds]}
+    for name, pub in m["published_percent"].items():
+        rows[name] = [np.nan if pub[k] is None else pub[k] for k in kinds]
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    width = 0.8 / len(rows)
+    for i, (name, values) in enumerate(rows.items()):
+        ax.bar(np.arange(3) + i * width, values, width, label=name, color="#c0392b" if i == 0 else None)
+    ax.set_xticks(np.arange(3) + 0.4 - width / 2, kinds)
+    ax.set(ylabel=f"Sink_1^{m['eps']} (%)", ylim=(0, 105), title=f"T = {m['length']}: this model vs Gu et al. Table 1")
+    ax.legend(fontsize=7, ncol=3)
+    return _save(fig, path)
+
+
+def interventions_plot(d: dict, path: Path) -> Path | None:
+    """Loss change and sink-rate change of every intervention."""
+    names, loss, rate = [], [], []
+    for probe, section in d["probes"].items():
+        for name, eff in section.get("interventions", {}).items():
+            if isinstance(eff, dict) and "sink_rate" in eff and name != "baseline":
+                names.append(f"{probe}: {name}")
+                loss.append(np.nan if eff.get("loss_delta") is None else eff["loss_delta"])
+                base = eff.get("baseline_sink_rate", d["baseline"]["sink_rate"])
+                rate.append(eff["sink_rate"] - base)
+    if not names:
+        return None
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
+    y = np.arange(len(names))
+    ax0.barh(y, loss, color="#1f4e9c")
+    ax0.set_yticks(y, names, fontsize=8)
+    ax0.set(xlabel="loss change (nats/token)", title="next-token loss")
+    ax1.barh(y, rate, color="#c0392b")
+    ax1.set(xlabel="sink-rate change", title="Sink_1^eps")
+    for ax in (ax0, ax1):
+        ax.axvline(0, color="#666", lw=0.8)
+    return _save(fig, path)
+
+
+def all_probe_plots(d: dict, out_dir: Path) -> dict[str, Path]:
+    plots: dict[str, Path | None] = {"interventions": interventions_plot(d, out_dir / "probe_interventions.png")}
+    p = d["probes"]
+    if "noop" in p:
+        plots["noop"] = noop_plot(p["noop"], d["eps"], out_dir / "probe_noop.png")
+    if "outlier" in p:
+        plots["outlier"] = outlier_plot(p["outlier"], out_dir / "probe_outlier.png")
+    if "bias" in p:
+        plots["bias"] = bias_plot(p["bias"], out_dir / "probe_bias.png")
+    if "anchor" in p:
+        plots["anchor"] = anchor_plot(p["anchor"], out_dir / "probe_anchor.png")
+    if "emergence" in p:
+        plots["emergence"] = emergence_plot(p["emergence"], d["model"], out_dir / "probe_emergence.png")
+    return {k: v for k, v in plots.items() if v is not None}
+
+
+def _scalars(measured: dict) -> list[dict]:
+    return [
+        {"quantity": k, "value": v}
+        for k, v in measured.items()
+        if v is None
+        or isinstance(v, bool | int | float | str)
+        or (isinstance(v, list) and len(v) <= 8 and not any(isinstance(x, list | dict) for x in v))
+    ]
+
+
+def _effects(section: dict) -> list[dict]:
+    rows = []
+    for name, eff in section.get("interventions", {}).items():
+        if not isinstance(eff, dict):
+            rows.append({"intervention": name, "what": str(eff)})
+            continue
+        row = {"intervention": name, "what": eff.get("what", "")}
+        for key in ("loss", "baseline_loss", "loss_delta", "sink_rate", "baseline_sink_rate"):
+            if key in eff:
+                row[key] = eff[key]
+        if "new_sink" in eff:
+            row["new sink (position token heads)"] = "; ".join(
+                f"{s['position']} {s['token']!r} {s['heads']}" for s in eff["new_sink"][:4]
+            )
+        rows.append(row)
+    return rows
+
+
+def render_probes_html(d: dict, plots: dict[str, Path]) -> str:
+    """The page: a summary, then per probe its claim, measured scalars, interventions and plot."""
+    base = d["baseline"]
+    summary = [
+        ("model", d["model"]),
+        ("layers x heads", f"{d['num_layers']} x {d['num_heads']} ({d['num_kv_heads']} KV heads)"),
+        ("sequences x tokens", f"{d['num_sequences']} x {d['sequence_length']} ({d['tokens']} tokens)"),
+        (f"Sink_1^{d['eps']}", f"{base['sink_rate']:.2%}"),
+        ("baseline loss", str(base.get("loss", base.get("loss_note")))),
+        ("time", f"{d['seconds']:.0f} s"),
+    ]
+    head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
+    body = []
+    if "interventions" in plots:
+        body.append(f"<h2>All interventions</h2><figure>{_img(plots['interventions'])}</figure>")
+    for name, section in d["probes"].items():
+        cols = ["intervention", "what", "loss", "baseline_loss", "loss_delta", "sink_rate", "baseline_sink_rate"]
+        effects = _effects(section)
+        if any("new sink (position token heads)" in r for r in effects):
+            cols.append("new sink (position token heads)")
+        figure = f"<figure>{_img(plots[name])}</figure>" if name in plots else ""
+        body.append(
+            f"<h2>{html.escape(name)}</h2><p><em>{html.escape(section['claim'])}</em></p>"
+            f"<h3>Measured</h3>{_table(_scalars(section['measured']), ['quantity', 'value'], limit=40)}"
+            f"<h3>Interventions</h3>{_table(effects, cols)}{figure}"
+        )
+    for name, reason in d["not_applicable"].items():
+        body.append(f"<h2>{html.escape(name)}</h2><p><strong>does not apply:</strong> {html.escape(reason)}</p>")
+    title = html.escape(d["model"])
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>sinklab explain: {title}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
+img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
+<h1>sinklab explain</h1><table>{head}</table>
+<p>One probe per mechanism the literature proposes for attention sinks; each reports a measured quantity and an
+intervention with its effect on next-token loss and on Gu et al.'s Sink_1^eps. Full numbers: probes.json.</p>
+{"".join(body)}
+</body></html>"""
+
+
+def write_explain_report(result, out_dir: Path) -> Path:
+    """Write probes.json, PNG plots and report.html into ``out_dir``: into a temporary directory first, moved into
+    place only when everything succeeded."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        d = result.to_dict()
+        (tmp / "probes.json").write_text(json.dumps(d, indent=1))
+        plots = all_probe_plots(d, tmp)
+        (tmp / "report.html").write_text(render_probes_html(d, plots))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for file in tmp.iterdir():
+            file.replace(out_dir / file.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
