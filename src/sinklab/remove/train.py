@@ -477,7 +477,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 # -- output --------------------------------------------------------------------------------------------------------
 def plot_curves(runs: list[dict], path: str | Path) -> None:
-    """Validation loss, Sink_1, first-token mass and max |activation| against step, one line per run."""
+    """Validation loss, Sink_1, first-token mass, max |activation| and kurtosis against step, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -488,6 +488,7 @@ def plot_curves(runs: list[dict], path: str | Path) -> None:
         ("sink_rate", "Sink_1^0.3 (T=64)", False),
         ("first_token_mass_mean", "first-token mass (mean over heads)", False),
         ("max_activation", "max |residual activation|", True),
+        ("kurtosis", "residual kurtosis (max over layers)", True),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (key, title, log) in zip(axes, panels, strict=True):
