@@ -28,7 +28,9 @@ def eager_stats(model, ids, mask, is_decoder):
         allowed = allowed[None, None]
         allowed = allowed & valid[:, None, None, :] & valid[:, None, :, None]
         count = allowed[:, 0].sum(1)
-        alpha = colsum.gather(2, first[:, None, None].expand(-1, A.shape[1], 1))[..., 0] / count.gather(1, first[:, None])
+        alpha = colsum.gather(2, first[:, None, None].expand(-1, A.shape[1], 1))[..., 0] / count.gather(
+            1, first[:, None]
+        )
         entropy = -torch.special.xlogy(A, A).sum((-1, -2)) / valid.sum(1, keepdim=True)
         stats.append((colsum, alpha, entropy))
     return stats

@@ -22,7 +22,9 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return num / den
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, name: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, name: str = ""
+) -> None:
     """Assert the relative error is within the tolerance of ``dtype`` (default: ``actual``'s dtype)."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     tol = TOLERANCE[dtype or actual.dtype]

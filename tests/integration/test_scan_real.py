@@ -54,8 +54,14 @@ def test_minilm_equals_eager_and_sep_is_a_sink():
     tok.padding_side = "right"
     batch = tok(["The cat sat on the mat. " * 6, "A short one."], return_tensors="pt", padding=True)
     _compare_with_eager(model, batch["input_ids"], batch["attention_mask"], False)
-    result = scan(model, tok, ["Attention sinks in BERT go to [CLS] and [SEP]. " * 8], max_tokens=128,
-                  progress=False, sink_threshold=0.2)
+    result = scan(
+        model,
+        tok,
+        ["Attention sinks in BERT go to [CLS] and [SEP]. " * 8],
+        max_tokens=128,
+        progress=False,
+        sink_threshold=0.2,
+    )
     tokens = {s["token"] for s in result.sinks}
     assert tokens & {"[CLS]", "[SEP]", "."}, result.sinks[:5]
 

@@ -14,8 +14,9 @@ runner = CliRunner()
 
 def test_scan_writes_report(tmp_path):
     out = tmp_path / "out"
-    result = runner.invoke(app, ["scan", "--model", "tiny-llama", "--max-tokens", "48", "--num-texts", "2",
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app, ["scan", "--model", "tiny-llama", "--max-tokens", "48", "--num-texts", "2", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "tiny-llama" and metrics["tokens"] == 96
@@ -37,8 +38,13 @@ def test_scan_writes_report(tmp_path):
 def test_bad_input_one_line_exit_2(tmp_path, args, message):
     out = tmp_path / "out"
     base = ["--model", "tiny-llama"] if "--model" not in args else []
-    proc = subprocess.run([sys.executable, "-m", "sinklab.cli", "scan", *base, *args, "--out", str(out)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sinklab.cli", "scan", *base, *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr

@@ -72,8 +72,11 @@ def test_hooks_intervene_and_observe():
         q, k, v = qkv
         return q, k, torch.zeros_like(v)
 
-    hooks = {"layers.0.attn.qkv": [zero_values], "layers.1.attn.chunk": [lambda p, ctx: seen.append(ctx.rows)],
-             "layers.2.resid_post": [lambda h, ctx: h * 0]}
+    hooks = {
+        "layers.0.attn.qkv": [zero_values],
+        "layers.1.attn.chunk": [lambda p, ctx: seen.append(ctx.rows)],
+        "layers.2.resid_post": [lambda h, ctx: h * 0],
+    }
     with torch.no_grad(), Observer(model, rows_per_chunk=4, hooks=hooks) as obs:
         out = model.base_model(input_ids=ids).last_hidden_state
     assert seen and seen[0] == (0, 4)

@@ -47,7 +47,7 @@ def test_hub_id_without_hub_is_a_clear_error():
 
 
 def test_directory_without_model(tmp_path):
-    with pytest.raises(SinklabInputError, match="neither config.json nor a .gguf"):
+    with pytest.raises(SinklabInputError, match=r"neither config\.json nor a \.gguf"):
         load(str(tmp_path))
 
 

@@ -19,17 +19,25 @@ def summary_table(result) -> Table:
     table.add_row("layers x heads", f"{d['num_layers']} x {d['num_heads']} ({d['num_kv_heads']} KV heads)")
     table.add_row("sequences x tokens", f"{d['num_sequences']} x {d['sequence_length']}")
     table.add_row(f"Sink_1^{d['eps']} (Gu et al.)", f"{d['sink_rate']:.1%}")
-    table.add_row("strongest sink head", f"layer {layer} head {head}: alpha_1 = {result.first_token_mass[layer, head]:.3f}")
+    table.add_row(
+        "strongest sink head", f"layer {layer} head {head}: alpha_1 = {result.first_token_mass[layer, head]:.3f}"
+    )
     for sink in d["sinks"][:3]:
-        table.add_row("sink", f"position {sink['position']} {sink['token']!r}: {sink['heads']} heads, mass {sink['mass']:.2f}")
-    table.add_row("largest |hidden|", f"{float(result.layer_max_abs.max()):.1f} ({len(d['massive_activations'])} massive)")
+        table.add_row(
+            "sink", f"position {sink['position']} {sink['token']!r}: {sink['heads']} heads, mass {sink['mass']:.2f}"
+        )
+    table.add_row(
+        "largest |hidden|", f"{float(result.layer_max_abs.max()):.1f} ({len(d['massive_activations'])} massive)"
+    )
     return table
 
 
 @command("scan")
 def scan_command(
     model: str = typer.Option("smollm2-135m", help="Embedded name (see `sinklab models`), local dir, .gguf or hub id."),
-    text: list[Path] = typer.Option(None, help="Text file, directory or .jsonl (repeatable); default: embedded corpus."),
+    text: list[Path] = typer.Option(
+        None, help="Text file, directory or .jsonl (repeatable); default: embedded corpus."
+    ),
     max_tokens: int = typer.Option(512, help="Tokens per sequence."),
     num_texts: int = typer.Option(4, help="Number of sequences to scan."),
     eps: float = typer.Option(0.3, help="Gu et al.'s threshold for Sink_1^eps, in (0, 1)."),
@@ -55,8 +63,18 @@ def scan_command(
     console = Console(stderr=True)
     with console.status(f"loading {model}"):
         net, tokenizer = load(model, device=device, dtype=dtype)
-    result = scan(net, tokenizer, texts, eps, max_tokens=max_tokens, num_texts=num_texts, bos=bos,
-                  batch_size=batch_size, sink_threshold=sink_threshold, model_name=model)
+    result = scan(
+        net,
+        tokenizer,
+        texts,
+        eps,
+        max_tokens=max_tokens,
+        num_texts=num_texts,
+        bos=bos,
+        batch_size=batch_size,
+        sink_threshold=sink_threshold,
+        model_name=model,
+    )
     result.save(out)
     Console().print(summary_table(result))
     Console().print(f"wrote {out}/metrics.json, heads.csv, plots and report.html")

@@ -224,8 +224,14 @@ class _Accumulator:
         for entry in self.sinks.values():
             n = entry["sequences"]
             tokens = sorted(entry["token"])
-            out.append({**entry, "token": " | ".join(tokens[:4]) + (" | ..." if len(tokens) > 4 else ""),
-                        "mass": round(entry["mass"] / n, 6), "layers": sorted(entry["layers"])})
+            out.append(
+                {
+                    **entry,
+                    "token": " | ".join(tokens[:4]) + (" | ..." if len(tokens) > 4 else ""),
+                    "mass": round(entry["mass"] / n, 6),
+                    "layers": sorted(entry["layers"]),
+                }
+            )
         return sorted(out, key=lambda e: (-e["heads"], -e["mass"]))
 
     def massive_list(self) -> list[dict]:

@@ -68,7 +68,8 @@ def render_html(result, plots: list[Path]) -> str:
     figures = "".join(f"<figure>{_img(p)}</figure>" for p in plots)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>sinklab scan: {html.escape(d["model"])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
 img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>sinklab scan</h1><table>{rows}</table>
 <h2>Plots</h2>{figures}

@@ -35,6 +35,19 @@ def _key_range(r0: int, r1: int, q_len: int, kv_len: int, causal: bool, window: 
     return lo, hi
 
 
+def _rule_free_keys(r0: int, r1: int, q_len: int, kv_len: int, causal: bool, window: int | None) -> tuple[int, int]:
+    """Keys [a, b) that every query r0..r1-1 may see by position (only padding can hide them)."""
+    off = kv_len - q_len
+    a, b = 0, kv_len
+    if causal:
+        b = r0 + off + 1
+    if window is not None:
+        a = r1 - 1 + off - window + 1
+        if not causal:
+            b = min(b, r0 + off + window)
+    return a, b
+
+
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -50,15 +63,18 @@ def attention_stats(
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Same contract as ``naive.attention_stats``: ``(out [B, H, T, D], AttentionStats)``, in query chunks.
 
-    ``on_chunk(probs, rows, keys)`` sees each [B, H, R, K] probability block (padded query rows zeroed).
+    The position rule is applied only to the few key columns where it bites (the causal diagonal, the window's
+    edge); column sums are a matrix product with the row-validity vector. ``on_chunk(probs, rows, keys)`` sees
+    each [B, H, R, K] probability block (padded query rows zeroed).
     """
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
     R = rows_per_chunk or chunk_rows(B, H, S)
-    valid = query_validity(T, S, key_padding, B, q.device)  # [B, T]
-    out = torch.empty_like(q)
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    valid = query_validity(T, S, key_padding, B, q.device)  # [B, T]
+    valid_f = valid.to(compute_dtype)
+    out = torch.empty_like(q)
     colsum = torch.zeros(B, H, S, dtype=compute_dtype, device=q.device)
     count = torch.zeros(B, S, dtype=torch.long, device=q.device)
     entropy = torch.zeros(B, H, dtype=compute_dtype, device=q.device)
@@ -66,42 +82,52 @@ def attention_stats(
     qg = q.view(B, Hkv, G, T, D)
     for r0 in range(0, T, R):
         r1 = min(T, r0 + R)
-        lo, hi = _key_range(r0, r1, T, S, causal, window)
-        allowed = allowed_mask(
-            T, S, causal=causal, window=window, key_padding=key_padding, rows=(r0, r1), keys=(lo, hi), device=q.device
-        )  # [B or 1, 1, R, K]
         rows = r1 - r0
+        lo, hi = _key_range(r0, r1, T, S, causal, window)
+        K = hi - lo
         q_blk = qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D)
-        scores = (q_blk @ k[:, :, lo:hi].transpose(-1, -2)).to(compute_dtype).view(B, H, rows, hi - lo)
-        scores.mul_(scale).masked_fill_(~allowed, float("-inf"))
+        scores = (q_blk @ k[:, :, lo:hi].transpose(-1, -2)).to(compute_dtype).view(B, H, rows, K)
+        scores.mul_(scale)
+        row_valid = valid[:, r0:r1]  # [B, R]
+        chunk_count = row_valid.sum(1, keepdim=True).expand(B, K).clone()  # [B, K]
+        free_a, free_b = _rule_free_keys(r0, r1, T, S, causal, window)
+        for a, b in ((lo, min(hi, max(lo, free_a))), (max(lo, min(hi, free_b)), hi)):
+            if b > a:  # the position rule bites only on these columns
+                rule = allowed_mask(T, S, causal=causal, window=window, rows=(r0, r1), keys=(a, b), device=q.device)
+                scores[..., a - lo : b - lo].masked_fill_(~rule, float("-inf"))
+                chunk_count[:, a - lo : b - lo] = (rule[0, 0][None] & row_valid[:, :, None]).sum(1)
+        if key_padding is not None:
+            pad = key_padding[:, lo:hi].bool()
+            scores.masked_fill_(~pad[:, None, None, :], float("-inf"))
+            chunk_count *= pad
         probs = torch.softmax(scores, dim=-1)
-        row_has_key = allowed.any(-1, keepdim=True)  # [B or 1, 1, R, 1]
-        if not bool(row_has_key.all()):
-            probs = probs.masked_fill(~row_has_key, 0.0)
-        v_blk = v[:, :, lo:hi].to(compute_dtype)
-        o_blk = probs.view(B, Hkv, G * rows, hi - lo) @ v_blk
+        if key_padding is not None:
+            probs = probs.nan_to_num_(0.0)  # padded query rows may see no key at all: zeros, not NaN
+        o_blk = probs.view(B, Hkv, G * rows, K) @ v[:, :, lo:hi].to(compute_dtype)
         out[:, :, r0:r1] = o_blk.view(B, H, rows, D).to(q.dtype)
         if keep_pattern and r0 < keep_pattern:
-            if pattern is None:
-                pattern = torch.zeros(
-                    B, H, min(keep_pattern, T), min(keep_pattern, S), dtype=compute_dtype, device=q.device
-                )
-            w = min(keep_pattern, S)
-            take = min(r1, pattern.shape[2]) - r0
-            seg = torch.zeros(B, H, take, w, dtype=compute_dtype, device=q.device)
-            k_hi = min(hi, w)
-            if k_hi > lo:
-                seg[..., lo:k_hi] = probs[:, :, :take, : k_hi - lo]
-            pattern[:, :, r0 : r0 + take] = seg
-        row_ok = valid[:, None, r0:r1, None]  # [B, 1, R, 1]
-        if not bool(row_ok.all()):
-            probs = probs * row_ok
+            pattern = _keep_pattern(pattern, probs, r0, r1, lo, hi, keep_pattern, T, S)
+        row_w = valid_f[:, None, None, r0:r1]  # [B, 1, 1, R]
+        if key_padding is not None:
+            probs = probs * row_w.transpose(-1, -2)
         if on_chunk is not None:
             on_chunk(probs, (r0, r1), (lo, hi))
-        colsum[:, :, lo:hi] += probs.sum(dim=2)
-        entropy -= torch.special.xlogy(probs, probs).sum(dim=(-1, -2))
-        count[:, lo:hi] += (allowed & row_ok).sum(dim=(1, 2))
+        colsum[:, :, lo:hi] += (row_w @ probs)[:, :, 0]
+        entropy -= (torch.special.xlogy(probs, probs).sum(-1) * row_w[:, :, 0]).sum(-1)
+        count[:, lo:hi] += chunk_count
     return out, AttentionStats(colsum=colsum, count=count, entropy=entropy, rows=valid.sum(-1), pattern=pattern)
+
+
+def _keep_pattern(pattern, probs, r0, r1, lo, hi, keep, T, S):
+    """Copy the part of a chunk that falls in the first ``keep`` queries x keys into the [B, H, w, w] map."""
+    B, H = probs.shape[:2]
+    if pattern is None:
+        pattern = torch.zeros(B, H, min(keep, T), min(keep, S), dtype=probs.dtype, device=probs.device)
+    take = min(r1, pattern.shape[2]) - r0
+    k_hi = min(hi, pattern.shape[3])
+    if k_hi > lo:
+        pattern[:, :, r0 : r0 + take, lo:k_hi] = probs[:, :, :take, : k_hi - lo]
+    return pattern
 
 
 def colsum(
