@@ -22,7 +22,7 @@ def train_command(
     batch_size: int = typer.Option(None, help="sequences per step and process (default: the preset's)"),
     lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
-    max_epochs: float = typer.Option(1.0, help="refuse runs that pass over the training tokens more often"),
+    max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
     device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
     seed: int = typer.Option(0),
 ) -> None:

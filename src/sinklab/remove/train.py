@@ -61,7 +61,7 @@ PRESETS: dict[str, Preset] = {
     # CPU test scale: seconds on 2 cores (byte tokens, embedded pydoc corpus)
     "tiny": Preset(64, 2, 4, 128, 64, 8, 3e-3, 5, 30, 10, 2, 8),
     # GPU study scale: 8 x 512, SmolLM2's 49k vocabulary tied in and out (~50M parameters), context 256
-    "small": Preset(512, 8, 8, 1376, 256, 64, 2e-3, 100, 1000, 100, 8, 64),
+    "small": Preset(512, 8, 8, 1376, 256, 48, 2e-3, 100, 1000, 100, 8, 64),
 }
 
 
@@ -88,7 +88,7 @@ class TrainConfig:
     eval_batches: int | None = None
     metric_seqs: int | None = None
     eps: float = 0.3
-    max_epochs: float = 1.0  # refuse runs that would pass over the training tokens more often than this
+    max_epochs: float = 2.0  # refuse runs that would pass over the training tokens more often than this
     quant_eval: bool = True
     seed: int = 0
     device: str | None = None  # default: cuda if available, else cpu
@@ -403,6 +403,8 @@ def train(config: TrainConfig) -> TrainResult:
         device = torch.device(config.device)
     else:
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL needs each process on its own GPU before the group starts
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     corpus = _load_data(config)
