@@ -172,8 +172,12 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip the Flex baselines past this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the PNG beside --out from its JSON and stop")
     args = ap.parse_args()
     console = Console()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text()), args.out.with_suffix(".png"))
+        return
     import triton
 
     props = torch.cuda.get_device_properties(0)
@@ -261,7 +265,32 @@ def main() -> None:
     console.print(table)
     result["wall_s"] = time.time() - t0
     save()
+    plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Bars: forward+backward TFLOP/s of every implementation at every shape (SDPA and Flex as baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(result["timings"])
+    names = ["sdpa", *VARIANTS, "flex", "flex_sink_rescale"]
+    names = [n for n in names if any(n in result["timings"][k] for k in keys)]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        vals = [result["timings"][k].get(name, {}).get("fwd+bwd_tflops", 0.0) for k in keys]
+        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [k.replace("/", ", ") for k in keys])
+    ax.set_ylabel("forward+backward TFLOP/s")
+    ax.set_title(f"{result['device']}: causal attention, B={result['shape']['B']} H={result['shape']['H']} bf16")
+    ax.legend(ncol=5, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def time_shape_flex(B, H, T, D, record) -> None:

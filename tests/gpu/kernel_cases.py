@@ -58,8 +58,10 @@ def make_case(
     window=None,
     pad=False,
     seed=0,
+    defaults=False,
 ) -> dict:
-    """Random q, k, v, parameters and (optionally) a key-padding mask that leaves some query rows with no key."""
+    """Random q, k, v, parameters and (optionally) a key-padding mask that leaves some query rows with no key.
+    ``defaults``: leave the optional parameters out (kv_bias without ``sink``, sigmoid's bias -log S)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
@@ -76,10 +78,12 @@ def make_case(
     if variant == "sink":
         params["sink"] = rnd(H)
     elif variant == "kv_bias":
-        params.update(k_bias=rnd(H, D), v_bias=rnd(H, D), sink=rnd(H))
+        params.update(k_bias=rnd(H, D), v_bias=rnd(H, D))
+        if not defaults:
+            params["sink"] = rnd(H)
     elif variant == "clipped":
         params.update(gamma=-0.1, zeta=1.05)  # wider than the default so the clip is active at small T
-    elif variant == "sigmoid":
+    elif variant == "sigmoid" and not defaults:
         params["bias"] = rnd(H) - math.log(S)
     if pad:
         keep = torch.rand(B, S, generator=g) > 0.25

@@ -359,8 +359,11 @@ def _fallback(variant, q, k, v, causal, attn_mask, scale, window, params):
 
 
 def _per_head(x, H: int, device: torch.device) -> torch.Tensor:
-    """A per-head parameter (float, 0-d or [H] tensor) as float32 [H], differentiable."""
-    return torch.as_tensor(x, device=device).float().reshape(-1).expand(H).contiguous()
+    """A per-head parameter (float, 0-d or [H] tensor) as float32 [H], differentiable. A Python number is filled
+    on the device (``torch.as_tensor(x, device=cuda)`` would copy from the host and synchronize every call)."""
+    if not isinstance(x, torch.Tensor):
+        return torch.full((H,), float(x), dtype=torch.float32, device=device)
+    return x.to(device).float().reshape(-1).expand(H).contiguous()
 
 
 def _scalar(x) -> float | None:
