@@ -52,7 +52,7 @@ def bos_attending(kv_heads=(0,), zero_value=False, num_layers=1, seed=0):
 
 
 def run(model, tok, probes, **kw):
-    kw = {"max_tokens": 80, "num_texts": 2, "bos": "always", "progress": False, **kw}
+    kw = {"max_tokens": 48, "num_texts": 2, "bos": "always", "progress": False, **kw}
     return explain(model, tok, TEXT, probes=probes, **kw)
 
 
@@ -171,7 +171,7 @@ def test_anchor_sink_follows_the_content_anchored_token():
     assert max(abs(x) for x in m["other_keys_cosine_to_query_axis"][0]) < 1e-6
     assert iv["baseline"]["new_sink"][0] == {"position": 0, "token": "<bos>", "heads": 4}
     moved = iv["move_first"]
-    assert moved["new_sink"][0]["position"] == moved["moved_to"] == 16 and moved["new_sink"][0]["token"] == "<bos>"
+    assert moved["new_sink"][0]["position"] == moved["moved_to"] == 12 and moved["new_sink"][0]["token"] == "<bos>"
     assert moved["sink_rate_of_moved_token"] == 1.0 and moved["sink_rate"] == 0.0
     assert iv["drop_first"]["new_sink"][0]["position"] is None  # no <bos>: attention is uniform, no sink
 
@@ -182,7 +182,7 @@ def test_emergence_uniform_attention_gives_harmonic_alpha():
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.zero_()
-    section = run(model, tok, "emergence", max_tokens=140).to_dict()["probes"]["emergence"]
+    section = run(model, tok, "emergence", max_tokens=65, num_texts=1).to_dict()["probes"]["emergence"]
     harmonic = sum(1.0 / t for t in range(1, 65)) / 64
     for kind in ("natural", "random", "repeated"):
         assert section["measured"]["kinds"][kind]["sink_rate"] == 0.0
@@ -192,7 +192,9 @@ def test_emergence_uniform_attention_gives_harmonic_alpha():
 
 def test_emergence_bos_attending_model_sinks_on_every_input():
     model, tok = bos_attending(kv_heads=(0, 1))
-    kinds = run(model, tok, "emergence", max_tokens=140).to_dict()["probes"]["emergence"]["measured"]["kinds"]
+    kinds = run(model, tok, "emergence", max_tokens=65, num_texts=1).to_dict()["probes"]["emergence"]["measured"][
+        "kinds"
+    ]
     assert [kinds[k]["sink_rate"] for k in ("natural", "random", "repeated")] == [1.0, 1.0, 1.0]
 
 
@@ -216,7 +218,7 @@ def test_bad_probe_names_are_refused():
 def test_cli_writes_probes_json_and_a_self_contained_report(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        app, ["explain", "--model", "tiny-llama", "--max-tokens", "80", "--num-texts", "1", "--out", str(out)]
+        app, ["explain", "--model", "tiny-llama", "--max-tokens", "65", "--num-texts", "1", "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
     d = json.loads((out / "probes.json").read_text())
