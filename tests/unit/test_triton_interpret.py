@@ -48,26 +48,23 @@ def _worker() -> None:
         print(json.dumps({"case": f"colsum/{name}", "dtype": dtype, "errors": {"colsum": err}}), flush=True)
 
 
-@pytest.fixture(scope="module")
-def results() -> dict[str, dict]:
+def test_every_kernel_matches_naive_under_the_interpreter():
+    """One test (one subprocess) for all cases, so ``pytest -n 2`` never runs the interpreter twice."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(HERE), "--worker"], env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    return {r["case"]: r for r in lines}
-
-
-@pytest.mark.xdist_group("triton_interpret")
-@pytest.mark.parametrize("shape", [s[0] for s in SHAPES])
-@pytest.mark.parametrize("variant", [*VARIANTS, "colsum"])
-def test_kernel_matches_naive(results, variant, shape):
-    r = results[f"{variant}/{shape}"]
-    tol = TOL[r["dtype"]]
-    bad = {k: e for k, e in r["errors"].items() if math.isnan(e) or e > tol}
-    assert not bad, f"{variant}/{shape}: relative errors above {tol}: {bad}"
+    results = {r["case"]: r for r in map(json.loads, proc.stdout.splitlines()) if "case" in r}
+    expected = {f"{v}/{name}" for name, _, _ in SHAPES for v in (*VARIANTS, "colsum")}
+    assert set(results) == expected, f"missing cases: {sorted(expected - set(results))}"
+    bad = {
+        case: {k: e for k, e in r["errors"].items() if math.isnan(e) or e > TOL[r["dtype"]]}
+        for case, r in results.items()
+    }
+    bad = {case: errs for case, errs in bad.items() if errs}
+    assert not bad, f"relative errors above tolerance ({TOL}): {bad}"
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
