@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sinklab.measure.variants import row_weights
 from sinklab.ops.colsum import AttentionStats, chunked
 
 ATTENTION_NAME = "sinklab_observe"
@@ -64,17 +65,21 @@ class ResidualStats:
     dim_max: torch.Tensor
 
 
+def _lower_median(values: torch.Tensor) -> torch.Tensor:
+    """torch.median's convention (the lower of the two middle values), by selection instead of a sort."""
+    flat = values.reshape(-1)
+    return flat.kthvalue((flat.numel() + 1) // 2).values
+
+
 def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TOP_K) -> ResidualStats:
     """Massive-activation statistics of hidden states [B, T, d]; padded tokens ([B, T] False) never count."""
     x = hidden.detach().float()
     B, T, d = x.shape
     mag = x.abs()
     if valid is not None:
-        mag = mag.masked_fill(~valid[:, :, None], float("nan"))
-    flat = mag.reshape(B, T * d)
-    median = flat.nanmedian(dim=1).values
-    filled = flat.nan_to_num(-1.0)
-    top_mag, top_idx = filled.topk(min(k, T * d), dim=1)
+        mag = mag.masked_fill(~valid[:, :, None], -1.0)  # below every real magnitude: never a top entry
+    median = torch.stack([_lower_median(mag[b] if valid is None else mag[b][valid[b]]) for b in range(B)])
+    top_mag, top_idx = mag.reshape(B, T * d).topk(min(k, T * d), dim=1)
     top_value = x.reshape(B, T * d).gather(1, top_idx)
     return ResidualStats(
         max_abs=top_mag[:, 0],
@@ -82,7 +87,7 @@ def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TO
         top_value=top_value,
         top_pos=top_idx // d,
         top_dim=top_idx % d,
-        dim_max=mag.nan_to_num(0.0).amax(dim=1),
+        dim_max=mag.clamp_min(0.0).amax(dim=1),
     )
 
 
@@ -258,6 +263,11 @@ class Observer:
         if qkv_hooks:
             query, key, value = self._run(f"layers.{layer}.attn.qkv", (query, key, value), ctx)
         chunk_name = f"layers.{layer}.attn.chunk"
+        weights = None
+        if getattr(module, "_sinklab", None) is not None:  # patched by sinklab.remove.patch: its variant's weights
+            from sinklab.remove.patch import module_variant
+
+            weights = row_weights(*module_variant(module), scale, key.shape[2])
         out, stats = chunked.attention_stats(
             query,
             key,
@@ -271,10 +281,15 @@ class Observer:
             on_chunk=(lambda p, rows, keys: self._run(chunk_name, p, ctx_with(ctx, rows, keys)))
             if self.hooks.get(chunk_name)
             else None,
+            weights=weights,
         )
         self.attention[layer] = stats
-        out = self._run(f"layers.{layer}.attn.out", out, ctx)
-        return out.transpose(1, 2).contiguous(), None
+        out = self._run(f"layers.{layer}.attn.out", out, ctx).transpose(1, 2)  # [B, T, H, D]
+        if getattr(module, "_sinklab", None) is not None:
+            from sinklab.remove.patch import finish_output
+
+            out = finish_output(module, out)
+        return out.contiguous(), None
 
 
 def ctx_with(ctx: AttentionContext, rows: tuple[int, int], keys: tuple[int, int]) -> AttentionContext:

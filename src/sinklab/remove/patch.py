@@ -85,11 +85,17 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         causal = False
     variant, params = module_variant(module)
     out = ops_attention(query, key, value, variant=variant, causal=causal, attn_mask=mask, scale=scaling, **params)
-    out = out.transpose(1, 2)  # [B, T, H, D]
+    return finish_output(module, out.transpose(1, 2)).contiguous(), None
+
+
+def finish_output(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """What a patched module does after attention, on out [B, T, H, D]: the gate of gated attention, else nothing.
+    Shared with ``sinklab.measure.Observer``, which computes the attention itself."""
+    state = module._sinklab
     if state["variant"] == "gated":
         out = apply_gate(out, module._sinklab_x, module.sinklab_gate, state["gate_scale"])
         module._sinklab_x = None
-    return out.contiguous(), None
+    return out
 
 
 def module_variant(module: nn.Module) -> tuple[str, dict]:

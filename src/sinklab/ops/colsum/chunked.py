@@ -15,6 +15,7 @@ import torch
 from sinklab.ops.colsum.naive import allowed_mask, query_validity
 from sinklab.ops.colsum.types import AttentionStats
 
+RowWeights = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks amortize Python overhead
 
 
@@ -60,8 +61,13 @@ def attention_stats(
     keep_pattern: int = 0,
     rows_per_chunk: int | None = None,
     on_chunk: Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], None] | None = None,
+    weights: RowWeights | None = None,
 ) -> tuple[torch.Tensor, AttentionStats]:
     """Same contract as ``naive.attention_stats``: ``(out [B, H, T, D], AttentionStats)``, in query chunks.
+
+    ``weights`` replaces the softmax for other attention variants: ``weights(scores, keep, q_rows)`` gets the
+    [B, H, R, K] logits (-inf where masked), the matching bool mask and the [B, H, R, D] queries, and returns the
+    weights on the real keys plus the output of any extra slot (a sink logit's value, a learned value bias) or None.
 
     The position rule is applied only to the few key columns where it bites (the causal diagonal, the window's
     edge); column sums are a matrix product with the row-validity vector. ``on_chunk(probs, rows, keys)`` sees
@@ -100,11 +106,17 @@ def attention_stats(
             pad = key_padding[:, lo:hi].bool()
             scores.masked_fill_(~pad[:, None, None, :], float("-inf"))
             chunk_count *= pad
-        probs = torch.softmax(scores, dim=-1)
+        extra_out = None
+        if weights is None:
+            probs = torch.softmax(scores, dim=-1)
+        else:
+            probs, extra_out = weights(scores, scores != float("-inf"), q[:, :, r0:r1].to(compute_dtype))
         if key_padding is not None:
             probs = probs.nan_to_num_(0.0)  # padded query rows may see no key at all: zeros, not NaN
-        o_blk = probs.view(B, Hkv, G * rows, K) @ v[:, :, lo:hi].to(compute_dtype)
-        out[:, :, r0:r1] = o_blk.view(B, H, rows, D).to(q.dtype)
+        o_blk = (probs.view(B, Hkv, G * rows, K) @ v[:, :, lo:hi].to(compute_dtype)).view(B, H, rows, D)
+        if extra_out is not None:
+            o_blk = o_blk + extra_out
+        out[:, :, r0:r1] = o_blk.to(q.dtype)
         if keep_pattern and r0 < keep_pattern:
             pattern = _keep_pattern(pattern, probs, r0, r1, lo, hi, keep_pattern, T, S)
         row_w = valid_f[:, None, None, r0:r1]  # [B, 1, 1, R]
