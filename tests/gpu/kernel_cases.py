@@ -129,6 +129,27 @@ def check(variant: str, case: dict, impl=None, seed: int = 1) -> dict[str, float
     return {name: rel_err(got[name], ref[name]) for name in ref}
 
 
+def check_lse(case: dict) -> float:
+    """Relative error of ``flash.softmax_lse``'s logsumexp (finite rows) against float64, and -inf exactly where a
+    row sees no key (NaN otherwise)."""
+    from sinklab.ops._common import full_logits
+    from sinklab.ops._triton import flash
+
+    q, k, v, kw = case["q"], case["k"], case["v"], case["kw"]
+    mask = kw.get("attn_mask")
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    _, lse = flash.softmax_lse(q, k, v, scale=scale, causal=kw["causal"], window=kw["window"],
+                               key_padding=None if mask is None else mask[:, 0, 0, :])  # fmt: skip
+    s, keep = full_logits(q.double().cpu(), k.double().cpu(), causal=kw["causal"],
+                          attn_mask=None if mask is None else mask.cpu(), scale=scale, window=kw["window"])  # fmt: skip
+    ref = torch.logsumexp(s if keep is None else s.masked_fill(~keep, -math.inf), dim=-1)
+    lse = lse.cpu()
+    if not torch.equal(torch.isneginf(lse), torch.isneginf(ref)):
+        return math.nan
+    finite = torch.isfinite(ref)
+    return rel_err(lse[finite], ref[finite])
+
+
 def check_colsum(case: dict, impl=None) -> float:
     """Relative error of the Triton column sums against ``colsum.naive`` given the same (float64) lse."""
     from sinklab.ops._common import full_logits

@@ -76,6 +76,7 @@ def test_unsupported_inputs_fall_back_and_stay_correct(dtype, D, mask):
 def test_colsum_matches_naive(shape):
     case = kernel_cases.make_case("softmax", device="cuda", **SHAPES[shape])
     assert kernel_cases.check_colsum(case) <= 1e-3
+    assert kernel_cases.check_lse(case) <= 1e-3
 
 
 def test_colsum_mass_is_one_per_valid_row():

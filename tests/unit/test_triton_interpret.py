@@ -44,8 +44,8 @@ def _worker() -> None:
             errs = kernel_cases.check(variant, case)
             print(json.dumps({"case": f"{variant}/{name}", "dtype": dtype, "errors": errs}), flush=True)
         case = kernel_cases.make_case("softmax", dtype=getattr(torch, dtype), **kw)
-        err = kernel_cases.check_colsum(case)
-        print(json.dumps({"case": f"colsum/{name}", "dtype": dtype, "errors": {"colsum": err}}), flush=True)
+        errs = {"colsum": kernel_cases.check_colsum(case), "lse": kernel_cases.check_lse(case)}
+        print(json.dumps({"case": f"colsum/{name}", "dtype": dtype, "errors": errs}), flush=True)
 
 
 def test_every_kernel_matches_naive_under_the_interpreter():

@@ -416,3 +416,22 @@ def attention(
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     prob = Problem(mode, seed, bool(causal), window, scale, p0, p1)
     return FlashAttention.apply(q, k, v, sink, kb, vb, bias, kpm, prob)
+
+
+def softmax_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    causal: bool = True,
+    window: int | None = None,
+    key_padding: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention and each row's natural-log logsumexp in one forward kernel (no autograd):
+    (out [B, H, T, D], lse [B, H, T] float32, -inf for a row with no visible key). ``lse`` is what
+    ``sinklab.ops.colsum.triton.colsum`` takes; ``key_padding`` [B, S] bool, True = real token."""
+    kpm = None if key_padding is None else key_padding.to(torch.int8).expand(q.shape[0], k.shape[2]).contiguous()
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    out, lse2 = forward(q, k, v, kpm, Problem(0, 0, bool(causal), window, float(scale)))
+    return out, torch.where(torch.isinf(lse2), float("-inf"), lse2 * math.log(2.0))
