@@ -1,0 +1,66 @@
+"""QuantizedSinkCache against the quantize-dequantize definition; sinks stay exact."""
+
+import pytest
+import torch
+
+from sinklab.errors import SinklabInputError
+from sinklab.exploit.cache import QuantizedSinkCache
+from sinklab.exploit.cache.naive import quantize_dequantize
+from sinklab.models import load
+from sinklab.testing import assert_close, rel_err
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("sinks", [0, 2, [0, 5]])
+def test_layer_returns_quantize_dequantize(bits, sinks):
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(2, 2, 9, 16, generator=g), torch.randn(2, 2, 9, 16, generator=g)
+    k[:, :, 0] *= 40  # a sink-like outlier token
+    cache = QuantizedSinkCache(bits, sinks, group_size=8)
+    for lo, hi in ((0, 4), (4, 5), (5, 9)):  # a prefill chunk, a decode step, another chunk
+        got_k, got_v = cache.update(k[:, :, lo:hi], v[:, :, lo:hi], 0)
+    want_k, want_v = quantize_dequantize(k, bits, 8), quantize_dequantize(v, bits, 8)
+    kept = range(sinks) if isinstance(sinks, int) else sinks
+    for p in kept:
+        want_k[:, :, p], want_v[:, :, p] = k[:, :, p], v[:, :, p]
+    assert_close(got_k, want_k)
+    assert_close(got_v, want_v)
+    for p in kept:
+        assert torch.equal(got_k[:, :, p], k[:, :, p])
+    assert rel_err(got_k, k) > 0  # it really quantizes
+
+
+def test_int4_storage_is_a_quarter_of_int8_codes():
+    k = torch.randn(1, 2, 64, 32)
+    sizes = {}
+    for bits in (4, 8):
+        cache = QuantizedSinkCache(bits, 0, group_size=32)
+        cache.update(k, k, 0)
+        sizes[bits] = cache.nbytes()
+    fp = 2 * k.numel() * 4
+    assert sizes[8] < fp / 3 and sizes[4] < sizes[8] * 0.6
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3"])
+def test_keeping_sinks_helps_on_a_model(name):
+    model = load(name)[0]
+    ids = torch.randint(7, 200, (1, 24), generator=torch.Generator().manual_seed(1))
+    dense = model(input_ids=ids).logits
+    errs = {}
+    for sinks in (0, 4):
+        cache = QuantizedSinkCache(4, sinks, group_size=8, model=model)
+        with torch.no_grad():
+            out = torch.cat([model(input_ids=ids[:, t : t + 1], cache=cache).logits for t in range(24)], 1)
+        errs[sinks] = rel_err(out, dense)
+    assert 0 < errs[4] < errs[0]
+
+
+@pytest.mark.parametrize(("bits", "sinks", "group"), [(3, 4, 32), (4, -1, 32), (8, [0, -2], 32), (4, 4, 0)])
+def test_bad_arguments(bits, sinks, group):
+    with pytest.raises(SinklabInputError):
+        QuantizedSinkCache(bits, sinks, group)
+
+
+def test_group_must_divide_head_dim():
+    with pytest.raises(SinklabInputError, match="divide"):
+        QuantizedSinkCache(4, 0, group_size=12).update(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16), 0)
