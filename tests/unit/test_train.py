@@ -17,11 +17,10 @@ from sinklab.remove.train import (
     Batches,
     TrainConfig,
     _lr,
-    _variant_alpha,
+    _scan_metrics,
     build_model,
     train,
 )
-from sinklab.testing import assert_close
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -78,40 +77,23 @@ def test_interventions_train(overrides):
         assert result.model.get_input_embeddings().weight.shape[0] == 263 + 1
 
 
-def test_probe_equals_scan_on_softmax():
-    """The first-token probe for patched models agrees with sinklab.scan (the definition) where both apply."""
-    from sinklab.measure import scan
+def test_metrics_see_the_variant():
+    """The training metrics come from sinklab.scan, which measures a patched model's own attention weights: a sink
+    logit that takes all the mass leaves no first-token mass, where softmax leaves some."""
     from sinklab.models import byte_tokenizer
     from sinklab.remove import patch
 
     model = build_model(TrainConfig(preset="tiny").resolved(), 263)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)  # sharper attention than the init gives
     ids = torch.randint(7, 263, (3, METRIC_LEN), generator=torch.Generator().manual_seed(1))
-    expected = scan(model, byte_tokenizer(), ids, eps=0.3, batch_size=3, keep_pattern=0, progress=False)
-    patch(model, "softmax", init="default")
+    softmax = _scan_metrics(model, byte_tokenizer(), ids, 0.3)
+    patch(model, "sink", init="default")
     with torch.no_grad():
-        assert_close(_variant_alpha(model, ids).float(), expected.first_token_mass.float(), name="alpha_1")
-
-
-@pytest.mark.parametrize("variant", ["softpick", "clipped", "sigmoid"])
-def test_probe_trick_gives_the_variant_weights(variant):
-    """attention(q, k, V = e_0)[..., 0] is column 0 of the variant's weight matrix (its naive definition)."""
-    import importlib
-
-    from sinklab.ops import attention
-
-    naive = importlib.import_module(f"sinklab.ops.{variant}.naive")
-    g = torch.Generator().manual_seed(0)
-    q, k = (torch.randn(2, 3, 17, 8, generator=g, dtype=torch.float64) * 2 for _ in range(2))
-    e0 = torch.zeros_like(q)
-    e0[:, :, 0, 0] = 1
-    keep = torch.ones(17, 17, dtype=torch.bool).tril()
-    s = q @ k.transpose(-1, -2) / math.sqrt(8)
-    params = {"bias": -math.log(17)} if variant == "sigmoid" else {}
-    expected = naive.weights(s, keep, **params)[..., 0]
-    assert_close(attention(q, k, e0, variant=variant, causal=True)[..., 0], expected, name=variant)
+        for module in model.modules():
+            if hasattr(module, "sinklab_sink"):
+                module.sinklab_sink.fill_(40.0)
+    sink = _scan_metrics(model, byte_tokenizer(), ids, 0.3)
+    assert np.mean(softmax["first_token_mass"]) > 0.01 > 1e-6 > np.mean(sink["first_token_mass"])
+    assert sink["kurtosis"] > 0 and len(sink["max_activation_by_layer"]) == model.config.num_hidden_layers
 
 
 def test_batches_are_disjoint_across_ranks_and_deterministic():

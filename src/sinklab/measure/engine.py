@@ -53,12 +53,14 @@ class AttentionContext:
 class ResidualStats:
     """Residual-stream magnitudes of one layer's output (Sun et al. 2024, "Massive Activations in LLMs").
 
-    max_abs, median_abs [B]: largest and median |x| over valid tokens and dims; top_value/top_pos/top_dim [B, k]:
-    the k largest |x| (signed value, token position, hidden dim); dim_max [B, d]: max |x| over tokens per dim.
+    max_abs, median_abs [B]: largest and median |x| over valid tokens and dims; kurtosis [B]: E[(x-mu)^4]/sigma^4
+    over the same values (Bondarenko et al. 2023: outliers make it large; 3 for a Gaussian); top_value/top_pos/
+    top_dim [B, k]: the k largest |x| (signed value, token position, hidden dim); dim_max [B, d]: max |x| per dim.
     """
 
     max_abs: torch.Tensor
     median_abs: torch.Tensor
+    kurtosis: torch.Tensor
     top_value: torch.Tensor
     top_pos: torch.Tensor
     top_dim: torch.Tensor
@@ -71,6 +73,12 @@ def _lower_median(values: torch.Tensor) -> torch.Tensor:
     return flat.kthvalue((flat.numel() + 1) // 2).values
 
 
+def _kurtosis(values: torch.Tensor) -> torch.Tensor:
+    centred = values.double().reshape(-1)
+    centred = centred - centred.mean()
+    return (centred.pow(4).mean() / centred.pow(2).mean().pow(2).clamp_min(1e-300)).float()
+
+
 def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TOP_K) -> ResidualStats:
     """Massive-activation statistics of hidden states [B, T, d]; padded tokens ([B, T] False) never count."""
     x = hidden.detach().float()
@@ -78,12 +86,15 @@ def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TO
     mag = x.abs()
     if valid is not None:
         mag = mag.masked_fill(~valid[:, :, None], -1.0)  # below every real magnitude: never a top entry
-    median = torch.stack([_lower_median(mag[b] if valid is None else mag[b][valid[b]]) for b in range(B)])
+    values = [x[b] if valid is None else x[b][valid[b]] for b in range(B)]
+    median = torch.stack([_lower_median(v.abs()) for v in values])
+    kurtosis = torch.stack([_kurtosis(v) for v in values])
     top_mag, top_idx = mag.reshape(B, T * d).topk(min(k, T * d), dim=1)
     top_value = x.reshape(B, T * d).gather(1, top_idx)
     return ResidualStats(
         max_abs=top_mag[:, 0],
         median_abs=median,
+        kurtosis=kurtosis,
         top_value=top_value,
         top_pos=top_idx // d,
         top_dim=top_idx % d,

@@ -47,6 +47,7 @@ class ScanResult:
     massive_activations: list[dict]
     layer_max_abs: torch.Tensor  # [L] largest |hidden| per layer (max over sequences)
     layer_median_abs: torch.Tensor  # [L] median |hidden| per layer (mean over sequences)
+    layer_kurtosis: torch.Tensor  # [L] kurtosis of the hidden state per layer (mean over sequences)
     dim_max: torch.Tensor  # [L, d] max |hidden| per hidden dim
     layer_types: list[str]
     pattern: torch.Tensor | None = None  # [L, H, w, w] attention maps of the first w tokens of sequence 0
@@ -81,6 +82,7 @@ class ScanResult:
             "layer_types": self.layer_types,
             "layer_max_abs": _rounded(self.layer_max_abs, 3),
             "layer_median_abs": _rounded(self.layer_median_abs, 5),
+            "layer_kurtosis": _rounded(self.layer_kurtosis, 3),
         }
 
     def save(self, out_dir: str | Path) -> Path:
@@ -148,6 +150,7 @@ class _Accumulator:
         self.tokens = 0
         self.layer_max = torch.zeros(num_layers, dtype=torch.float64)
         self.layer_median = torch.zeros(num_layers, dtype=torch.float64)
+        self.layer_kurtosis = torch.zeros(num_layers, dtype=torch.float64)
         self.dim_max = torch.zeros(num_layers, hidden, dtype=torch.float64)
         self.sinks: dict[tuple[int, int], dict] = {}
         self.massive: dict[tuple[int, int, int, int], dict] = {}
@@ -197,6 +200,7 @@ class _Accumulator:
             return
         self.layer_max[layer] = max(float(self.layer_max[layer]), float(res.max_abs.max()))
         self.layer_median[layer] += float(res.median_abs.double().sum())
+        self.layer_kurtosis[layer] += float(res.kurtosis.double().sum())
         self.dim_max[layer] = torch.maximum(self.dim_max[layer], res.dim_max.double().amax(0).cpu())
         massive = metrics.massive_entries(res.top_value, res.median_abs[:, None])
         for b, k in massive.nonzero().tolist():
@@ -336,6 +340,7 @@ def scan(
         massive_activations=acc.massive_list(),
         layer_max_abs=acc.layer_max,
         layer_median_abs=acc.layer_median / n,
+        layer_kurtosis=acc.layer_kurtosis / n,
         dim_max=acc.dim_max,
         layer_types=list(getattr(config, "layer_types", None) or ["full_attention"] * num_layers),
         pattern=pattern,

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sinklab.errors import SinklabInputError
+from sinklab.measure import scan
 
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid", "gated")
 BOS_MODES = ("always", "never")
@@ -239,86 +240,18 @@ def _loss(model: nn.Module, ids: torch.Tensor, prefix_len: int) -> torch.Tensor:
 
 
 # -- metrics -------------------------------------------------------------------------------------------------------
-PROBE_NAME = "sinklab_train_probe"
-
-
-def _probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The patched variant's attention, unchanged, plus A[:, :, t, 0] (the weight each query gives key 0) from the
-    same ``sinklab.ops.attention`` call with V = e_0, so the variant's own definition gives the weights.
-
-    Stopgap until sinklab.measure's Observer evaluates patched variants (it recomputes plain softmax today).
-    Assumes the metric batches: no padding, causal, key 0 visible to every query.
-    """
-    from transformers import AttentionInterface
-
-    from sinklab.ops import attention
-    from sinklab.remove.patch import ATTN_NAME, module_variant
-
-    variant, params = module_variant(module)  # for "gated": softmax, the gate acts after the weights
-    if "v_bias" in params:  # the bias slot's value would leak into coordinate 0
-        params["v_bias"] = torch.zeros_like(params["v_bias"])
-    e0 = torch.zeros_like(value)  # [B, Hkv, S, D]
-    e0[:, :, 0, 0] = 1
-    weights = attention(query, key, e0, variant=variant, causal=True, scale=scaling, **params)[..., 0]  # [B, H, T]
-    module._sinklab_alpha = weights.float().mean(-1)  # [B, H] alpha_1: every query of a causal row sees key 0
-    return AttentionInterface()[ATTN_NAME](module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-
-
-def _variant_alpha(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    """[L, H] first-token mass alpha_1 of a patched model, averaged over the sequences ``ids`` [N, T]."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    from sinklab.remove.patch import ATTN_NAME
-
-    AttentionInterface.register(PROBE_NAME, _probe_attention)
-    AttentionMaskInterface.register(PROBE_NAME, sdpa_mask)
-    modules = [m for m in model.modules() if hasattr(m, "_sinklab")]
-    model.set_attn_implementation(PROBE_NAME)
-    try:
-        model(input_ids=ids)
-        return torch.stack([m._sinklab_alpha.mean(0) for m in modules]).detach().cpu().double()
-    finally:
-        model.set_attn_implementation(ATTN_NAME)
-        for m in modules:
-            m.__dict__.pop("_sinklab_alpha", None)
-
-
-def _attention_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) -> dict:
-    """Sink_1^eps (Gu et al.) and first-token mass [L][H] at T=64 through sinklab.measure (``scan`` for softmax
-    models; for patched variants the probe above gives alpha_1 and ``sinklab.measure.metrics`` the rate)."""
-    from sinklab.measure import metrics, scan
-
-    if getattr(model.config, "sinklab_variant", None):
-        device = next(model.parameters()).device
-        with _autocast(device):  # on CUDA the variants' Triton kernels take bf16, as in training
-            alpha = _variant_alpha(model, ids.to(device))
-    else:
-        result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
-        alpha = result.first_token_mass
-    return {"sink_rate": metrics.sink_rate(alpha, eps), "first_token_mass": alpha.tolist()}
-
-
-def _residual_metrics(model: nn.Module, ids: torch.Tensor) -> dict:
-    """Max |x| and kurtosis E[(x-mu)^4] / sigma^4 of each layer's residual-stream output (all tokens and dims),
-    maximised over layers, as Bondarenko et al. 2023 report them."""
-    found: list[torch.Tensor] = []
-    handles = [
-        layer.register_forward_hook(lambda m, a, out: found.append(out[0] if isinstance(out, tuple) else out))
-        for layer in model.model.layers
-    ]
-    try:
-        model(input_ids=ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    max_abs, kurtosis = [], []
-    for hidden in found:  # [B, T, d]
-        x = hidden.detach().double().flatten()
-        centred = x - x.mean()
-        max_abs.append(x.abs().max().item())
-        kurtosis.append((centred.pow(4).mean() / centred.pow(2).mean().pow(2)).item())
-    return {"max_activation": max(max_abs), "kurtosis": max(kurtosis), "max_activation_by_layer": max_abs}
+def _scan_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) -> dict:
+    """Sink_1^eps and first-token mass at T=64 (Gu et al.), max |x| and kurtosis of the residual stream (largest
+    over layers; kurtosis per sequence, averaged), all from one ``sinklab.scan``: the engine computes a patched
+    model's own variant weights."""
+    result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
+    return {
+        "sink_rate": result.sink_rate,
+        "first_token_mass": result.first_token_mass.tolist(),
+        "max_activation": float(result.layer_max_abs.max()),
+        "kurtosis": float(result.layer_kurtosis.max()),
+        "max_activation_by_layer": result.layer_max_abs.tolist(),
+    }
 
 
 @torch.no_grad()
@@ -333,10 +266,8 @@ def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config:
             losses.append(_loss(model, ids, len(val.prefix)).item())
     ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
     row = {"val_loss": float(np.mean(losses))}
-    row.update(_attention_metrics(model, tokenizer, ids, config.eps))
+    row.update(_scan_metrics(model, tokenizer, ids, config.eps))
     row["first_token_mass_mean"] = float(np.mean(row["first_token_mass"]))
-    with _autocast(device):
-        row.update(_residual_metrics(model, ids.to(device)))
     model.train()
     return row
 
