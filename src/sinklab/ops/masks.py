@@ -27,6 +27,7 @@ class MaskSpec:
     window: int | None
     keep: torch.Tensor | None  # bool, broadcastable to [B, H, T, S], True = may attend (from attn_mask)
     bias: torch.Tensor | None  # float, broadcastable to [B, H, T, S], added to the logits (from attn_mask)
+    device: torch.device | None = None  # where the position masks are built: q's device
 
     def key_range(self, t0: int, t1: int) -> tuple[int, int]:
         """Keys [lo, hi) that queries t0..t1-1 can see at all (before ``attn_mask``)."""
@@ -44,7 +45,7 @@ class MaskSpec:
         and the additive float part of ``attn_mask`` (None = none)."""
         keep = None
         if self.causal or self.window is not None:
-            device = self.keep.device if self.keep is not None else None
+            device = self.device
             i = torch.arange(t0, t1, device=device)[:, None] + (self.S - self.T)  # [Tc, 1] key position of query
             j = torch.arange(lo, hi, device=device)[None, :]  # [1, K]
             keep = torch.ones(t1 - t0, hi - lo, dtype=torch.bool, device=device)
@@ -96,4 +97,4 @@ def mask_spec(
             bias = m.masked_fill(masked, 0.0)
         else:
             raise SinklabInputError(f"attn_mask must be bool (True = may attend) or float (additive), got {m.dtype}")
-    return MaskSpec(T, S, causal, window, keep, bias)
+    return MaskSpec(T, S, causal, window, keep, bias, q.device)
