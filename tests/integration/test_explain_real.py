@@ -12,7 +12,7 @@ def test_smollm2_noop_and_emergence(smollm2):
     """The sink's values are several times shorter than the others' in sink-heavy layers (REFERENCES.md: 3-6x);
     Gu et al. Table 1 pattern: a sink on natural and random tokens, none on one repeated token."""
     model, tok = smollm2
-    seqs = token_sequences(tok, read_texts(None), 96, 1)
+    seqs = token_sequences(tok, read_texts(None), 72, 1)
     d = explain(model, tok, seqs, probes="noop,emergence", progress=False).to_dict()
     noop = d["probes"]["noop"]["measured"]
     assert noop["sink_heavy_layers"] and noop["sink_value_shorter_by_in_sink_heavy_layers"] > 2.5

@@ -104,10 +104,12 @@ def emergence_plot(section: dict, model: str, path: Path) -> Path:
     rows = {model: [100 * m["kinds"][k]["sink_rate"] for k in kinds]}
     for name, pub in m["published_percent"].items():
         rows[name] = [np.nan if pub[k] is None else pub[k] for k in kinds]
+    colors = ["#c0392b", "#c6dbef", "#9ecae1", "#4292c6", "#08519c", "#08306b"]
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(rows)
     for i, (name, values) in enumerate(rows.items()):
-        ax.bar(np.arange(3) + i * width, values, width, label=name, color="#c0392b" if i == 0 else None)
+        bars = ax.bar(np.arange(3) + i * width, values, width, label=name, color=colors[i % len(colors)])
+        ax.bar_label(bars, fmt="%.0f", fontsize=6)
     ax.set_xticks(np.arange(3) + 0.4 - width / 2, kinds)
     ax.set(ylabel=f"Sink_1^{m['eps']} (%)", ylim=(0, 105), title=f"T = {m['length']}: this model vs Gu et al. Table 1")
     ax.legend(fontsize=7, ncol=3)
@@ -122,8 +124,8 @@ def interventions_plot(d: dict, path: Path) -> Path | None:
             if isinstance(eff, dict) and "sink_rate" in eff and name != "baseline":
                 names.append(f"{probe}: {name}")
                 loss.append(np.nan if eff.get("loss_delta") is None else eff["loss_delta"])
-                base = eff.get("baseline_sink_rate", d["baseline"]["sink_rate"])
-                rate.append(eff["sink_rate"] - base)
+                delta = eff.get("sink_rate_delta")
+                rate.append(delta if delta is not None else eff["sink_rate"] - eff["baseline_sink_rate"])
     if not names:
         return None
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
