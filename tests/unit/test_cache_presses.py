@@ -26,15 +26,15 @@ def run(model, ids, cache, press=None):
 
 @pytest.mark.parametrize("name", sorted(PRESSES))
 def test_press_bounds_cache_and_equals_dense_before_budget(model, name):
-    ids = torch.randint(7, 200, (2, 20), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(7, 200, (2, 14), generator=torch.Generator().manual_seed(0))
     cache = DynamicCache(config=model.config)
-    got = run(model, ids, cache, PRESSES[name](budget=9, protect_sinks=2))
+    got = run(model, ids, cache, PRESSES[name](budget=7, protect_sinks=2))
     dense = run(model, ids, DynamicCache(config=model.config))
-    assert_close(got[:, :10], dense[:, :10])  # h2o attends eagerly, so equal up to rounding
+    assert_close(got[:, :8], dense[:, :8])  # h2o attends eagerly, so equal up to rounding
     kinds = getattr(model.config, "layer_types", None) or ["full_attention"]
     full = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
     for i in full:
-        assert cache.layers[i].keys.shape[-2] == 9
+        assert cache.layers[i].keys.shape[-2] == 7
     assert model.config._attn_implementation == "sdpa"  # restored on exit
 
 

@@ -42,7 +42,7 @@ def test_equals_dense_cache_while_it_fits(model, positions):
 @pytest.mark.parametrize("positions", ["cache", "absolute"])
 @pytest.mark.parametrize("own_positions", [True, False])
 def test_matches_reference_beyond_window(model, positions, own_positions):
-    ids = torch.randint(7, 200, (2, 40), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(7, 200, (2, 28), generator=torch.Generator().manual_seed(2))
     cache = SinkCache(3, 10, positions, model=model)
     got = decode(model, ids, cache, own_positions=own_positions)
     want = stream_reference_logits(model, ids, 3, 10, positions)
@@ -53,7 +53,7 @@ def test_matches_reference_beyond_window(model, positions, own_positions):
 
 
 def test_positions_stay_bounded_with_rebase(model):
-    ids = torch.randint(7, 200, (1, 60), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(7, 200, (1, 36), generator=torch.Generator().manual_seed(3))
     cache = SinkCache(2, 6, "cache", model=model)
     got = decode(model, ids, cache)
     assert cache._next_position <= cache.max_position == 14
@@ -70,7 +70,7 @@ def test_cache_and_absolute_differ(model):
 
 @pytest.mark.parametrize("positions", ["cache", "absolute"])
 def test_chunks_match_reference(model, positions):
-    chunks = [5, 1, 4, 1, 1, 12, 3, 1, 1, 20, 1]
+    chunks = [5, 1, 4, 1, 1, 10, 3, 1, 1]
     ids = torch.randint(7, 200, (1, sum(chunks)), generator=torch.Generator().manual_seed(5))
     got = decode(model, ids, SinkCache(3, 8, positions, model=model), chunks)
     assert rel(got, stream_reference_logits(model, ids, 3, 8, positions, chunks)) <= 1e-5
@@ -99,7 +99,7 @@ def test_generate_matches_manual_greedy_loop(model):
 def test_memory_is_constant():
     model = load("tiny-llama")[0]
     cache = SinkCache(4, 16, model=model)
-    ids = torch.randint(7, 200, (1, 100))
+    ids = torch.randint(7, 200, (1, 60))
     decode(model, ids[:, :30], cache)
     size = cache.nbytes()
     decode(model, ids[:, 30:], cache)
