@@ -95,7 +95,7 @@ def stream_command(
     if not interactive:
         _run_stream(net, tokenizer, cache, prompt, limit, temperature, eos, seed, console)
         return
-    for turn, line in enumerate(sys.stdin):
+    for turn, line in enumerate(sys.stdin or ()):  # no stdin (CI): nothing to answer, exit cleanly
         if line.strip():
             _run_stream(net, tokenizer, cache, line.rstrip("\n") + "\n", limit, temperature, eos, seed + turn, console)
 
