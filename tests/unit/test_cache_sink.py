@@ -7,6 +7,7 @@ from transformers import DynamicCache
 from sinklab.errors import SinklabInputError
 from sinklab.exploit.cache import SinkCache
 from sinklab.exploit.cache.naive import stream_reference_logits, visible_keys
+from sinklab.exploit.cache.rope import rotate
 from sinklab.models import load
 
 
@@ -128,3 +129,18 @@ def test_cache_positions_need_the_model():
     model = load("tiny-llama")[0]
     ids = torch.randint(7, 200, (1, 30))
     assert rel(decode(model, ids, cache), stream_reference_logits(model, ids, 4, 16, "absolute")) <= 1e-5
+
+
+def test_a_decode_step_touches_one_window_slot_and_the_sinks():
+    """O(sinks) RoPE work per step: the window keys are never re-rotated, only the sink slots are rewritten."""
+    model = load("tiny-llama")[0]
+    cache = SinkCache(2, 6, model=model)
+    ids = torch.randint(7, 200, (1, 12), generator=torch.Generator().manual_seed(8))
+    decode(model, ids[:, :10], cache)
+    layer = cache.layers[0]
+    before = layer.keys.clone()
+    decode(model, ids[:, 10:11], cache)
+    changed = (layer.keys != before).flatten(3).any(-1).any(0).any(0)  # [S + W] slots
+    assert changed[:2].all() and changed[2:].sum() == 1
+    assert layer.gap == 3  # 11 tokens: 2 sinks, 6 in the window, 3 evicted between them
+    assert torch.equal(layer.keys[:, :, :2], rotate(layer.sink_keys, 3, layer.inv_freq))
