@@ -83,6 +83,10 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     elif causal and 1 < T != S:  # transformers skips the mask here only for SDPA's top-left causal alignment
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()
         causal = False
+    if query.dtype != value.dtype or key.dtype != value.dtype:
+        # under autocast, RoPE's float32 cos/sin promote q and k while v keeps the autocast dtype: compute in v's
+        # dtype, as SDPA does, so the half-precision kernels run
+        query, key = query.to(value.dtype), key.to(value.dtype)
     variant, params = module_variant(module)
     out = ops_attention(query, key, value, variant=variant, causal=causal, attn_mask=mask, scale=scaling, **params)
     return finish_output(module, out.transpose(1, 2)).contiguous(), None
