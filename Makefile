@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench train-corpus train-study lint clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -37,6 +37,16 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/scan.py
+	$(PY) benchmarks/variants_cpu.py
+	$(PY) benchmarks/stream.py
+
+# the pre-training corpus: Debian documentation packages + pydoc topics, tokenized to data/train-corpus (~21 MB)
+train-corpus: $(STAMP)
+	$(PY) scripts/build_train_corpus.py --out data/train-corpus
+
+# the pre-training study on a GPU (H200: about 8 minutes)
+train-study: train-corpus
+	$(PY) benchmarks/train_study.py --preset small --steps 1000 --batch-size 48 --corpus data/train-corpus --time-limit 445
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
