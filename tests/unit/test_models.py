@@ -68,3 +68,18 @@ def test_bad_dtype():
 def test_embedded_registry():
     assert set(EMBEDDED) == {"smollm2-135m", "gemma3-270m", "minilm-l6"}
     assert not EMBEDDED["minilm-l6"].causal
+
+
+def test_gguf_paths_are_routed(tmp_path, monkeypatch):
+    """A .gguf file, or a directory holding one, loads through transformers' gguf_file argument."""
+    calls = []
+
+    def fake(directory, gguf_file, dtype):
+        calls.append((directory, gguf_file))
+        return load("tiny-llama")
+
+    monkeypatch.setattr("sinklab.models.zoo._from_directory", fake)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    load(str(tmp_path / "m.gguf"))
+    load(str(tmp_path))
+    assert calls == [(tmp_path, "m.gguf"), (tmp_path, "m.gguf")]

@@ -14,6 +14,7 @@ import torch
 
 from sinklab.ops.colsum.naive import allowed_mask, query_validity
 from sinklab.ops.colsum.types import AttentionStats
+from sinklab.ops.masks import MaskSpec
 
 RowWeights = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks amortize Python overhead
@@ -22,18 +23,6 @@ DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks 
 def chunk_rows(batch: int, heads: int, kv_len: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     """Rows per chunk so that one float32 [B, H, R, S] score block stays within ``block_bytes``."""
     return max(16, block_bytes // max(1, batch * heads * kv_len * 4))
-
-
-def _key_range(r0: int, r1: int, q_len: int, kv_len: int, causal: bool, window: int | None) -> tuple[int, int]:
-    """Keys that queries r0..r1-1 can reach at all."""
-    offset = kv_len - q_len
-    hi = min(kv_len, r1 + offset) if causal else kv_len
-    lo = 0
-    if window is not None:
-        lo = max(0, r0 + offset - window + 1)
-        if not causal:
-            hi = min(kv_len, r1 + offset + window - 1)
-    return lo, hi
 
 
 def _rule_free_keys(r0: int, r1: int, q_len: int, kv_len: int, causal: bool, window: int | None) -> tuple[int, int]:
@@ -89,7 +78,7 @@ def attention_stats(
     for r0 in range(0, T, R):
         r1 = min(T, r0 + R)
         rows = r1 - r0
-        lo, hi = _key_range(r0, r1, T, S, causal, window)
+        lo, hi = MaskSpec(T, S, causal, window, None, None).key_range(r0, r1)
         K = hi - lo
         q_blk = qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D)
         scores = (q_blk @ k[:, :, lo:hi].transpose(-1, -2)).to(compute_dtype).view(B, H, rows, K)
@@ -163,7 +152,7 @@ def colsum(
     qg = q.view(B, Hkv, G, T, D)
     for r0 in range(0, T, R):
         r1 = min(T, r0 + R)
-        lo, hi = _key_range(r0, r1, T, S, causal, window)
+        lo, hi = MaskSpec(T, S, causal, window, None, None).key_range(r0, r1)
         rows = r1 - r0
         scores = (qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D) @ k[:, :, lo:hi].transpose(-1, -2)).to(lse.dtype)
         scores = scores.view(B, H, rows, hi - lo) * scale

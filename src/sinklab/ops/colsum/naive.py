@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from sinklab.ops.colsum.types import AttentionStats
+from sinklab.ops.masks import MaskSpec
 
 
 def allowed_mask(
@@ -30,27 +31,15 @@ def allowed_mask(
     keys: tuple[int, int] | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """Boolean [B or 1, 1, R, K] mask (True = may attend) for query ``rows`` and key range ``keys`` (default all).
-
-    Queries are the last ``q_len`` of ``kv_len`` positions: query i sits at position kv_len - q_len + i.
-    Causal: it sees keys j <= its position; window W (HF convention): additionally j > position - W (and, without
-    causality, j < position + W); key_padding [B, S] (True = real token) removes padded keys.
-    """
+    """Boolean [B or 1, 1, R, K] mask (True = may attend) for query ``rows`` and key range ``keys`` (default all),
+    by ``sinklab.ops.masks``' rule (queries are the last ``q_len`` of ``kv_len`` positions; causal, window W in HF's
+    convention); key_padding [B, S] (True = real token) removes padded keys."""
     r0, r1 = rows if rows is not None else (0, q_len)
     k0, k1 = keys if keys is not None else (0, kv_len)
-    q_pos = torch.arange(r0, r1, device=device)[:, None] + (kv_len - q_len)  # [R, 1]
-    k_pos = torch.arange(k0, k1, device=device)[None, :]  # [1, K]
-    mask = torch.ones(r1 - r0, k1 - k0, dtype=torch.bool, device=device)
-    if causal:
-        mask &= k_pos <= q_pos
-    if window is not None:
-        mask &= k_pos > q_pos - window
-        if not causal:
-            mask &= k_pos < q_pos + window
-    mask = mask[None, None]  # [1, 1, R, S]
-    if key_padding is not None:
-        mask = mask & key_padding[:, None, None, k0:k1].bool()
-    return mask
+    keep = None if key_padding is None else key_padding[:, None, None, :].bool()
+    spec = MaskSpec(q_len, kv_len, causal, window, keep, None, torch.device(device))
+    mask, _ = spec.block(r0, r1, k0, k1)
+    return torch.ones(1, 1, r1 - r0, k1 - k0, dtype=torch.bool, device=device) if mask is None else mask
 
 
 def query_validity(q_len: int, kv_len: int, key_padding: torch.Tensor | None, batch: int, device) -> torch.Tensor:
