@@ -72,7 +72,6 @@ def _shape(module: nn.Module) -> tuple[int, int, int]:
 # -- the registered attention function --
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """AttentionInterface entry: ``sinklab.ops.attention`` with this module's variant; returns [B, T, H, D]."""
-    state = module._sinklab
     T, S = query.shape[2], key.shape[2]
     causal = kwargs.get("is_causal")
     causal = getattr(module, "is_causal", True) if causal is None else causal
