@@ -118,9 +118,16 @@ def eval_stream_command(
     tokens: int = typer.Option(4096, help="tokens of text to stream"),
     window: int = typer.Option(256, help="recent tokens kept"),
     sinks: int = typer.Option(4, help="number of sink tokens kept"),
-    policies: str = typer.Option("dense,window,sink,recompute", help="comma list; see sinklab.exploit.stream"),
+    policies: str = typer.Option(
+        "dense,window,sink,recompute",
+        help="comma list of: dense, window, sink, recompute, int8, int8-sinks, int4, int4-sinks, knorm, h2o",
+    ),
     recompute_points: int = typer.Option(48, help="positions at which the recompute policy is measured"),
-    chunk: int = typer.Option(1, help="tokens per forward call: 1 = token-by-token; C > 1 is faster, see docs"),
+    chunk: int = typer.Option(
+        1,
+        help="tokens per forward call: 1 = token-by-token; C > 1 is faster, and sink/window caches then evict C "
+        "tokens at a time, so a token sees window-C+1 .. window recent ones",
+    ),
     out: Path = typer.Option(Path("sinklab-out/stream"), help="output directory"),
     device: str = typer.Option(None, help="cpu, cuda, ..."),
     dtype: str = typer.Option(None, help="float32, bfloat16, float16"),
