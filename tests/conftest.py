@@ -3,9 +3,13 @@
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# `make test` runs two xdist workers on two cores: one thread each avoids oversubscription stalls
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
