@@ -155,6 +155,7 @@ def eval_stream_command(
             net, ids, names, sinks, window, recompute_points=recompute_points, chunk=chunk, progress=progress
         )
     record = {
+        "command": " ".join(["sinklab", *sys.argv[1:]]),
         "model": model,
         "tokens": tokens,
         "sinks": sinks,
