@@ -64,3 +64,26 @@ def test_bad_arguments(bits, sinks, group):
 def test_group_must_divide_head_dim():
     with pytest.raises(SinklabInputError, match="divide"):
         QuantizedSinkCache(4, 0, group_size=12).update(torch.randn(1, 1, 2, 16), torch.randn(1, 1, 2, 16), 0)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("sinks", [0, 1])
+def test_channel_keys_are_quantized_per_channel_in_token_blocks(bits, sinks):
+    """key_axis="channel" (KIVI): complete blocks of 4 tokens quantized per channel, the last block kept exact."""
+    g = torch.Generator().manual_seed(3)
+    k, v = torch.randn(1, 2, 11, 8, generator=g), torch.randn(1, 2, 11, 8, generator=g)
+    cache = QuantizedSinkCache(bits, sinks, group_size=4, key_axis="channel")
+    for lo, hi in ((0, 3), (3, 4), (4, 11)):
+        got_k, got_v = cache.update(k[:, :, lo:hi], v[:, :, lo:hi], 0)
+    want_k = k.clone()
+    rest = k[:, :, sinks:]  # the tokens that are quantized, in order
+    for start in range(0, rest.shape[-2] // 4 * 4, 4):
+        block = rest[:, :, start : start + 4].transpose(-1, -2)  # [B, H, D, 4]: a group per channel
+        want_k[:, :, sinks + start : sinks + start + 4] = quantize_dequantize(block, bits, 4).transpose(-1, -2)
+    assert_close(got_k, want_k)
+    want_v = quantize_dequantize(v, bits, 4)
+    want_v[:, :, :sinks] = v[:, :, :sinks]
+    assert_close(got_v, want_v)
+    r = (11 - sinks) % 4  # tokens of the incomplete last block: kept exact until it fills
+    assert r > 0 and torch.equal(got_k[:, :, 11 - r :], k[:, :, 11 - r :])
+    assert rel_err(got_k[:, :, : 11 - r], k[:, :, : 11 - r]) > 0
