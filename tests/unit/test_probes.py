@@ -150,6 +150,8 @@ def test_outlier_finds_the_planted_massive_activation_and_its_neuron():
     assert top["dim"] == 5 and top["neurons"][0] == 7 and top["share_of_output"][0] > 0.95
     assert clamp["baseline_sink_max_abs_later_layers"] > 1000
     assert clamp["sink_max_abs_later_layers"] < 100  # clamped at the writing layer, it does not grow back
+    every = section["interventions"]["clamp_massive_all_layers"]
+    assert every["sink_max_abs_later_layers"] < 100 and every["baseline_sink_max_abs_later_layers"] > 1000
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3])

@@ -51,7 +51,7 @@ def outlier_plot(section: dict, path: Path) -> Path:
     """Largest |h| at the sink by layer (writing layer marked) and what attention and MLP write into its dims."""
     m = section["measured"]
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
-    track = np.asarray(m["sink_max_abs_by_layer"], dtype=float)
+    track = np.asarray(m["sink_dim_abs_by_layer"], dtype=float)
     ax0.semilogy(range(len(track)), np.maximum(track, 1e-6), "o-")
     ax0.axvline(m["write_layer"], color="#c0392b", ls="--", label=f"writing layer {m['write_layer']}")
     ax0.set(xlabel="layer", ylabel=f"|h_sink[{m['dim']}]|", title="the sink's largest dim across layers")

@@ -8,8 +8,8 @@ modules add to those dims in that layer (after Gemma's post-norms where the bloc
 (down(act(gate x) * up x)), the down-projection columns i with the largest contributions W_down[d, i] u_i.
 Stability over texts: how often the writing layer and d* agree, and the coefficient of variation of the peak.
 
-Intervention: clamp those dims at the sink, at the writing layer, to the largest |x| any other token has there;
-report loss, sink rate and whether the activation grows back in later layers.
+Interventions: clamp those dims at the sink to the largest |x| any other token has there, at the writing layer only
+(does the activation grow back in later layers?) and at every layer from it on; report loss and sink rate.
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def locate(base: Baseline) -> dict:
     }
 
 
-def clamp_hooks(layer: int, dims: list[int]) -> Hooks:
-    """Clamp the sink's ``dims`` at the output of ``layer`` to the largest |x| another token has there."""
+def clamp_hooks(layers: range, dims: list[int]) -> Hooks:
+    """Clamp the sink's ``dims`` at the output of each of ``layers`` to the largest |x| another token has there."""
     index = torch.tensor(dims)
 
     def fn(hidden, ctx):  # [B, T, d]
@@ -116,7 +116,7 @@ def clamp_hooks(layer: int, dims: list[int]) -> Hooks:
         hidden[:, SINK, idx] = torch.maximum(torch.minimum(sink, others), -others)
         return hidden
 
-    return {f"layers.{layer}.resid_post": [fn]}
+    return {f"layers.{layer}.resid_post": [fn] for layer in layers}
 
 
 @dataclass
@@ -124,7 +124,7 @@ class OutlierProbe:
     """Config of the outlier-circuit probe; ``run(ctx)`` returns its section of probes.json."""
 
     name: ClassVar[str] = "outlier"
-    passes: ClassVar[tuple[str, ...]] = ("clamp_massive",)
+    passes: ClassVar[tuple[str, ...]] = ("clamp_massive", "clamp_massive_all_layers")
 
     def run(self, ctx: ProbeContext) -> dict:
         if any(rec.mlp is None or rec.attn is None for rec in ctx.baselines[0].layers):
@@ -163,19 +163,22 @@ class OutlierProbe:
             )
         best = max(range(len(found)), key=lambda i: abs(found[i]["peak"]) if found[i]["layer"] == layer else -1)
         neurons = down_proj_contributions(blocks[layer].mlp, ctx.baselines[best].layers[layer].mlp_in, dims)
-        passes = ctx.intervene("clamp_massive", lambda i: clamp_hooks(layer, dims))
-        effect = ctx.effect(passes)
-        later = slice(layer + 1, None)
-        after = max((float(p.sink_max[later].max()) for p in passes if layer + 1 < ctx.num_layers), default=None)
-        before = max(
-            (float(b.run.sink_max[later].max()) for b in ctx.baselines if layer + 1 < ctx.num_layers), default=None
-        )
-        effect.update(
-            what=f"clamp dims {dims} of the first token at the output of layer {layer} to the largest |x| of the "
-            "other tokens there",
-            sink_max_abs_later_layers=after,
-            baseline_sink_max_abs_later_layers=before,
-        )
+        later = layer + 1 < ctx.num_layers
+        before = max(float(b.run.sink_max[layer + 1 :].max()) for b in ctx.baselines) if later else None
+        interventions = {}
+        for name, layers, where in (
+            ("clamp_massive", range(layer, layer + 1), f"at the output of layer {layer}"),
+            ("clamp_massive_all_layers", range(layer, ctx.num_layers), f"at the output of every layer from {layer} on"),
+        ):
+            passes = ctx.intervene(name, lambda i, layers=layers: clamp_hooks(layers, dims))
+            interventions[name] = {
+                **ctx.effect(passes),
+                "what": f"clamp dims {dims} of the first token {where} to the largest |x| of the other tokens there",
+                "sink_max_abs_later_layers": max(float(p.sink_max[layer + 1 :].max()) for p in passes)
+                if later
+                else None,
+                "baseline_sink_max_abs_later_layers": before,
+            }
         writers = Counter(p["written_by"] for p in per_sequence)
         return {
             "claim": "a massive activation written into the sink's residual stream by a few weights makes it a sink",
@@ -190,12 +193,12 @@ class OutlierProbe:
                 "written_by": writers.most_common(1)[0][0],
                 "peak_abs_mean": float(peaks.mean()),
                 "peak_abs_cv": float(peaks.std(unbiased=False) / peaks.mean()) if float(peaks.mean()) else None,
-                "sink_max_abs_by_layer": torch.stack([f["track"] for f in found]).mean(0),
+                "sink_dim_abs_by_layer": torch.stack([f["track"] for f in found]).mean(0),
                 "down_proj": neurons,
                 "other_positions": _other_massive(ctx),
                 "per_sequence": per_sequence,
             },
-            "interventions": {"clamp_massive": effect},
+            "interventions": interventions,
         }
 
 
