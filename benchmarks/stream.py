@@ -134,7 +134,14 @@ def main() -> None:
     sink = {r["position"]: r for r in rows if r["cache"] == "sink"}
     dense = {r["position"]: r for r in rows if r["cache"] == "dense"}
     common = sorted(set(sink) & set(dense))
-    last = common[-1] if common else None
+
+    def norm(by: dict, points: list[int]) -> float:
+        """Latency ratio last/first checkpoint, each divided by the recompute latency timed with it (load drift)."""
+        first, last = by[points[0]], by[points[-1]]
+        return (last["ms_per_token"] / last["recompute_ms_per_token_same_time"]) / (
+            first["ms_per_token"] / first["recompute_ms_per_token_same_time"]
+        )
+
     result = {
         "benchmark": "stream-decode",
         "model": args.model,
@@ -146,14 +153,20 @@ def main() -> None:
         "speedup_sink_over_recompute": statistics.median(
             r["recompute_ms_per_token_same_time"] / r["ms_per_token"] for r in sink.values()
         ),
+        "dense_over_sink_latency_by_position": {
+            str(p): dense[p]["ms_per_token"] / sink[p]["ms_per_token"] for p in common
+        },
+        "latency_over_recompute_by_position": {  # load-normalized: both timed within the same minute
+            kind: {str(p): r["ms_per_token"] / r["recompute_ms_per_token_same_time"] for p, r in rows_by.items()}
+            for kind, rows_by in (("sink", sink), ("dense", dense))
+        },
         "sink_latency_ratio_last_over_first": sink[sink_points[-1]]["ms_per_token"]
         / sink[sink_points[0]]["ms_per_token"],
         "dense_latency_ratio_last_over_first": (
             dense[dense_points[-1]]["ms_per_token"] / dense[dense_points[0]]["ms_per_token"] if dense else None
         ),
-        "dense_over_sink_latency_at": {str(last): dense[last]["ms_per_token"] / sink[last]["ms_per_token"]}
-        if last
-        else {},
+        "sink_normalized_ratio_last_over_first": norm(sink, sink_points),
+        "dense_normalized_ratio_last_over_first": norm(dense, dense_points) if dense else None,
         "dense_stops_at": f"{limit} positions (max_position_embeddings); the sink cache's position ids stay <= 2044",
         "wall_s": time.time() - start,
         "note": (
