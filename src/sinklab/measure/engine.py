@@ -11,6 +11,7 @@ Stable hook names (TransformerLens style), each a list of callables in ``Observe
 
     layers.{i}.attn.qkv    fn(q, k, v, ctx) -> (q, k, v) | None   before attention (interventions)
     layers.{i}.attn.chunk  fn(probs, ctx)                         each [B, H, R, K] probability block
+    layers.{i}.attn.stats  fn(stats, ctx)                         the AttentionStats of each call (e.g. H2O scores)
     layers.{i}.attn.out    fn(out, ctx) -> out | None             [B, H, T, D] before the output projection
     layers.{i}.attn_block  fn(out, ctx) -> out | None             output of the whole attention module
     layers.{i}.mlp_in      fn(hidden, ctx) -> hidden | None       [B, T, d] input of the MLP module
@@ -295,6 +296,7 @@ class Observer:
             weights=weights,
         )
         self.attention[layer] = stats
+        self._run(f"layers.{layer}.attn.stats", stats, ctx)
         out = self._run(f"layers.{layer}.attn.out", out, ctx).transpose(1, 2)  # [B, T, H, D]
         if getattr(module, "_sinklab", None) is not None:
             from sinklab.remove.patch import finish_output
