@@ -7,7 +7,8 @@ result.save("out/")                                 # metrics.json, heads.csv, p
 
 from sinklab.errors import SinklabInputError
 from sinklab.measure import Observer, ScanResult, scan
+from sinklab.measure.probes import ExplainResult, explain
 from sinklab.models import load
 
 __version__ = "0.1.0"
-__all__ = ["Observer", "ScanResult", "SinklabInputError", "load", "scan"]
+__all__ = ["ExplainResult", "Observer", "ScanResult", "SinklabInputError", "explain", "load", "scan"]
