@@ -8,7 +8,7 @@ modules add to those dims in that layer (after Gemma's post-norms where the bloc
 (down(act(gate x) * up x)), the down-projection columns i with the largest contributions W_down[d, i] u_i.
 Stability over texts: how often the writing layer and d* agree, and the coefficient of variation of the peak.
 
-Interventions: clamp those dims at the sink to the largest |x| any other token has there, at the writing layer only
+Interventions: clamp those dims at the sink to the median |x| of the other tokens there, at the writing layer only
 (does the activation grow back in later layers?) and at every layer from it on; report loss and sink rate.
 """
 
@@ -105,12 +105,13 @@ def locate(base: Baseline) -> dict:
 
 
 def clamp_hooks(layers: range, dims: list[int]) -> Hooks:
-    """Clamp the sink's ``dims`` at the output of each of ``layers`` to the largest |x| another token has there."""
+    """Clamp the sink's ``dims`` at the output of each of ``layers`` to the median |x| of the other tokens there (the
+    median, not the max: delimiters may carry massive activations in the same dims)."""
     index = torch.tensor(dims)
 
     def fn(hidden, ctx):  # [B, T, d]
         idx = index.to(hidden.device)
-        others = hidden[:, SINK + 1 :, idx].abs().amax(dim=1)  # [B, k]
+        others = hidden[:, SINK + 1 :, idx].abs().median(dim=1).values  # [B, k]
         hidden = hidden.clone()
         sink = hidden[:, SINK, idx]
         hidden[:, SINK, idx] = torch.maximum(torch.minimum(sink, others), -others)
@@ -173,7 +174,7 @@ class OutlierProbe:
             passes = ctx.intervene(name, lambda i, layers=layers: clamp_hooks(layers, dims))
             interventions[name] = {
                 **ctx.effect(passes),
-                "what": f"clamp dims {dims} of the first token {where} to the largest |x| of the other tokens there",
+                "what": f"clamp dims {dims} of the first token {where} to the median |x| of the other tokens there",
                 "sink_max_abs_later_layers": max(float(p.sink_max[layer + 1 :].max()) for p in passes)
                 if later
                 else None,
