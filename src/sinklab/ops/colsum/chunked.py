@@ -18,6 +18,7 @@ from sinklab.ops.masks import MaskSpec
 
 RowWeights = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks amortize Python overhead
+MASKED = -1e30  # logit of a key a query may not see
 
 
 def chunk_rows(batch: int, heads: int, kv_len: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
@@ -80,28 +81,30 @@ def attention_stats(
         rows = r1 - r0
         lo, hi = MaskSpec(T, S, causal, window, None, None).key_range(r0, r1)
         K = hi - lo
-        q_blk = qg[:, :, :, r0:r1].reshape(B, Hkv, G * rows, D)
+        q_blk = (qg[:, :, :, r0:r1] * scale).reshape(B, Hkv, G * rows, D)
         scores = (q_blk @ k[:, :, lo:hi].transpose(-1, -2)).to(compute_dtype).view(B, H, rows, K)
-        scores.mul_(scale)
         row_valid = valid[:, r0:r1]  # [B, R]
         chunk_count = row_valid.sum(1, keepdim=True).expand(B, K).clone()  # [B, K]
         free_a, free_b = _rule_free_keys(r0, r1, T, S, causal, window)
         for a, b in ((lo, min(hi, max(lo, free_a))), (max(lo, min(hi, free_b)), hi)):
             if b > a:  # the position rule bites only on these columns
                 rule = allowed_mask(T, S, causal=causal, window=window, rows=(r0, r1), keys=(a, b), device=q.device)
-                scores[..., a - lo : b - lo].masked_fill_(~rule, float("-inf"))
+                scores[..., a - lo : b - lo].masked_fill_(~rule, MASKED)
                 chunk_count[:, a - lo : b - lo] = (rule[0, 0][None] & row_valid[:, :, None]).sum(1)
         if key_padding is not None:
             pad = key_padding[:, lo:hi].bool()
-            scores.masked_fill_(~pad[:, None, None, :], float("-inf"))
+            scores.masked_fill_(~pad[:, None, None, :], MASKED)
             chunk_count *= pad
+        # masked logits are a large finite negative: exp gives exactly 0 and 0 * logit stays 0 (no NaN)
+        row_max = scores.amax(-1)  # [B, H, R]
+        has_key = row_max > MASKED / 2  # only padded queries can see no key at all
         extra_out = None
         if weights is None:
             probs = torch.softmax(scores, dim=-1)
         else:
-            probs, extra_out = weights(scores, scores != float("-inf"), q[:, :, r0:r1].to(compute_dtype))
+            probs, extra_out = weights(scores, scores > MASKED / 2, q[:, :, r0:r1].to(compute_dtype))
         if key_padding is not None:
-            probs = probs.nan_to_num_(0.0)  # padded query rows may see no key at all: zeros, not NaN
+            probs = probs * has_key[..., None]  # zeros, not a uniform spread over masked keys
         o_blk = (probs.view(B, Hkv, G * rows, K) @ v[:, :, lo:hi].to(compute_dtype)).view(B, H, rows, D)
         if extra_out is not None:
             o_blk = o_blk + extra_out
@@ -109,12 +112,17 @@ def attention_stats(
         if keep_pattern and r0 < keep_pattern:
             pattern = _keep_pattern(pattern, probs, r0, r1, lo, hi, keep_pattern, T, S)
         row_w = valid_f[:, None, None, r0:r1]  # [B, 1, 1, R]
+        if weights is None:  # -sum p log p = lse - sum p s, with lse = max s - log max p (the argmax has p = 1/Z)
+            lse = row_max - probs.amax(-1).clamp_min(torch.finfo(compute_dtype).tiny).log()
+            row_entropy = torch.where(has_key, lse - torch.einsum("bhrk,bhrk->bhr", probs, scores), 0.0)
+        else:
+            row_entropy = -torch.special.xlogy(probs, probs).sum(-1)
         if key_padding is not None:
             probs = probs * row_w.transpose(-1, -2)
         if on_chunk is not None:
             on_chunk(probs, (r0, r1), (lo, hi))
         colsum[:, :, lo:hi] += (row_w @ probs)[:, :, 0]
-        entropy -= (torch.special.xlogy(probs, probs).sum(-1) * row_w[:, :, 0]).sum(-1)
+        entropy += (row_entropy * row_w[:, :, 0]).sum(-1)
         count[:, lo:hi] += chunk_count
     return out, AttentionStats(colsum=colsum, count=count, entropy=entropy, rows=valid.sum(-1), pattern=pattern)
 
