@@ -96,7 +96,13 @@ def _rounded(t: torch.Tensor, digits: int = 6):
     return torch.round(t.double(), decimals=digits).tolist()
 
 
-def _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[list[int]]:
+def is_causal(model) -> bool:
+    """Decoder-only (causal) models; encoders such as BERT attend both ways."""
+    return bool(getattr(model.config, "is_decoder", False)) or "ForCausalLM" in type(model).__name__
+
+
+def as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[list[int]]:
+    """Token sequences from strings (DESIGN.md's splitting rule), token-id lists, a tensor, or None (the corpus)."""
     if isinstance(texts_or_ids, torch.Tensor):
         texts_or_ids = texts_or_ids.tolist() if texts_or_ids.dim() == 2 else [texts_or_ids.tolist()]
     if texts_or_ids is None or isinstance(texts_or_ids, str | Path):
@@ -114,7 +120,8 @@ def _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[l
     raise SinklabInputError("texts_or_ids must be strings or lists of token ids, not a mix")
 
 
-def _check_length(model, length: int, allow_beyond_positions: bool) -> None:
+def check_length(model, length: int, allow_beyond_positions: bool) -> None:
+    """Refuse sequences longer than the model's positions (unless asked to measure past them)."""
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and length > limit and not allow_beyond_positions:
         raise SinklabInputError(
@@ -286,9 +293,9 @@ def scan(
         raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
     if batch_size < 1:
         raise SinklabInputError(f"batch size must be >= 1, got {batch_size}")
-    seqs = _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
     longest = max(map(len, seqs))
-    _check_length(model, longest, allow_beyond_positions)
+    check_length(model, longest, allow_beyond_positions)
     config = model.config
     num_layers = config.num_hidden_layers
     num_heads = config.num_attention_heads
@@ -299,8 +306,8 @@ def scan(
     device = next(model.parameters()).device
     base = model.base_model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    causal = getattr(config, "is_decoder", False) or "ForCausalLM" in type(model).__name__
-    decode = _decoder(tokenizer)
+    causal = is_causal(model)
+    decode = token_decoder(tokenizer)
     pattern = None
     num_batches = math.ceil(len(seqs) / batch_size)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -348,7 +355,8 @@ def scan(
     )
 
 
-def _decoder(tokenizer):
+def token_decoder(tokenizer):
+    """A cached id -> text decoder for reports."""
     cache: dict[int, str] = {}
 
     def decode(token_id: int) -> str:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from sinklab.measure import metrics
 from sinklab.measure.engine import AttentionContext, Observer, ResidualStats
+from sinklab.measure.scan import is_causal
 
 SINK = 0
 Hooks = dict[str, list[Callable]]
@@ -38,11 +39,6 @@ def merge_hooks(*many: Hooks) -> Hooks:
         for name, fns in hooks.items():
             merged[name].extend(fns)
     return merged
-
-
-def is_causal(model) -> bool:
-    """Decoder-only (causal) models; encoders such as BERT attend both ways."""
-    return bool(getattr(model.config, "is_decoder", False)) or "ForCausalLM" in type(model).__name__
 
 
 def has_lm_head(model) -> bool:

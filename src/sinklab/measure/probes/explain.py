@@ -17,14 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sinklab.data import BosMode
 from sinklab.errors import SinklabInputError
 from sinklab.measure import metrics
-from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, is_causal, record, rounded
+from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, record, rounded
 from sinklab.measure.probes.anchor import AnchorProbe
 from sinklab.measure.probes.bias import BiasProbe
 from sinklab.measure.probes.context import NO_LOSS, ProbeContext
 from sinklab.measure.probes.emergence import EmergenceProbe
 from sinklab.measure.probes.noop import NoopProbe
 from sinklab.measure.probes.outlier import OutlierProbe
-from sinklab.measure.scan import _as_sequences, _check_length, _decoder
+from sinklab.measure.scan import as_sequences, check_length, is_causal, token_decoder
 
 PROBES = {p.name: p for p in (NoopProbe, OutlierProbe, BiasProbe, AnchorProbe, EmergenceProbe)}
 MIN_TOKENS = 4
@@ -114,10 +114,10 @@ def explain(
     names = parse_probes(probes)
     if not 0.0 < eps < 1.0:
         raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
-    seqs = _as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
     if min(map(len, seqs)) < MIN_TOKENS:
         raise SinklabInputError(f"every sequence needs at least {MIN_TOKENS} tokens; use longer texts")
-    _check_length(model, max(map(len, seqs)), allow_beyond_positions)
+    check_length(model, max(map(len, seqs)), allow_beyond_positions)
     start = time.perf_counter()
     cfg = model.config
     chosen = [PROBES[n]() for n in names]
@@ -132,7 +132,7 @@ def explain(
             eps=eps,
             causal=is_causal(model),
             lm=has_lm_head(model),
-            decode=_decoder(tokenizer),
+            decode=token_decoder(tokenizer),
             seed=seed,
         )
         shared = {p for probe in chosen for p in probe.passes}
