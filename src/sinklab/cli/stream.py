@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import typer
 
 from sinklab.cli._app import command
 from sinklab.errors import SinklabInputError
+from sinklab.report.files import staged_output
 
 
 def _status(cache, produced: int, seconds: float, text: str):
@@ -169,16 +168,9 @@ def eval_stream_command(
             "(shared CPU: compare policies within one run)"
         ),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".stream-", dir=out.parent))
-    try:
+    with staged_output(out) as tmp:
         (tmp / "stream.json").write_text(json.dumps(record, indent=2))
         plot_stream(result, tmp, sinks, window)
-        out.mkdir(parents=True, exist_ok=True)
-        for path in tmp.iterdir():
-            path.replace(out / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     table = Table(title=f"eval-stream {model}: {tokens} tokens, {sinks} sinks + window {window}")
     for col in ("policy", "ppl", "ppl after window", "peak MB", "tokens/s"):
         table.add_column(col)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import nn
 
 from sinklab.errors import SinklabInputError
 from sinklab.measure import scan
+from sinklab.report.files import staged_output
 
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid", "gated")
 BOS_MODES = ("always", "never")
@@ -439,15 +439,10 @@ def plot_curves(runs: list[dict], path: str | Path) -> None:
 
 
 def save(result: TrainResult, out: str | Path) -> Path:
-    """Write ``train.json`` and ``curves.png`` into ``out`` all at once (a temp dir renamed at the end)."""
+    """Write ``train.json`` and ``curves.png`` into ``out`` all at once (``sinklab.report.files.staged_output``)."""
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     record = result.to_dict()
-    (tmp / "train.json").write_text(json.dumps(record, indent=1))
-    plot_curves([record], tmp / "curves.png")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.replace(out)
+    with staged_output(out) as tmp:
+        (tmp / "train.json").write_text(json.dumps(record, indent=1))
+        plot_curves([record], tmp / "curves.png")
     return out

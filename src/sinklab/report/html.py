@@ -6,10 +6,9 @@ import base64
 import csv
 import html
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
+from sinklab.report.files import staged_output
 from sinklab.report.plots import all_plots
 
 
@@ -85,9 +84,7 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 def write_scan_report(result, out_dir: Path) -> Path:
     """Write metrics.json, heads.csv, PNG plots and report.html into ``out_dir``: into a temporary directory first,
     moved into place only when everything succeeded, so a failure leaves no half-written report."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(result.to_dict(), indent=1))
         rows = heads_rows(result)
         with open(tmp / "heads.csv", "w", newline="") as f:
@@ -96,9 +93,4 @@ def write_scan_report(result, out_dir: Path) -> Path:
             writer.writerows(rows)
         plots = all_plots(result, tmp)
         (tmp / "report.html").write_text(render_html(result, plots))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for file in tmp.iterdir():
-            file.replace(out_dir / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import html
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from sinklab.report.files import staged_output
 from sinklab.report.html import _img, _table
 from sinklab.report.plots import _save
 
@@ -228,16 +227,9 @@ intervention with its effect on next-token loss and on Gu et al.'s Sink_1^eps. F
 def write_explain_report(result, out_dir: Path) -> Path:
     """Write probes.json, PNG plots and report.html into ``out_dir``: into a temporary directory first, moved into
     place only when everything succeeded."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_output(out_dir) as tmp:
         d = result.to_dict()
         (tmp / "probes.json").write_text(json.dumps(d, indent=1))
         plots = all_probe_plots(d, tmp)
         (tmp / "report.html").write_text(render_probes_html(d, plots))
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for file in tmp.iterdir():
-            file.replace(out_dir / file.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
