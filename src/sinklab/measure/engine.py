@@ -23,6 +23,8 @@ Stable hook names (TransformerLens style), each a list of callables in ``Observe
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -124,6 +126,28 @@ def _block_parts(layer: nn.Module) -> dict[str, nn.Module]:
     return parts
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory(device: torch.device) -> None:
+    """Hand freed CPU heap memory back to the OS (glibc only).
+
+    glibc raises its mmap threshold to the size of the largest block freed so far, so the chunked score blocks and
+    the per-layer temporaries end up in the heap, which fragments: without this, scanning 4k tokens with
+    smollm2-135m peaked at 2.55 GB against 1.13 GB for a plain forward; trimming after each layer gives 1.28 GB
+    for about 15 % more time.
+    """
+    trim = _malloc_trim()
+    if device.type == "cpu" and trim is not None:
+        trim(0)
+
+
 def _first_tensor(output):
     return output[0] if isinstance(output, tuple) else output
 
@@ -147,6 +171,7 @@ class Observer:
     >>> obs.residual[3].max_abs      # [B] largest |hidden| after layer 3
 
     Records hold the last forward pass; call ``clear()`` between passes if you keep the observer open.
+    ``release_memory`` hands freed CPU heap memory back after each layer (see ``release_freed_memory``).
     """
 
     def __init__(
@@ -157,10 +182,12 @@ class Observer:
         residual: bool = True,
         rows_per_chunk: int | None = None,
         hooks: dict[str, list[Callable]] | None = None,
+        release_memory: bool = True,
     ):
         self.model = model
         self.keep_pattern = keep_pattern
         self.record_residual = residual
+        self.release_memory = release_memory
         self.rows_per_chunk = rows_per_chunk
         self.hooks: dict[str, list[Callable]] = defaultdict(list, hooks or {})
         self.attention: dict[int, AttentionStats] = {}
@@ -226,6 +253,8 @@ class Observer:
                 if self._padding is not None:
                     valid = self._padding[:, -hidden.shape[1] :]
                 self.residual[layer] = residual_stats(new, valid)
+            if self.release_memory:
+                release_freed_memory(hidden.device)
             return _replace_first(output, new) if new is not hidden else None
 
         return hook
