@@ -8,8 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.cli._app import command
-from sinklab.errors import SinklabInputError
+from sinklab.cli._app import BOS, DEVICE, DTYPE, EPS, MAX_TOKENS, MODEL, NUM_TEXTS, TEXT, check_text_options, command
 
 
 def _fmt(x) -> str:
@@ -32,18 +31,16 @@ def summary_table(d: dict) -> Table:
 
 @command("explain")
 def explain_command(
-    model: str = typer.Option("smollm2-135m", help="Embedded name (see `sinklab models`), local dir, .gguf or hub id."),
-    text: list[Path] = typer.Option(
-        None, help="Text file, directory or .jsonl (repeatable); default: embedded corpus."
-    ),
-    max_tokens: int = typer.Option(512, help="Tokens per sequence."),
-    num_texts: int = typer.Option(4, help="Number of sequences."),
+    model: str = MODEL,
+    text: list[Path] = TEXT,
+    max_tokens: int = MAX_TOKENS,
+    num_texts: int = NUM_TEXTS,
     probes: str = typer.Option("noop,outlier,bias,anchor,emergence", help="Comma-separated probes to run."),
-    eps: float = typer.Option(0.3, help="Gu et al.'s threshold for Sink_1^eps, in (0, 1)."),
+    eps: float = EPS,
     out: Path = typer.Option(Path("sinklab-explain"), help="Output directory: probes.json, report.html, plots."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default cpu)."),
-    dtype: str = typer.Option(None, help="float32 (default), bfloat16, float16."),
-    bos: str = typer.Option("auto", help="auto (tokenizer default), always, never."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    bos: str = BOS,
 ) -> None:
     """Test the no-op, outlier-circuit, implicit-bias, anchoring and emergence explanations of attention sinks."""
     from sinklab.data import read_texts
@@ -52,12 +49,7 @@ def explain_command(
     from sinklab.models import load
 
     names = parse_probes(probes)
-    if not 0.0 < eps < 1.0:
-        raise SinklabInputError(f"--eps must lie in (0, 1), got {eps}")
-    if max_tokens < 4 or num_texts < 1:
-        raise SinklabInputError(f"--max-tokens must be >= 4 and --num-texts >= 1, got {max_tokens} and {num_texts}")
-    if bos not in ("auto", "always", "never"):
-        raise SinklabInputError(f"unknown --bos {bos!r}; accepted: auto, always, never")
+    check_text_options(eps, max_tokens, num_texts, bos, min_tokens=4)
     texts = read_texts(text)
     console = Console(stderr=True)
     with console.status(f"loading {model}"):

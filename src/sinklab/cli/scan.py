@@ -8,8 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.cli._app import command
-from sinklab.errors import SinklabInputError
+from sinklab.cli._app import BOS, DEVICE, DTYPE, EPS, MAX_TOKENS, MODEL, NUM_TEXTS, TEXT, check_text_options, command
 
 
 def summary_table(result) -> Table:
@@ -34,17 +33,15 @@ def summary_table(result) -> Table:
 
 @command("scan")
 def scan_command(
-    model: str = typer.Option("smollm2-135m", help="Embedded name (see `sinklab models`), local dir, .gguf or hub id."),
-    text: list[Path] = typer.Option(
-        None, help="Text file, directory or .jsonl (repeatable); default: embedded corpus."
-    ),
-    max_tokens: int = typer.Option(512, help="Tokens per sequence."),
-    num_texts: int = typer.Option(4, help="Number of sequences to scan."),
-    eps: float = typer.Option(0.3, help="Gu et al.'s threshold for Sink_1^eps, in (0, 1)."),
+    model: str = MODEL,
+    text: list[Path] = TEXT,
+    max_tokens: int = MAX_TOKENS,
+    num_texts: int = NUM_TEXTS,
+    eps: float = EPS,
     out: Path = typer.Option(Path("sinklab-out"), help="Output directory."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1, ... (default cpu)."),
-    dtype: str = typer.Option(None, help="float32 (default), bfloat16, float16."),
-    bos: str = typer.Option("auto", help="auto (tokenizer default), always, never: sinks depend on it."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    bos: str = BOS,
     batch_size: int = typer.Option(1, help="Sequences per forward pass."),
     sink_threshold: float = typer.Option(None, help="Mean received mass that makes any key a sink (default eps)."),
 ) -> None:
@@ -53,12 +50,7 @@ def scan_command(
     from sinklab.measure import scan
     from sinklab.models import load
 
-    if not 0.0 < eps < 1.0:
-        raise SinklabInputError(f"--eps must lie in (0, 1), got {eps}")
-    if max_tokens < 2 or num_texts < 1:
-        raise SinklabInputError(f"--max-tokens must be >= 2 and --num-texts >= 1, got {max_tokens} and {num_texts}")
-    if bos not in ("auto", "always", "never"):
-        raise SinklabInputError(f"unknown --bos {bos!r}; accepted: auto, always, never")
+    check_text_options(eps, max_tokens, num_texts, bos, min_tokens=2)
     texts = read_texts(text)
     console = Console(stderr=True)
     with console.status(f"loading {model}"):
