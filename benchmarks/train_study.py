@@ -6,7 +6,8 @@
 Each run trains the same Llama decoder from the same seed on the same token stream (sinklab.remove.train) and
 measures, on held-out text, Sink_1^0.3 at T=64 (Gu et al. 2024), first-token mass, max |x| and kurtosis of the
 residual stream, validation loss, and W8A8 perplexity. The softmax baseline is the reference every row is compared
-with in the same run. Partial results are saved after every run, so a time limit still leaves the finished ones.
+with. Partial results are saved after every run, so a time limit still leaves the finished ones; a study longer than
+one device call runs part of ``--runs`` first and adds the rest with ``--append`` (same budget, checked).
 Prints a rich table, then ONE JSON line last.
 """
 
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -65,11 +67,11 @@ def _hardware() -> str:
     return f"cpu{os.cpu_count()}"
 
 
-def _impl(config: TrainConfig) -> str:
-    """Which attention code trained the run: transformers' SDPA, or sinklab.ops through remove.patch."""
-    if config.variant == "softmax":
+def _impl(calls: dict[str, int]) -> str:
+    """Which attention code trained the run, from the dispatches counted during the training steps."""
+    if not calls:
         return "transformers sdpa"
-    return "sinklab.ops via remove.patch (impl auto: Triton kernels or the chunked fallback; which one is not recorded)"
+    return "sinklab.ops via remove.patch: " + ", ".join(f"{key} x{n}" for key, n in sorted(calls.items()))
 
 
 def _summary(run: dict, base: dict | None) -> dict:
@@ -115,6 +117,33 @@ def _table(rows: list[dict]) -> Table:
     return table
 
 
+BUDGET_KEYS = ("preset", "steps", "batch_size", "context", "lr", "corpus", "seed", "max_epochs")
+
+
+def _budget(run: dict) -> dict:
+    """What every run of one study shares (a run's own overrides, such as the variant, excluded)."""
+    return {key: run["config"][key] for key in BUDGET_KEYS}
+
+
+def _previous(out: Path, names: list[str]) -> dict:
+    """The record in ``out`` without the runs about to be re-run: ``--append`` adds this call's runs to it."""
+    if not out.exists():
+        raise SystemExit(f"--append: {out} does not exist; run without --append first")
+    record = json.loads(out.read_text())
+    record["runs"] = [run for run in record["runs"] if run["study_name"] not in names]
+    return record
+
+
+def _tabulate(record: dict) -> None:
+    """Order the runs as ``RUNS`` does and rebuild the table against the softmax baseline of the same budget."""
+    record["runs"].sort(key=lambda run: list(RUNS).index(run["study_name"]))
+    base = next((run for run in record["runs"] if run["study_name"] == "softmax"), None)
+    budgets = {json.dumps(_budget(run), sort_keys=True) for run in record["runs"]}
+    if len(budgets) > 1:
+        raise SystemExit(f"runs of different budgets cannot share one table: {sorted(budgets)}")
+    record["table"] = [_summary(run, base) for run in record["runs"]]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
@@ -126,6 +155,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--max-epochs", type=float, default=2.0)
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/train-study-<hw>.json)")
+    parser.add_argument("--append", action="store_true",
+                        help="add these runs to the study already in --out (same budget; a run named again is "
+                             "replaced): a study longer than one device call")  # fmt: skip
     parser.add_argument("--no-quant", action="store_true", help="skip the W8A8 perplexity at the end")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run that would end past it (s)")
     parser.add_argument("--mirror", default=os.environ.get("OUT"), help="also write results here after every run")
@@ -138,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     dirs = [out.parent] + ([Path(args.mirror)] if args.mirror else [])
     console = Console()
-    record: dict = {
+    record: dict = _previous(out, args.runs) if args.append else {
         "benchmark": "train_study",
         "hardware": hardware,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
@@ -148,13 +180,16 @@ def main(argv: list[str] | None = None) -> dict:
         "note": "every run: same model shape, seed, token stream and step count; the CPU, if used, is shared",
         "runs": [],
         "table": [],
-    }
+        "calls": [],
+    }  # fmt: skip
+    call = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": [], "wall_seconds": 0.0}
+    record["calls"].append(call)
     started = time.perf_counter()
     longest = 0.0
     for name in args.runs:
         elapsed = time.perf_counter() - started
         if args.time_limit is not None and elapsed + 1.1 * longest > args.time_limit:
-            record.setdefault("skipped", []).append(name)
+            call.setdefault("skipped", []).append(name)
             console.print(f"[yellow]{name}: skipped, {elapsed:.0f} s spent of the {args.time_limit:.0f} s limit[/]")
             continue
         config = TrainConfig(
@@ -170,20 +205,24 @@ def main(argv: list[str] | None = None) -> dict:
                 **RUNS[name],
             }
         )
+        if record["runs"] and _budget({"config": asdict(config.resolved())}) != _budget(record["runs"][0]):
+            raise SystemExit(
+                f"--append: {name} would not share the budget of the runs in {out}: {_budget(record['runs'][0])}"
+            )
         tick = time.perf_counter()
         try:
             result = train(config)
         except Exception as exc:  # one broken variant must not cost the others their results
-            record.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+            call.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
             console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/]")
             continue
         finally:
             longest = max(longest, time.perf_counter() - tick)
-        run = {"study_name": name, "attention_impl": _impl(result.config), **result.to_dict()}
+        run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
         record["runs"].append(run)
-        base = record["runs"][0] if record["runs"][0]["study_name"] == "softmax" else None
-        record["table"] = [_summary(r, base) for r in record["runs"]]
-        record["wall_seconds"] = time.perf_counter() - started
+        call["runs"].append(name)
+        _tabulate(record)
+        call["wall_seconds"] = time.perf_counter() - started
         for directory in dirs:
             (directory / out.name).write_text(json.dumps(record, indent=1))
         console.print(
@@ -191,11 +230,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"max |x| {run['final']['max_activation']:.1f}, {result.tokens_per_second:,.0f} tok/s, "
             f"{time.perf_counter() - started:.0f} s so far"
         )
+    call["wall_seconds"] = time.perf_counter() - started
     for directory in dirs:
+        (directory / out.name).write_text(json.dumps(record, indent=1))
         plot_curves(record["runs"], directory / out.name.replace(".json", ".png"))
     Console(width=160).print(_table(record["table"]))
     summary = {"benchmark": "train_study", "hardware": hardware, "table": record["table"]}
-    summary.update({k: record[k] for k in ("failed", "skipped") if k in record})
+    summary.update({k: call[k] for k in ("failed", "skipped") if k in call})
     print(json.dumps(summary))
     return record
 

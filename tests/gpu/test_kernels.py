@@ -53,9 +53,11 @@ def test_dispatcher_routes_cuda_to_the_kernels():
     q, k, v, sink = case["q"], case["k"], case["v"], case["params"]["sink"]
     from sinklab.ops.sink import triton as sink_triton
 
+    before = sinklab.ops.attention_calls()
     auto = sinklab.ops.attention(q, k, v, variant="sink", sink=sink)
     direct = sink_triton.attention(q, k, v, sink=sink)
     assert torch.equal(auto, direct)
+    assert sinklab.ops.attention_calls() - before == {"sink/triton": 2}
 
 
 @pytest.mark.parametrize(
@@ -67,7 +69,9 @@ def test_unsupported_inputs_fall_back_and_stay_correct(dtype, D, mask):
     case = kernel_cases.make_case("softpick", device="cuda", dtype=dtype, T=200, S=200, D=D, causal=False)
     if mask == "float-bias":
         case["kw"]["attn_mask"] = torch.randn(1, 1, 200, 200, device="cuda")
+    before = sinklab.ops.attention_calls()
     errs = kernel_cases.check("softpick", case)
+    assert sinklab.ops.attention_calls() - before == {"softpick/chunked": 1}
     tol = 1e-5 if dtype == torch.float32 else TOL
     assert all(e <= tol for e in errs.values()), errs
 

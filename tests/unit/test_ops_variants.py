@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 import sinklab.ops._rows as rows_mod
 import sinklab.ops._sdpa as sdpa_mod
 from sinklab.errors import SinklabInputError
-from sinklab.ops import VARIANTS, attention
+from sinklab.ops import VARIANTS, attention, attention_calls
 
 VARS = list(VARIANTS)
 
@@ -178,7 +179,10 @@ def test_window_follows_hf_convention():
 def test_auto_on_cpu_is_chunked_and_triton_refused():
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(1, 2, 5, 4, generator=gen) for _ in range(3))
+    before = attention_calls()
     assert torch.equal(attention(q, k, v, variant="softpick"), attention(q, k, v, variant="softpick", impl="chunked"))
+    attention(q, k, v, impl="naive")
+    assert attention_calls() - before == Counter({"softpick/chunked": 2, "softmax/naive": 1})
     with pytest.raises(SinklabInputError, match="impl='triton' needs CUDA"):
         attention(q, k, v, impl="triton")
 

@@ -40,6 +40,7 @@ METRICS = ("val_loss", "sink_rate", "first_token_mass_mean", "max_activation", "
 def test_tiny_run_learns_and_measures_every_metric(tmp_path):
     out = tmp_path / "run"
     result = train(TrainConfig(preset="tiny", steps=30, eval_every=10, out=str(out)))
+    assert result.attention_calls == {}  # the softmax baseline trains on transformers' own attention
     first, last = result.history[0], result.history[-1]
     assert [row["step"] for row in result.history] == [0, 10, 20, 30]
     assert last["val_loss"] < first["val_loss"] - 1.0  # random init ~ log(263) = 5.6 -> well below
@@ -63,6 +64,8 @@ def test_tiny_run_learns_and_measures_every_metric(tmp_path):
 def test_every_variant_trains_through_patch(variant):
     result = train(TrainConfig(variant=variant, preset="tiny", steps=6, eval_every=6, quant_eval=False))
     assert result.model.config.sinklab_variant["variant"] == variant
+    ops_variant = "softmax" if variant == "gated" else variant  # gated: softmax weights, then the gate
+    assert result.attention_calls == {f"{ops_variant}/chunked": 6 * 2}  # CPU: every step, both layers
     first, last = result.history
     assert last["val_loss"] < first["val_loss"]
     for key in METRICS:
@@ -163,6 +166,10 @@ def test_study_script_runs_and_ends_with_one_json_line(tmp_path, capsys):
         ["--preset", "tiny", "--steps", "3", "--eval-every", "3", "--runs", "softmax", "gated", "--out", str(out)]
     )
     assert [row["run"] for row in record["table"]] == ["softmax", "gated"]
+    assert [row["attention_impl"] for row in record["table"]] == [
+        "transformers sdpa",
+        "sinklab.ops via remove.patch: softmax/chunked x6",
+    ]
     assert record["table"][1]["loss_vs_baseline_pct"] == pytest.approx(
         100 * (record["table"][1]["val_loss"] / record["table"][0]["val_loss"] - 1)
     )
@@ -170,3 +177,12 @@ def test_study_script_runs_and_ends_with_one_json_line(tmp_path, capsys):
     assert json.loads(last)["benchmark"] == "train_study"
     assert json.loads(out.read_text())["runs"][0]["history"]
     assert out.with_suffix(".png").exists()
+
+    # a second call adds runs to the same study, in RUNS order, against the same baseline; another budget is refused
+    common = ["--preset", "tiny", "--steps", "3", "--eval-every", "3", "--out", str(out), "--append"]
+    record = study.main([*common, "--runs", "bos_never"])
+    assert [row["run"] for row in record["table"]] == ["softmax", "gated", "bos_never"]
+    assert record["table"][0]["val_loss"] == json.loads(last)["table"][0]["val_loss"]
+    assert [call["runs"] for call in record["calls"]] == [["softmax", "gated"], ["bos_never"]]
+    with pytest.raises(SystemExit, match="would not share the budget"):
+        study.main([*common[:3], "4", *common[4:], "--runs", "wd0"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections import Counter
 
 import torch
 
@@ -18,6 +19,19 @@ from sinklab.ops._common import check_qkv
 from sinklab.ops.variants import VARIANTS
 
 IMPLS = ("auto", "naive", "chunked", "triton")
+
+_CALLS: Counter[str] = Counter()  # "<variant>/<impl>" -> calls: which code really ran (auto hides it otherwise)
+
+
+def record_call(variant: str, impl: str) -> None:
+    """Count one attention call that ran ``impl`` ("naive", "chunked" or "triton") for ``variant``."""
+    _CALLS[f"{variant}/{impl}"] += 1
+
+
+def attention_calls() -> Counter[str]:
+    """A copy of the call counts since import, keyed "<variant>/<impl>"; diff two copies to see what a piece of
+    code dispatched to, e.g. whether training reached the Triton kernels or the chunked fallback."""
+    return Counter(_CALLS)
 
 
 def _check_params(variant: str, params: dict, H: int, D: int) -> None:
@@ -102,4 +116,5 @@ def attention(
                 f"accepted here: {', '.join(i for i in IMPLS if i != 'triton')}"
             )
         impl = "chunked"
+    record_call(variant, impl)
     return importlib.import_module(f"sinklab.ops.{variant}.{impl}").attention(q, k, v, **kw)

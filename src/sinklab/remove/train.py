@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,7 @@ from torch import nn
 
 from sinklab.errors import SinklabInputError
 from sinklab.measure import scan
+from sinklab.ops import attention_calls
 from sinklab.report.files import staged_output
 
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid", "gated")
@@ -125,13 +127,16 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run measured: ``history`` (one row per evaluation), ``final`` (last evaluation + W8A8), the model."""
+    """What a run measured: ``history`` (one row per evaluation), ``final`` (last evaluation + W8A8), the model.
+    ``attention_calls``: the ``sinklab.ops.attention`` dispatches of the training steps ("<variant>/<impl>" -> calls;
+    empty when transformers' own attention trained the model)."""
 
     config: TrainConfig
     history: list[dict]
     final: dict
     params: int
     tokens_per_second: float
+    attention_calls: dict[str, int]
     model: nn.Module = field(repr=False)
 
     def to_dict(self) -> dict:
@@ -140,6 +145,7 @@ class TrainResult:
             "name": self.config.name,
             "params": self.params,
             "tokens_per_second": self.tokens_per_second,
+            "attention_calls": self.attention_calls,
             "history": self.history,
             "final": self.final,
         }
@@ -367,6 +373,7 @@ def train(config: TrainConfig) -> TrainResult:
     history: list[dict] = []
     train_loss = float("nan")
     started, train_time = time.perf_counter(), 0.0
+    dispatched = Counter()  # what the training steps' attention ran (evaluations run fp32 and may fall back)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, disable=rank != 0) as progress:
         bar = progress.add_task(f"train {config.name}", total=config.steps, info="")
@@ -379,7 +386,7 @@ def train(config: TrainConfig) -> TrainResult:
                     progress.update(bar, info=f"val {row['val_loss']:.3f} sink {row['sink_rate']:.1%}")
                 if step == config.steps:
                     break
-            tick = time.perf_counter()
+            tick, before = time.perf_counter(), attention_calls()
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, config)
             ids = train_data.step(step, config.batch_size, rank, world).to(device)
@@ -394,13 +401,14 @@ def train(config: TrainConfig) -> TrainResult:
                 torch.distributed.all_reduce(reported, op=torch.distributed.ReduceOp.AVG)
             train_loss = reported.item()
             train_time += time.perf_counter() - tick
+            dispatched += attention_calls() - before
             progress.update(bar, advance=1)
     final = dict(history[-1]) if rank == 0 else {"train_loss": train_loss}  # the loss is averaged over ranks
     if rank == 0 and config.quant_eval:
         final.update(quantized_perplexity(raw, val, config))
     tokens_per_second = config.steps * config.batch_size * world * config.context / max(train_time, 1e-9)
     final["wall_seconds"] = time.perf_counter() - started
-    result = TrainResult(config, history, final, params, tokens_per_second, raw)
+    result = TrainResult(config, history, final, params, tokens_per_second, dict(dispatched), raw)
     if rank == 0 and config.out is not None:
         save(result, config.out)
     if world > 1:
@@ -424,7 +432,9 @@ def plot_curves(runs: list[dict], path: str | Path) -> None:
         ("kurtosis", "residual kurtosis (max over layers)", True),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     for ax, (key, title, log) in zip(axes, panels, strict=True):
+        ax.set_prop_cycle(color=colors)
         for run in runs:
             steps = [row["step"] for row in run["history"]]
             ax.plot(steps, [row[key] for row in run["history"]], marker=".", label=run["name"])

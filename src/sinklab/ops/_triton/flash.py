@@ -19,6 +19,7 @@ import torch
 import triton
 
 from sinklab.ops._triton import kernels
+from sinklab.ops.attention import record_call
 from sinklab.ops.masks import mask_spec
 from sinklab.ops.sigmoid import naive as sigmoid_naive
 from sinklab.ops.variants import VARIANTS as VARIANT_PARAMS
@@ -354,6 +355,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None
 
 
 def _fallback(variant, q, k, v, causal, attn_mask, scale, window, params):
+    record_call(variant, "chunked")
     chunked = importlib.import_module(f"sinklab.ops.{variant}.chunked")
     return chunked.attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, window=window, **params)
 
@@ -415,6 +417,7 @@ def attention(
         return _fallback(variant, q, k, v, causal, attn_mask, scale, window, params)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     prob = Problem(mode, seed, bool(causal), window, scale, p0, p1)
+    record_call(variant, "triton")
     return FlashAttention.apply(q, k, v, sink, kb, vb, bias, kpm, prob)
 
 
