@@ -12,6 +12,7 @@ import sinklab.ops._rows as rows_mod
 import sinklab.ops._sdpa as sdpa_mod
 from sinklab.errors import SinklabInputError
 from sinklab.ops import VARIANTS, attention, attention_calls
+from sinklab.ops.masks import causal_key_padding
 
 VARS = list(VARIANTS)
 
@@ -174,6 +175,25 @@ def test_window_follows_hf_convention():
     ref = attention(q, k, v, causal=False, attn_mask=allowed, impl="naive")
     for impl in ("naive", "chunked"):
         assert rel(attention(q, k, v, causal=True, window=W, impl=impl), ref) <= 1e-12
+
+
+@pytest.mark.parametrize(("T", "S"), [(6, 6), (3, 7), (1, 5)])  # prefill, chunk after a cache, one decode step
+def test_causal_key_padding_splits_exactly_causal_and_padding_masks(T, S):
+    gen = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 2, n, 4, generator=gen, dtype=torch.float64) for n in (T, S, S))
+    padding = torch.ones(2, 1, 1, S, dtype=torch.bool)
+    padding[1, ..., :2] = False
+    causal = torch.arange(S)[None, :] <= torch.arange(T)[:, None] + (S - T)
+    mask = causal & padding  # [2, 1, T, S]: what transformers builds
+    assert torch.equal(causal_key_padding(mask, T, S), padding)
+    ref = attention(q, k, v, variant="softpick", causal=False, attn_mask=mask, impl="naive")
+    got = attention(q, k, v, variant="softpick", causal=True, attn_mask=padding, impl="naive")
+    assert torch.equal(got, ref)
+    if T > 1:
+        windowed = mask & (torch.arange(S)[None, :] > torch.arange(T)[:, None] + (S - T) - 2)
+        assert causal_key_padding(windowed, T, S) is None
+    assert causal_key_padding(mask.float(), T, S) is None
+    assert causal_key_padding(mask.expand(2, 2, T, S), T, S) is None  # per-head masks are not split
 
 
 def test_auto_on_cpu_is_chunked_and_triton_refused():

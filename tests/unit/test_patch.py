@@ -211,3 +211,48 @@ def test_patch_bad_input_one_clear_line(args, kwargs, match):
     assert "\n" not in str(info.value)
     with pytest.raises(SinklabInputError, match="not patched"):
         unpatch(model)
+
+
+def test_transformers_causal_padding_mask_reaches_the_kernels_as_causal_plus_key_padding(monkeypatch):
+    """A 4-D mask that is exactly causal & key padding goes to sinklab.ops as causal=True + [B, 1, 1, S] padding
+    (what the fused kernels take); a sliding-window mask stays a mask; results are unchanged (identity tests)."""
+    import sys
+
+    patch_module = sys.modules["sinklab.remove.patch"]
+    seen = []
+
+    def spy(q, k, v, **kw):
+        mask = kw["attn_mask"]
+        seen.append((kw["causal"], None if mask is None else tuple(mask.shape)))
+        return real(q, k, v, **kw)
+
+    real = patch_module.ops_attention
+    monkeypatch.setattr(patch_module, "ops_attention", spy)
+    model = patch(load("tiny-llama")[0], "softpick")
+    ids, mask = batch()
+    with torch.no_grad():
+        outputs(model, ids, mask)
+        assert set(seen) == {(True, (2, 1, 1, 20))}
+        seen.clear()
+        outputs(model, ids)  # no padding: no mask at all
+        assert set(seen) == {(True, None)}
+        seen.clear()
+        gemma = patch(load("tiny-gemma3")[0], "softpick")  # sliding layers (window 8 < 20): the mask itself
+        outputs(gemma, ids, mask)
+        assert set(seen) == {(True, (2, 1, 1, 20)), (False, (2, 1, 20, 20))}
+
+
+def test_causal_split_is_cached_per_mask_object_and_version():
+    import sys
+
+    split = sys.modules["sinklab.remove.patch"]._causal_split
+    causal = torch.ones(20, 20, dtype=torch.bool).tril()
+    a = causal.expand(2, 1, 20, 20).clone()
+    a[1, ..., :5] = False  # left padding of 5 in the second row
+    b = causal.expand(2, 1, 20, 20).clone()
+    b[0, ..., :3] = False  # another mask of the same shape
+    assert split(a, 20, 20)[1][:, 0, 0].sum(-1).tolist() == [20, 15]
+    assert split(b, 20, 20)[1][:, 0, 0].sum(-1).tolist() == [17, 20]
+    b[0, 0, 10, 0] = True  # changed in place: no longer causal & padding
+    causal_flag, mask = split(b, 20, 20)
+    assert causal_flag is False and torch.equal(mask, b)

@@ -61,6 +61,20 @@ class MaskSpec:
         return keep, bias
 
 
+def causal_key_padding(attn_mask: torch.Tensor, T: int, S: int) -> torch.Tensor | None:
+    """The key padding [B|1, 1, 1, S] (bool, True = real key) when bool ``attn_mask`` [B|1, 1, T, S] is exactly the
+    causal rule (bottom-right, no window) AND that padding; None for any other mask. transformers hands such 4-D
+    masks to custom attention functions; as ``causal=True`` + key padding they run on the fused kernels.
+    The last query sees every key causality allows, so its row is the padding; one comparison checks the rest."""
+    if attn_mask.dtype != torch.bool or attn_mask.dim() != 4 or attn_mask.shape[1] != 1:
+        return None
+    if tuple(attn_mask.shape[-2:]) != (T, S):
+        return None
+    padding = attn_mask[:, :, -1:, :]
+    causal, _ = MaskSpec(T, S, True, None, padding, None, attn_mask.device).block(0, T, 0, S)
+    return padding if torch.equal(attn_mask, causal.expand_as(attn_mask)) else None
+
+
 def _slice(m: torch.Tensor, t0: int, t1: int, lo: int, hi: int) -> torch.Tensor:
     m = m if m.shape[-2] == 1 else m[..., t0:t1, :]
     return m if m.shape[-1] == 1 else m[..., lo:hi]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from pathlib import Path
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 from sinklab.errors import SinklabInputError
 from sinklab.ops import VARIANTS
 from sinklab.ops import attention as ops_attention
+from sinklab.ops.masks import causal_key_padding
 from sinklab.remove.gate import apply_gate, make_gate
 
 ATTN_NAME = "sinklab_variant"
@@ -77,8 +79,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     causal = getattr(module, "is_causal", True) if causal is None else causal
     mask = attention_mask
     if mask is not None:
-        mask = mask[..., :S]
-        causal = False  # transformers' mask already holds causality, windows, padding and cache offsets
+        causal, mask = _causal_split(attention_mask, T, S)
     elif causal and 1 < T != S:  # transformers skips the mask here only for SDPA's top-left causal alignment
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()
         causal = False
@@ -89,6 +90,25 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     variant, params = module_variant(module)
     out = ops_attention(query, key, value, variant=variant, causal=causal, attn_mask=mask, scale=scaling, **params)
     return finish_output(module, out.transpose(1, 2)).contiguous(), None
+
+
+_last_split: tuple = (None, -1, None)  # (weak reference to a mask, its version, what _causal_split made of it)
+
+
+def _causal_split(attention_mask: torch.Tensor, T: int, S: int) -> tuple[bool, torch.Tensor | None]:
+    """(causal, attn_mask) for transformers' mask: causal=True with the key padding alone (None when there is none)
+    where the mask is exactly causal & padding (``sinklab.ops.masks.causal_key_padding``), so the fused kernels take
+    it; else the mask itself, which already holds causality, windows, padding and cache offsets. Every layer of a
+    forward gets the same mask object: the check (one host sync) runs once per forward."""
+    global _last_split
+    ref, version, split = _last_split
+    if ref is not None and ref() is attention_mask and version == attention_mask._version and split[0] == (T, S):
+        return split[1]
+    mask = attention_mask[..., :S]
+    padding = causal_key_padding(mask, T, S)
+    result = (False, mask) if padding is None else (True, None if bool(padding.all()) else padding)
+    _last_split = (weakref.ref(attention_mask), attention_mask._version, ((T, S), result))
+    return result
 
 
 def finish_output(module: nn.Module, out: torch.Tensor) -> torch.Tensor:
