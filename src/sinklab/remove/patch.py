@@ -83,10 +83,14 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     elif causal and 1 < T != S:  # transformers skips the mask here only for SDPA's top-left causal alignment
         mask = torch.ones(T, S, dtype=torch.bool, device=query.device).tril()
         causal = False
-    if query.dtype != value.dtype or key.dtype != value.dtype:
-        # under autocast, RoPE's float32 cos/sin promote q and k while v keeps the autocast dtype: compute in v's
-        # dtype, as SDPA does, so the half-precision kernels run
-        query, key = query.to(value.dtype), key.to(value.dtype)
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        # SDPA is on autocast's lower-precision list and this function is not: cast as autocast would, so the
+        # half-precision kernels run (seen on an H200, transformers 5.17: q, k and v all arrived in float32)
+        dtype = torch.get_autocast_dtype(device_type)
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    elif query.dtype != value.dtype or key.dtype != value.dtype:
+        query, key = query.to(value.dtype), key.to(value.dtype)  # compute in v's dtype, as SDPA does
     variant, params = module_variant(module)
     out = ops_attention(query, key, value, variant=variant, causal=causal, attn_mask=mask, scale=scaling, **params)
     return finish_output(module, out.transpose(1, 2)).contiguous(), None
