@@ -59,18 +59,24 @@ def make_case(
     pad=False,
     seed=0,
     defaults=False,
+    layout="bhtd",
 ) -> dict:
     """Random q, k, v, parameters and (optionally) a key-padding mask that leaves some query rows with no key.
-    ``defaults``: leave the optional parameters out (kv_bias without ``sink``, sigmoid's bias -log S)."""
+    ``defaults``: leave the optional parameters out (kv_bias without ``sink``, sigmoid's bias -log S).
+    ``layout="bthd"``: q, k, v are [B, T, H, D] tensors seen through transpose(1, 2), as transformers' attention
+    modules pass them (last dim contiguous, the others not)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
 
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device)
 
+    def heads(b, h, t, d):
+        return rnd(b, t, h, d).transpose(1, 2) if layout == "bthd" else rnd(b, h, t, d)
+
     case = {
-        "q": rnd(B, H, T, D).to(dtype),
-        "k": rnd(B, Hkv, S, D).to(dtype),
-        "v": rnd(B, Hkv, S, D).to(dtype),
+        "q": heads(B, H, T, D).to(dtype),
+        "k": heads(B, Hkv, S, D).to(dtype),
+        "v": heads(B, Hkv, S, D).to(dtype),
         "params": {},
         "kw": {"causal": causal, "window": window},
     }

@@ -26,6 +26,7 @@ CASES_DIR = HERE.parents[1] / "gpu"  # kernel_cases.py, shared with the native G
 SHAPES = [
     ("causal-gqa-pad-fp32", "float32", dict(T=37, S=45, D=16, causal=True, pad=True)),
     ("window-fp16-defaults", "float16", dict(B=1, T=33, S=33, D=32, causal=False, window=9, Hkv=4, defaults=True)),
+    ("causal-bthd-fp32", "float32", dict(T=29, S=29, D=16, causal=True, layout="bthd")),  # transformers' layout
 ]
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid")
 TOL = {"float32": 1e-5, "float16": 1e-2}

@@ -209,7 +209,7 @@ def backward(
             *q.stride()[:3],
             *k.stride()[:3],
             *v.stride()[:3],
-            *o.stride()[:3],
+            *do.stride()[:3],  # this pass reads dO through O's stride slots and writes no O
             skpm,
             **sizes,
             qk_scale=qk_scale,

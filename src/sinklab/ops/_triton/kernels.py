@@ -252,8 +252,8 @@ def attn_fwd(
     BLOCK_N: tl.constexpr,
     HEAD_D: tl.constexpr,
 ):
-    """PASS 0: out and lse; PASS 1: lse only (MODE 0); PASS 2: clipped's delta' (MODE 2, reads DO as [B, H, T, D]
-    with O's strides)."""
+    """PASS 0: out and lse; PASS 1: lse only (MODE 0); PASS 2: clipped's delta' (MODE 2, reads DO [B, H, T, D]
+    through the O stride arguments, which the caller sets to dO's strides)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
     bh = tl.program_id(1)
     b = bh // H
