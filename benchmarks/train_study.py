@@ -1,6 +1,6 @@
 """The pre-training study: every attention variant and intervention at the same budget, one table.
 
-    python benchmarks/train_study.py --preset small --steps 1000 --corpus data/train-corpus   # GPU (H200: ~8 min)
+    python benchmarks/train_study.py --preset small --steps 1000 --corpus data/train-corpus   # GPU (H200: ~12 min)
     python benchmarks/train_study.py --preset tiny --steps 20 --runs softmax gated             # CPU smoke test
 
 Each run trains the same Llama decoder from the same seed on the same token stream (sinklab.remove.train) and
