@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sinklab.ops._common import repeat_kv
 from sinklab.ops.colsum import chunked, naive
 from sinklab.testing import assert_close
 
@@ -56,7 +57,7 @@ def test_colsum_from_lse(case):
     gen = torch.Generator().manual_seed(7)
     q, k, v, padding = _inputs(B, H, Hkv, T, S, pad, torch.float64, gen)
     allowed = naive.allowed_mask(T, S, causal=causal, window=window, key_padding=padding)
-    scores = (q @ naive.expand_kv(k, H).transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))
+    scores = (q @ repeat_kv(k, H // k.shape[1]).transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores, -1)
     kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding)
     _, stats = naive.attention_stats(q, k, v, **kw)

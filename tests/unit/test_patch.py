@@ -242,7 +242,7 @@ def test_transformers_causal_padding_mask_reaches_the_kernels_as_causal_plus_key
         assert set(seen) == {(True, (2, 1, 1, 20)), (False, (2, 1, 20, 20))}
 
 
-def test_causal_split_is_cached_per_mask_object_and_version():
+def test_causal_split_follows_each_mask_and_its_changes():
     import sys
 
     split = sys.modules["sinklab.remove.patch"]._causal_split

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
 from pathlib import Path
 
 import torch
@@ -96,23 +95,15 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     return finish_output(module, out.transpose(1, 2)).contiguous(), None
 
 
-_last_split: tuple = (None, -1, None)  # (weak reference to a mask, its version, what _causal_split made of it)
-
-
 def _causal_split(attention_mask: torch.Tensor, T: int, S: int) -> tuple[bool, torch.Tensor | None]:
     """(causal, attn_mask) for transformers' mask: causal=True with the key padding alone (None when there is none)
     where the mask is exactly causal & padding (``sinklab.ops.masks.causal_key_padding``), so the fused kernels take
-    it; else the mask itself, which already holds causality, windows, padding and cache offsets. Every layer of a
-    forward gets the same mask object: the check (one host sync) runs once per forward."""
-    global _last_split
-    ref, version, split = _last_split
-    if ref is not None and ref() is attention_mask and version == attention_mask._version and split[0] == (T, S):
-        return split[1]
+    it; else the mask itself, which already holds causality, windows, padding and cache offsets."""
     mask = attention_mask[..., :S]
     padding = causal_key_padding(mask, T, S)
-    result = (False, mask) if padding is None else (True, None if bool(padding.all()) else padding)
-    _last_split = (weakref.ref(attention_mask), attention_mask._version, ((T, S), result))
-    return result
+    if padding is None:
+        return False, mask
+    return True, None if bool(padding.all()) else padding
 
 
 def finish_output(module: nn.Module, out: torch.Tensor) -> torch.Tensor:

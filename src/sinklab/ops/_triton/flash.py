@@ -227,6 +227,10 @@ def backward(
         )
     lse_t = lse if lse is not None else dummy
     bias_t = bias if bias is not None else dummy
+    launch = dict(  # what the dK/dV and dQ kernels share
+        **sizes, scale=prob.scale, qk_scale=qk_scale, p0=prob.p0, p1=prob.p1, MODE=prob.mode, **masks, HEAD_D=D,
+        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+    )  # fmt: skip
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     kernels.attn_bwd_dkdv[(triton.cdiv(S, cfg.n1), B * Hkv)](
@@ -246,18 +250,9 @@ def backward(
         *do.stride()[:3],
         *dk.stride()[:3],
         skpm,
-        **sizes,
-        scale=prob.scale,
-        qk_scale=qk_scale,
-        p0=prob.p0,
-        p1=prob.p1,
-        MODE=prob.mode,
-        **masks,
+        **launch,
         BLOCK_M=cfg.m1,
         BLOCK_N=cfg.n1,
-        HEAD_D=D,
-        num_warps=cfg.bwd_warps,
-        num_stages=cfg.bwd_stages,
     )
     dq = torch.empty_like(q)
     dbias_rows = torch.empty(B, H, T, dtype=torch.float32, device=dev) if prob.mode == 3 else dummy
@@ -280,19 +275,10 @@ def backward(
         *do.stride()[:3],
         *dq.stride()[:3],
         skpm,
-        **sizes,
-        scale=prob.scale,
-        qk_scale=qk_scale,
-        p0=prob.p0,
-        p1=prob.p1,
-        MODE=prob.mode,
+        **launch,
         SEED=prob.seed,
-        **masks,
         BLOCK_M=cfg.m2,
         BLOCK_N=cfg.n2,
-        HEAD_D=D,
-        num_warps=cfg.bwd_warps,
-        num_stages=cfg.bwd_stages,
     )
     dsink = dkb = dvb = dbias = None
     if prob.seed == 1:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from sinklab.ops._common import repeat_kv
 from sinklab.ops.colsum.types import AttentionStats
 from sinklab.ops.masks import MaskSpec
 
@@ -49,11 +50,6 @@ def query_validity(q_len: int, kv_len: int, key_padding: torch.Tensor | None, ba
     return key_padding[:, kv_len - q_len :].bool()
 
 
-def expand_kv(k: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """[B, Hkv, S, D] -> [B, H, S, D]: query head h uses KV head h // (H / Hkv) (GQA, as HF's repeat_kv)."""
-    return k.repeat_interleave(num_heads // k.shape[1], dim=1)
-
-
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -71,7 +67,7 @@ def attention_stats(
     """
     B, H, T, _ = q.shape
     S = k.shape[2]
-    k, v = expand_kv(k, H), expand_kv(v, H)
+    k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
     allowed = allowed_mask(T, S, causal=causal, window=window, key_padding=key_padding, device=q.device)
     compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = (q @ k.transpose(-1, -2)).to(compute_dtype) * scale
@@ -106,7 +102,7 @@ def colsum(
     """
     B, H, T, _ = q.shape
     S = k.shape[2]
-    scores = (q @ expand_kv(k, H).transpose(-1, -2)).to(lse.dtype) * scale
+    scores = (q @ repeat_kv(k, H // k.shape[1]).transpose(-1, -2)).to(lse.dtype) * scale
     allowed = allowed_mask(T, S, causal=causal, window=window, key_padding=key_padding, device=q.device)
     valid = query_validity(T, S, key_padding, B, q.device)[:, None, :, None]
     probs = torch.exp(scores - lse[..., None]).masked_fill(~(allowed & valid), 0.0)
