@@ -1,12 +1,19 @@
 """Benchmark: `sinklab scan` against a plain SDPA forward (the floor) and eager `output_attentions` (the usual way).
 
-smollm2-135m on the CPU, one sequence of T tokens of the embedded corpus, T from 512 to 16384 (past the model's
-8192 trained positions the numbers measure compute and memory only). Each (method, T) runs in a fresh process so
-peak memory is its own: RSS is sampled every 5 ms during the measured call. Eager is skipped where its stored
-attentions (L x H x T x T floats) would not fit in memory. Prints a table, then one JSON line; saves
-benchmarks/results/scan-<hardware>.json.
+CPU: smollm2-135m, one sequence of T tokens of the embedded corpus, T from 512 to 16384 (past the model's 8192
+trained positions the numbers measure compute and memory only). Each (method, T) runs in a fresh process so peak
+memory is its own: RSS is sampled every 5 ms during the measured call. Eager is skipped where its stored attentions
+(L x H x T x T floats) would not fit in memory.
+
+CUDA (``--device cuda``): a random-init model shaped like Llama-3.2-1B (16 layers, 32 heads, 8 KV heads, head dim
+64, bf16), one sequence of random tokens, T = 8k, 32k, 64k, 128k; plain SDPA forward against scan in one process
+(peak = torch.cuda.max_memory_allocated during the call), which attention implementation ran
+(``sinklab.ops.attention_calls``), and at the shortest T scan's metrics on the fused path against the chunked path.
+
+Prints a table, then one JSON line; saves benchmarks/results/scan-<hardware>.json.
 
     python benchmarks/scan.py [--lengths 512,1024,...] [--hardware cpu2]
+    python benchmarks/scan.py --device cuda --lengths 8192,32768,65536,131072 --hardware h200
 """
 
 from __future__ import annotations
@@ -83,14 +90,127 @@ def worker(method: str, length: int) -> dict:
     }
 
 
+LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                num_key_value_heads=8, head_dim=64, vocab_size=128256, rope_theta=500000.0)  # fmt: skip
+
+
+def _cuda_model(max_len: int):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from sinklab.models.tiny import byte_tokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**LLAMA_1B, max_position_embeddings=max_len, attn_implementation="sdpa")
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    return model, byte_tokenizer()
+
+
+def _chunked_scan(scan, model, tok, ids):
+    """scan with every attention call forced onto the chunked path (the reference the fused path must match)."""
+    import sinklab.hf.site as site_module
+
+    real = site_module.ops_attention
+
+    def chunked(*args, **kwargs):
+        return real(*args, impl="chunked", **kwargs)
+
+    site_module.ops_attention = chunked
+    try:
+        return scan(model, tok, ids, max_tokens=ids.shape[1], progress=False, keep_pattern=0)
+    finally:
+        site_module.ops_attention = real
+
+
+def cuda_main(args) -> None:
+    import torch
+
+    from sinklab.measure import scan
+    from sinklab.ops import attention_calls
+    from sinklab.testing import rel_err
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    model, tok = _cuda_model(max(lengths))
+    rows, check = [], None
+    for T in lengths:
+        ids = torch.randint(10, 120000, (1, T), generator=torch.Generator().manual_seed(T))
+
+        def plain(ids=ids):
+            model.model(input_ids=ids.cuda(), use_cache=False)
+
+        def scanned(ids=ids, T=T):
+            return scan(model, tok, ids, max_tokens=T, progress=False, keep_pattern=0)
+
+        row = {"tokens": T}
+        try:
+            with torch.no_grad():
+                for name, fn in (("plain", plain), ("scan", scanned)):
+                    fn()  # warm-up (kernel compilation, allocator)
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    before = attention_calls()
+                    start = time.perf_counter()
+                    result = fn()
+                    torch.cuda.synchronize()
+                    row[f"{name}_s"] = time.perf_counter() - start
+                    row[f"{name}_peak_gb"] = (torch.cuda.max_memory_allocated() - base) / 2**30 + base / 2**30
+                    if name == "scan":
+                        row["attention_calls"] = dict(attention_calls() - before)
+                if check is None:
+                    reference = _chunked_scan(scan, model, tok, ids)
+                    check = {
+                        "tokens": T,
+                        "first_token_mass_rel_err": rel_err(result.first_token_mass, reference.first_token_mass),
+                        "entropy_rel_err": rel_err(result.entropy, reference.entropy),
+                        "sink_rate": [result.sink_rate, reference.sink_rate],
+                        "layer_max_abs_rel_err": rel_err(result.layer_max_abs, reference.layer_max_abs),
+                    }
+        except torch.OutOfMemoryError as err:
+            row["failed"] = f"out of memory: {str(err).splitlines()[0]}"
+        if "scan_s" in row:
+            row["time_ratio"] = row["scan_s"] / row["plain_s"]
+            row["memory_ratio"] = row["scan_peak_gb"] / row["plain_peak_gb"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    table = "T        plain s   scan s   time    plain GB  scan GB  memory\n"
+    for r in rows:
+        if "time_ratio" in r:
+            table += (f"{r['tokens']:<8} {r['plain_s']:8.3f} {r['scan_s']:8.3f} {r['time_ratio']:6.2f}x "
+                      f"{r['plain_peak_gb']:8.2f} {r['scan_peak_gb']:8.2f} {r['memory_ratio']:6.2f}x\n")  # fmt: skip
+        else:
+            table += f"{r['tokens']:<8} {r.get('failed', '')}\n"
+    print(table)
+    result = {
+        "benchmark": "scan",
+        "model": "random-init Llama-3.2-1B shape (16 x 32 heads / 8 KV, D 64), bf16, one sequence",
+        "hardware": args.hardware,
+        "date": dt.date.today().isoformat(),
+        "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()},
+        "goals": {"time_ratio_max": 2.0, "memory_ratio_max": 1.2},
+        "check_vs_chunked": check,
+        "rows": rows,
+    }
+    out = Path(os.environ.get("OUT", RESULTS))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"scan-{args.hardware}.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
     parser.add_argument("--hardware", default="cpu2")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "T"))
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]))))
+        return
+    if args.device == "cuda":
+        cuda_main(args)
         return
 
     from rich.console import Console

@@ -9,18 +9,9 @@ import torch
 
 from sinklab.errors import SinklabInputError
 from sinklab.models import load
-from sinklab.remove import IDENTITY_VARIANTS, PATCH_VARIANTS, load_patched, patch, unpatch
+from sinklab.remove import identity_variants, load_patched, patch, patch_variants, unpatch
 
 MODELS = ["tiny-llama", "tiny-gemma3", "tiny-bert"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP barriers that stall when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rel(a, b) -> float:
@@ -49,7 +40,7 @@ def lm_loss(model, ids):
     return torch.nn.functional.cross_entropy(h[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
 
-@pytest.mark.parametrize("variant", IDENTITY_VARIANTS)
+@pytest.mark.parametrize("variant", identity_variants())
 @pytest.mark.parametrize("name", MODELS)
 def test_identity_patch_leaves_outputs_unchanged(name, variant):
     model, _ = load(name)
@@ -63,7 +54,7 @@ def test_identity_patch_leaves_outputs_unchanged(name, variant):
     assert model.config._attn_implementation == "sinklab_variant"
 
 
-@pytest.mark.parametrize("variant", [v for v in PATCH_VARIANTS if v not in IDENTITY_VARIANTS])
+@pytest.mark.parametrize("variant", [v for v in patch_variants() if v not in identity_variants()])
 def test_non_identity_variants_change_outputs(variant):
     model, _ = load("tiny-llama")
     ids, mask = batch()
@@ -73,7 +64,7 @@ def test_non_identity_variants_change_outputs(variant):
     assert rel(got[mask.bool()], ref[mask.bool()]) > 1e-3
 
 
-@pytest.mark.parametrize("variant", PATCH_VARIANTS)
+@pytest.mark.parametrize("variant", patch_variants())
 @pytest.mark.parametrize("name", MODELS)
 def test_patched_model_trains_and_reloads_bit_identically(name, variant, tmp_path):
     model, _ = load(name)
@@ -171,7 +162,7 @@ def test_identity_patch_on_qwen_and_mistral(arch):
     ids = ids % 100
     with torch.no_grad():
         ref = outputs(model, ids, mask)
-        for variant in IDENTITY_VARIANTS:
+        for variant in identity_variants():
             got = outputs(patch(model, variant), ids, mask)
             assert rel(got[mask.bool()], ref[mask.bool()]) <= 1e-5, variant
             unpatch(model)
@@ -213,46 +204,46 @@ def test_patch_bad_input_one_clear_line(args, kwargs, match):
         unpatch(model)
 
 
-def test_transformers_causal_padding_mask_reaches_the_kernels_as_causal_plus_key_padding(monkeypatch):
-    """A 4-D mask that is exactly causal & key padding goes to sinklab.ops as causal=True + [B, 1, 1, S] padding
-    (what the fused kernels take); a sliding-window mask stays a mask; results are unchanged (identity tests)."""
-    import sys
+def test_transformers_masks_reach_the_kernels_as_flags_plus_key_padding(monkeypatch):
+    """A 4-D mask that is exactly the position rule (causal, sliding window) & key padding goes to sinklab.ops as
+    flags + [B, S] key padding (what the fused kernels take); results are unchanged (identity tests)."""
+    import sinklab.hf.site as site_module
 
-    patch_module = sys.modules["sinklab.remove.patch"]
     seen = []
 
     def spy(q, k, v, **kw):
-        mask = kw["attn_mask"]
-        seen.append((kw["causal"], None if mask is None else tuple(mask.shape)))
+        padding = kw["key_padding"]
+        seen.append((kw["causal"], kw["window"], kw["attn_mask"], None if padding is None else tuple(padding.shape)))
         return real(q, k, v, **kw)
 
-    real = patch_module.ops_attention
-    monkeypatch.setattr(patch_module, "ops_attention", spy)
+    real = site_module.ops_attention
+    monkeypatch.setattr(site_module, "ops_attention", spy)
     model = patch(load("tiny-llama")[0], "softpick")
     ids, mask = batch()
     with torch.no_grad():
         outputs(model, ids, mask)
-        assert set(seen) == {(True, (2, 1, 1, 20))}
+        assert set(seen) == {(True, None, None, (2, 20))}
         seen.clear()
         outputs(model, ids)  # no padding: no mask at all
-        assert set(seen) == {(True, None)}
+        assert set(seen) == {(True, None, None, None)}
         seen.clear()
-        gemma = patch(load("tiny-gemma3")[0], "softpick")  # sliding layers (window 8 < 20): the mask itself
+        gemma = patch(load("tiny-gemma3")[0], "softpick")  # sliding layers (window 8 < 20): flags too
         outputs(gemma, ids, mask)
-        assert set(seen) == {(True, (2, 1, 1, 20)), (False, (2, 1, 20, 20))}
+        assert set(seen) == {(True, None, None, (2, 20)), (True, 8, None, (2, 20))}
 
 
-def test_causal_split_follows_each_mask_and_its_changes():
-    import sys
+def test_split_mask_follows_each_mask_and_its_changes():
+    from sinklab.hf.site import split_mask
 
-    split = sys.modules["sinklab.remove.patch"]._causal_split
     causal = torch.ones(20, 20, dtype=torch.bool).tril()
     a = causal.expand(2, 1, 20, 20).clone()
     a[1, ..., :5] = False  # left padding of 5 in the second row
     b = causal.expand(2, 1, 20, 20).clone()
     b[0, ..., :3] = False  # another mask of the same shape
-    assert split(a, 20, 20)[1][:, 0, 0].sum(-1).tolist() == [20, 15]
-    assert split(b, 20, 20)[1][:, 0, 0].sum(-1).tolist() == [17, 20]
+    assert split_mask(a, 20, 20, True, None, "cpu")[2].sum(-1).tolist() == [20, 15]
+    assert split_mask(b, 20, 20, True, None, "cpu")[2].sum(-1).tolist() == [17, 20]
     b[0, 0, 10, 0] = True  # changed in place: no longer causal & padding
-    causal_flag, mask = split(b, 20, 20)
-    assert causal_flag is False and torch.equal(mask, b)
+    causal_flag, window, padding, mask = split_mask(b, 20, 20, True, None, "cpu")
+    assert causal_flag is False and padding is None and torch.equal(mask, b)
+    windowed = causal.triu(-7).expand(1, 1, 20, 20)
+    assert split_mask(windowed, 20, 20, True, 8, "cpu")[:3] == (True, 8, None)

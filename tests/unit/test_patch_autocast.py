@@ -10,9 +10,8 @@ from sinklab.remove import patch
 
 @pytest.mark.parametrize("variant", ["sink", "softpick"])
 def test_patched_model_under_autocast(variant, monkeypatch):
-    import sys
+    import sinklab.hf.site as patch_module
 
-    patch_module = sys.modules["sinklab.remove.patch"]
     real, dtypes = patch_module.ops_attention, set()
 
     def spy(q, k, v, **kw):
@@ -34,9 +33,8 @@ def test_patched_model_under_autocast(variant, monkeypatch):
 def test_float32_inputs_are_cast_to_the_autocast_dtype(monkeypatch):
     """On an H200 (transformers 5.17) q, k and v all reached the attention function in float32 under autocast, and
     the half-precision kernels were skipped: the function casts as autocast casts SDPA."""
-    import sys
+    import sinklab.hf.site as patch_module
 
-    patch_module = sys.modules["sinklab.remove.patch"]
     real, dtypes = patch_module.ops_attention, []
 
     def spy(q, k, v, **kw):
@@ -46,10 +44,10 @@ def test_float32_inputs_are_cast_to_the_autocast_dtype(monkeypatch):
     monkeypatch.setattr(patch_module, "ops_attention", spy)
     model, _ = load("tiny-llama")
     patch(model, "softpick")
-    module = model.model.layers[0].self_attn
+    site = patch_module.sites(model).attention[0]
     q, k, v = (torch.randn(1, 4, 6, 16) for _ in range(3))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = patch_module._attention(module, q, k, v, None, scaling=0.25)
-    out32, _ = patch_module._attention(module, q, k, v, None, scaling=0.25)
+        out = site(site.info.module, q, k, v, None, {"scaling": 0.25})
+    out32 = site(site.info.module, q, k, v, None, {"scaling": 0.25})
     assert dtypes == [(torch.bfloat16,) * 3, (torch.float32,) * 3]
     assert out.dtype == torch.bfloat16 and (out.float() - out32).abs().max() < 0.05

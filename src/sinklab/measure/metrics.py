@@ -41,6 +41,12 @@ def sink_rate(alpha: torch.Tensor, eps: float) -> float:
     return float((alpha > eps).double().mean())
 
 
+def mean_slot_mass(stats: AttentionStats) -> torch.Tensor:
+    """[B, H] mean share of a valid row's attention that goes to the learned sink slot (gpt-oss sinks, the sink and
+    kv_bias variants): mass that no real key receives."""
+    return stats.slot / stats.rows[:, None].clamp_min(1)
+
+
 def mean_entropy(stats: AttentionStats) -> torch.Tensor:
     """[B, H] mean attention entropy (nats) per valid query row."""
     return stats.entropy / stats.rows[:, None].clamp_min(1)

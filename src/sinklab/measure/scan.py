@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sinklab.data import BosMode, read_texts, token_sequences
 from sinklab.errors import SinklabInputError
+from sinklab.hf import ModelView
+from sinklab.hf.arch import layer_types
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer
 
@@ -51,6 +53,7 @@ class ScanResult:
     dim_max: torch.Tensor  # [L, d] max |hidden| per hidden dim
     layer_types: list[str]
     pattern: torch.Tensor | None = None  # [L, H, w, w] attention maps of the first w tokens of sequence 0
+    sink_slot_mass: torch.Tensor | None = None  # [L, H] mean share of a row's attention on a learned sink slot
     pattern_tokens: list[str] = field(default_factory=list)
 
     @property
@@ -83,6 +86,7 @@ class ScanResult:
             "layer_max_abs": _rounded(self.layer_max_abs, 3),
             "layer_median_abs": _rounded(self.layer_median_abs, 5),
             "layer_kurtosis": _rounded(self.layer_kurtosis, 3),
+            **({} if self.sink_slot_mass is None else {"sink_slot_mass": _rounded(self.sink_slot_mass)}),
         }
 
     def save(self, out_dir: str | Path) -> Path:
@@ -153,6 +157,8 @@ class _Accumulator:
         self.alpha = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.entropy = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.other = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.slot = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.has_slot = False
         self.sequences = 0
         self.tokens = 0
         self.layer_max = torch.zeros(num_layers, dtype=torch.float64)
@@ -172,8 +178,12 @@ class _Accumulator:
         heads = torch.zeros(B, ids.shape[1], dtype=torch.long)
         layers_hit: dict[tuple[int, int], list[int]] = defaultdict(list)
         for layer in range(self.L):
-            stats = obs.attention[layer]
+            self._add_residual(obs, layer, ids, first, decode)
+        for layer, stats in obs.attention.items():
             self.alpha[layer] += metrics.first_token_mass(stats, first).double().cpu().sum(0)
+            if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
+                self.has_slot = True
+                self.slot[layer] += metrics.mean_slot_mass(stats).double().cpu().sum(0)
             self.entropy[layer] += metrics.mean_entropy(stats).double().cpu().sum(0)
             mass = metrics.mean_received(stats).double().cpu()  # [B, H, S]
             eligible = metrics.eligible_keys(stats, self.min_queries).cpu()  # [B, S]
@@ -186,7 +196,6 @@ class _Accumulator:
             best = torch.maximum(best, mass.amax(1))
             for b, pos in (above.any(1)).nonzero().tolist():
                 layers_hit[(b, pos)].append(layer)
-            self._add_residual(obs, layer, ids, first, decode)
         for (b, pos), hit_layers in layers_hit.items():
             rel = pos - int(first[b])
             token = decode(int(ids[b, pos]))
@@ -296,9 +305,10 @@ def scan(
     seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
     longest = max(map(len, seqs))
     check_length(model, longest, allow_beyond_positions)
-    config = model.config
-    num_layers = config.num_hidden_layers
-    num_heads = config.num_attention_heads
+    view = ModelView(model)
+    config = view.config
+    num_layers = view.num_layers
+    num_heads = view.require_attention()[0].num_heads
     hidden = config.hidden_size
     sink_threshold = eps if sink_threshold is None else sink_threshold
     min_queries = min_queries or max(1, min(32, longest // 4))
@@ -325,16 +335,14 @@ def scan(
                 base(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
                 acc.add(obs, ids, mask, decode)
                 if start == 0 and keep_pattern:
-                    pattern = torch.stack(
-                        [obs.attention[layer].pattern[0].float().cpu() for layer in range(num_layers)]
-                    )
+                    pattern = torch.stack([stats.pattern[0].float().cpu() for stats in obs.attention.values()])
     n = acc.sequences
     first_ids = seqs[0][: pattern.shape[-1]] if pattern is not None else []
     return ScanResult(
         model=model_name or getattr(config, "_name_or_path", "") or type(model).__name__,
         num_layers=num_layers,
         num_heads=num_heads,
-        num_kv_heads=getattr(config, "num_key_value_heads", num_heads),
+        num_kv_heads=view.attention[0].num_kv_heads,
         tokens=acc.tokens,
         num_sequences=n,
         sequence_length=longest,
@@ -349,8 +357,9 @@ def scan(
         layer_median_abs=acc.layer_median / n,
         layer_kurtosis=acc.layer_kurtosis / n,
         dim_max=acc.dim_max,
-        layer_types=list(getattr(config, "layer_types", None) or ["full_attention"] * num_layers),
+        layer_types=layer_types(config),
         pattern=pattern,
+        sink_slot_mass=acc.slot / n if acc.has_slot else None,
         pattern_tokens=[decode(t) for t in first_ids],
     )
 

@@ -123,3 +123,78 @@ TINY_MODELS: dict[str, Callable] = {
     "tiny-gemma3": tiny_gemma3,
     "tiny-bert": tiny_bert,
 }
+
+
+def _small(**extra) -> dict:
+    return dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        initializer_range=0.1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **extra,
+    )
+
+
+def _arch_configs() -> dict[str, tuple]:
+    """Architecture -> (config, model class, tokenizer template): two blocks each, GQA where the family has it."""
+    import transformers as tf
+
+    gqa = dict(num_key_value_heads=2)
+    two_types = ["sliding_attention", "full_attention"]
+    return {
+        "gpt2": (
+            tf.GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                          initializer_range=0.1, bos_token_id=1, eos_token_id=2),
+            tf.GPT2LMHeadModel, "<bos> $A",
+        ),
+        "llama": (tf.LlamaConfig(**_small(**gqa)), tf.LlamaForCausalLM, "<bos> $A"),
+        "qwen2": (tf.Qwen2Config(**_small(**gqa)), tf.Qwen2ForCausalLM, "<bos> $A"),
+        "qwen3": (tf.Qwen3Config(**_small(**gqa, head_dim=16)), tf.Qwen3ForCausalLM, "<bos> $A"),
+        "mistral": (tf.MistralConfig(**_small(**gqa, sliding_window=5)), tf.MistralForCausalLM, "<bos> $A"),
+        "phi3": (tf.Phi3Config(**_small(**gqa)), tf.Phi3ForCausalLM, "<bos> $A"),
+        "olmo2": (tf.Olmo2Config(**_small(**gqa)), tf.Olmo2ForCausalLM, "<bos> $A"),
+        "gemma2": (
+            tf.Gemma2Config(**_small(**gqa, head_dim=16, sliding_window=5, attn_logit_softcapping=1.0,
+                                     query_pre_attn_scalar=16)),
+            tf.Gemma2ForCausalLM, "<bos> $A",
+        ),
+        "gemma3": (
+            tf.Gemma3TextConfig(**_small(**gqa, head_dim=16, sliding_window=5, layer_types=two_types,
+                                         query_pre_attn_scalar=16)),
+            tf.Gemma3ForCausalLM, "<bos> $A",
+        ),
+        "gpt_oss": (
+            tf.GptOssConfig(**_small(**gqa, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+                                     sliding_window=5, layer_types=two_types)),
+            tf.GptOssForCausalLM, "<bos> $A",
+        ),
+        "bert": (tf.BertConfig(**_small()), tf.BertModel, "[CLS] $A [SEP]"),
+        "roberta": (
+            tf.RobertaConfig(**{**_small(), "max_position_embeddings": 260}), tf.RobertaModel, "[CLS] $A [SEP]",
+        ),
+        "modernbert": (
+            tf.ModernBertConfig(**_small(local_attention=4, global_attn_every_n_layers=2)),
+            tf.ModernBertModel, "[CLS] $A [SEP]",
+        ),
+    }  # fmt: skip
+
+
+ARCHS = ("gpt2", "llama", "qwen2", "qwen3", "mistral", "phi3", "olmo2", "gemma2", "gemma3", "gpt_oss", "bert",
+         "roberta", "modernbert")  # fmt: skip
+
+
+def tiny_arch(arch: str, seed: int = 0):
+    """A two-block random model of one of ``ARCHS`` with the byte tokenizer (the architecture test matrix)."""
+    config, model_cls, template = _arch_configs()[arch]
+    model, tok = _build(config, model_cls, template, seed)
+    if arch == "gpt_oss":  # learned sink logits that matter: -2, 0, 2, 4 per head
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.sinks.copy_(torch.tensor([-2.0, 0.0, 2.0, 4.0]))
+    return model, tok

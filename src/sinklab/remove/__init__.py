@@ -1,5 +1,5 @@
 """Eliminate sinks: attention variants patched into any HF model, pre-training study, adaptation."""
 
-from sinklab.remove.patch import IDENTITY_VARIANTS, PATCH_VARIANTS, load_patched, patch, unpatch
+from sinklab.remove.variant import VariantPatch, identity_variants, load_patched, patch, patch_variants, unpatch
 
-__all__ = ["IDENTITY_VARIANTS", "PATCH_VARIANTS", "load_patched", "patch", "unpatch"]
+__all__ = ["VariantPatch", "identity_variants", "load_patched", "patch", "patch_variants", "unpatch"]

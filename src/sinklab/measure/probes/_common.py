@@ -162,7 +162,7 @@ class LayerRecord:
 
 
 class _SinkTap:
-    """Per layer: the sink's value vectors (qkv hook) and its attention column A_{t,0} (chunk hook)."""
+    """Per layer: the sink's value vectors (qkv hook) and its attention column A_{t,0} (weights hook)."""
 
     def __init__(self, num_layers: int):
         self.num_layers = num_layers
@@ -177,7 +177,7 @@ class _SinkTap:
 
         return fn
 
-    def chunk(self, layer: int):
+    def weights(self, layer: int):
         def fn(probs, ctx: AttentionContext):  # probs [B, H, R, K]
             (r0, r1), (lo, hi) = ctx.rows, ctx.keys
             if lo <= SINK < hi:
@@ -189,7 +189,7 @@ class _SinkTap:
         hooks: Hooks = defaultdict(list)
         for i in range(self.num_layers):
             hooks[f"layers.{i}.attn.qkv"].append(self.qkv(i))
-            hooks[f"layers.{i}.attn.chunk"].append(self.chunk(i))
+            hooks[f"layers.{i}.attn.weights"].append(self.weights(i))
         return hooks
 
     def contribution(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
@@ -228,8 +228,8 @@ class Recorder(_SinkTap):
 
         return fn
 
-    def chunk(self, layer: int):
-        tap = super().chunk(layer)
+    def weights(self, layer: int):
+        tap = super().weights(layer)
 
         def fn(probs, ctx):
             tap(probs, ctx)
