@@ -43,14 +43,16 @@ def softmax_with_slot(
 ) -> torch.Tensor:
     """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D].
 
-    ``slot_logit``: None (no slot: plain softmax), 0.0 (a slot with logit 0), or a tensor broadcastable to
-    [B, H, T] (the slot's logit per query). ``slot_value``: None (0) or [H, D]. Rows with no visible key give 0.
+    ``slot_logit``: None (no slot: plain softmax), or a float or tensor broadcastable to [B, H, T, 1] (the slot's
+    logit per query; 0.0 is a plain all-zero key). ``slot_value``: None (0) or [H, D]. Rows with no visible key
+    give 0.
     """
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     slot = slot_logit is not None
-    if slot and (isinstance(slot_logit, torch.Tensor) or slot_value is not None):  # extra q/k dim: the slot logit
-        c = torch.broadcast_to(torch.as_tensor(slot_logit, dtype=q.dtype), (B, H, T)).unsqueeze(-1) / scale
+    zero_key = isinstance(slot_logit, float) and slot_logit == 0.0 and slot_value is None
+    if slot and not zero_key:  # extra q/k dim: the slot logit
+        c = torch.broadcast_to(torch.as_tensor(slot_logit, dtype=q.dtype, device=q.device), (B, H, T, 1)) / scale
         q = torch.cat([q, c], dim=-1)  # [B, H, T, D + 1]
         k = torch.cat([k, k.new_zeros(B, Hkv, S, 1)], dim=-1)
     if slot_value is not None or k.shape[-1] > D:  # the kernel wants one head size; the extra value dim: slot weight

@@ -87,8 +87,10 @@ def mask_spec(
     causal: bool,
     attn_mask: torch.Tensor | None,
     window: int | None,
+    key_padding: torch.Tensor | None = None,
 ) -> MaskSpec:
-    """Validate ``attn_mask``/``window`` for q [B, H, T, D], k [B, Hkv, S, D] and split the mask into keep/bias."""
+    """Validate ``attn_mask``/``window``/``key_padding`` for q [B, H, T, D], k [B, Hkv, S, D] and split the mask into
+    keep/bias; the key padding [B, S] (True = real token) joins keep."""
     B, H, T, _ = q.shape
     S = k.shape[-2]
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -111,4 +113,19 @@ def mask_spec(
             bias = m.masked_fill(masked, 0.0)
         else:
             raise SinklabInputError(f"attn_mask must be bool (True = may attend) or float (additive), got {m.dtype}")
+    padding = check_key_padding(key_padding, B, S)
+    if padding is not None:
+        keep = padding[:, None, None, :] if keep is None else keep & padding[:, None, None, :]
     return MaskSpec(T, S, causal, window, keep, bias, q.device)
+
+
+def check_key_padding(key_padding: torch.Tensor | None, B: int, S: int) -> torch.Tensor | None:
+    """``key_padding`` validated as bool [B, S] (True = real token), or None."""
+    if key_padding is None:
+        return None
+    if not isinstance(key_padding, torch.Tensor) or key_padding.dtype != torch.bool:
+        got = key_padding.dtype if isinstance(key_padding, torch.Tensor) else type(key_padding).__name__
+        raise SinklabInputError(f"key_padding must be a bool tensor [B, S] (True = real token), got {got}")
+    if key_padding.dim() != 2 or key_padding.shape[1] != S or key_padding.shape[0] not in (1, B):
+        raise SinklabInputError(f"key_padding must be [B, S] = [{B}, {S}], got {list(key_padding.shape)}")
+    return key_padding.expand(B, S)

@@ -1,24 +1,17 @@
-"""Attention statistics from the full score matrix: the definition the chunked and Triton paths must match.
-
-For one layer, A = softmax(QK^T * scale + mask) row-wise, [B, H, T, S]. Queries are the last T of the S key
-positions (bottom-right alignment). Statistics over *valid* queries only (a padded query never counts):
-
-    colsum[b, h, j]  = sum_i A[b, h, i, j]                      attention mass key j receives
-    count[b, j]      = #{valid i that may attend j}            so colsum / count is the mean received mass
-    entropy[b, h]    = sum_i -sum_j A_ij log A_ij              summed over valid rows
-    rows[b]          = number of valid query rows
-
-alpha_k (Gu et al. 2024, "When Attention Sink Emerges in Language Models") is colsum[k] / count[k]: for full
-causal attention count[k] = T - k + 1 (1-indexed), exactly Gu's 1/(T-k+1) sum_{t>=k} A_{t,k}.
-"""
+"""Softmax attention statistics from the full score matrix (formulas: ``sinklab.ops.stats``), the definition the
+chunked and Triton column-sum paths must match, and the mask and validity rules they share."""
 
 from __future__ import annotations
 
 import torch
 
 from sinklab.ops._common import repeat_kv
-from sinklab.ops.colsum.types import AttentionStats
 from sinklab.ops.masks import MaskSpec
+from sinklab.ops.naive import attention as naive_attention
+from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
+from sinklab.ops.variants import get_variant
+
+__all__ = ["allowed_mask", "attention_stats", "colsum", "query_validity"]
 
 
 def allowed_mask(
@@ -43,13 +36,6 @@ def allowed_mask(
     return torch.ones(1, 1, r1 - r0, k1 - k0, dtype=torch.bool, device=device) if mask is None else mask
 
 
-def query_validity(q_len: int, kv_len: int, key_padding: torch.Tensor | None, batch: int, device) -> torch.Tensor:
-    """[B, T] bool: a query counts iff its own token is not padding."""
-    if key_padding is None:
-        return torch.ones(batch, q_len, dtype=torch.bool, device=device)
-    return key_padding[:, kv_len - q_len :].bool()
-
-
 def attention_stats(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -61,28 +47,12 @@ def attention_stats(
     key_padding: torch.Tensor | None = None,
     keep_pattern: int = 0,
 ) -> tuple[torch.Tensor, AttentionStats]:
-    """Softmax attention and its statistics from the materialized [B, H, T, S] matrix (float64-safe reference).
-
-    Returns ``(out [B, H, T, D], stats)``; rows with no allowed key give zeros.
-    """
-    B, H, T, _ = q.shape
-    S = k.shape[2]
-    k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])
-    allowed = allowed_mask(T, S, causal=causal, window=window, key_padding=key_padding, device=q.device)
-    compute_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scores = (q @ k.transpose(-1, -2)).to(compute_dtype) * scale
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # fully masked rows -> zeros
-    out = (probs @ v.to(compute_dtype)).to(q.dtype)
-    valid = query_validity(T, S, key_padding, B, q.device)  # [B, T]
-    probs_valid = probs * valid[:, None, :, None]
-    entropy = -torch.special.xlogy(probs_valid, probs_valid).sum(dim=(-1, -2))
-    count = (allowed.expand(B, 1, T, S) & valid[:, None, :, None]).sum(dim=(1, 2))
-    pattern = probs[..., :keep_pattern, :keep_pattern].clone() if keep_pattern else None
-    stats = AttentionStats(
-        colsum=probs_valid.sum(dim=2), count=count, entropy=entropy, rows=valid.sum(-1), pattern=pattern
-    )
-    return out, stats
+    """Softmax attention and its column sums, counts, entropy and first ``keep_pattern`` weights from the
+    materialized [B, H, T, S] matrix (``sinklab.ops.naive``). Returns ``(out [B, H, T, D], stats)``."""
+    return naive_attention(
+        q, k, v, get_variant("softmax"), {}, causal=causal, attn_mask=None, key_padding=key_padding, scale=scale,
+        window=window, stats=StatsRequest(pattern=keep_pattern),
+    )  # fmt: skip
 
 
 def colsum(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from sinklab.ops._common import full_logits, masked_softmax, repeat_kv
+from sinklab.errors import SinklabInputError
+from sinklab.ops._common import masked_softmax
+from sinklab.ops.variants import Param, Variant
 
 GAMMA = -0.03
 ZETA = 1.0
@@ -23,18 +25,22 @@ def weights(s: torch.Tensor, keep: torch.Tensor | None, *, gamma: float = GAMMA,
     return a if keep is None else a.masked_fill(~keep, 0.0)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    attn_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-    window: int | None = None,
-    gamma: float = GAMMA,
-    zeta: float = ZETA,
-) -> torch.Tensor:
-    """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]; rows with no visible key give 0."""
-    s, keep = full_logits(q, k, causal=causal, attn_mask=attn_mask, scale=scale, window=window)  # [B, H, T, S]
-    return weights(s, keep, gamma=gamma, zeta=zeta) @ repeat_kv(v, q.shape[1] // k.shape[1])
+def check(params: dict) -> None:
+    gamma, zeta = float(params["gamma"]), float(params["zeta"])
+    if not (gamma < 0 and zeta >= 1):
+        raise SinklabInputError(f"clipped softmax needs gamma < 0 and zeta >= 1; got gamma={gamma}, zeta={zeta}")
+
+
+VARIANT = Variant(
+    name="clipped",
+    doc=__doc__,
+    family="rowwise",
+    params={
+        "gamma": Param((), GAMMA, doc="lower stretch, < 0"),
+        "zeta": Param((), ZETA, doc="upper stretch, >= 1"),
+    },
+    weights=weights,
+    check=check,
+    kernel="clipped",
+    example=lambda H, D, device, dtype: {"gamma": -0.05, "zeta": 1.02},
+)

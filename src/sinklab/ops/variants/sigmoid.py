@@ -12,7 +12,8 @@ import math
 
 import torch
 
-from sinklab.ops._common import full_logits, head_param, repeat_kv
+from sinklab.ops._common import head_param
+from sinklab.ops.variants import Param, Variant, example_tensor
 
 
 def default_bias(S: int) -> float:
@@ -26,18 +27,12 @@ def weights(s: torch.Tensor, keep: torch.Tensor | None, *, bias: torch.Tensor | 
     return a if keep is None else a.masked_fill(~keep, 0.0)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    attn_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-    window: int | None = None,
-    bias: torch.Tensor | float | None = None,
-) -> torch.Tensor:
-    """q [B, H, T, D], k/v [B, Hkv, S, D], bias float or [H] (default -log S) -> [B, H, T, D]."""
-    s, keep = full_logits(q, k, causal=causal, attn_mask=attn_mask, scale=scale, window=window)  # [B, H, T, S]
-    bias = default_bias(k.shape[-2]) if bias is None else bias
-    return weights(s, keep, bias=bias) @ repeat_kv(v, q.shape[1] // k.shape[1])
+VARIANT = Variant(
+    name="sigmoid",
+    doc=__doc__,
+    family="rowwise",
+    params={"bias": Param(("H",), default_bias, learnable=True, scalar_ok=True, doc="logit bias, default -log S")},
+    weights=weights,
+    kernel="sigmoid",
+    example=lambda H, D, device, dtype: {"bias": example_tensor((H,), device, dtype, seed=5)},
+)

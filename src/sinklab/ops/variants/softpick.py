@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from sinklab.ops._common import full_logits, repeat_kv
+from sinklab.errors import SinklabInputError
+from sinklab.ops.variants import Param, Variant
 
 EPS = 1e-8
 
@@ -29,17 +30,17 @@ def weights(s: torch.Tensor, keep: torch.Tensor | None, *, eps: float = EPS) -> 
     return torch.relu(d) / (d.abs().sum(-1, keepdim=True) + eps * e0)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    causal: bool = True,
-    attn_mask: torch.Tensor | None = None,
-    scale: float | None = None,
-    window: int | None = None,
-    eps: float = EPS,
-) -> torch.Tensor:
-    """q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D]; rows with no visible key give 0."""
-    s, keep = full_logits(q, k, causal=causal, attn_mask=attn_mask, scale=scale, window=window)  # [B, H, T, S]
-    return weights(s, keep, eps=eps) @ repeat_kv(v, q.shape[1] // k.shape[1])
+def check(params: dict) -> None:
+    if float(params["eps"]) <= 0:
+        raise SinklabInputError(f"softpick eps must be > 0, got {float(params['eps'])}")
+
+
+VARIANT = Variant(
+    name="softpick",
+    doc=__doc__,
+    family="rowwise",
+    params={"eps": Param((), EPS, doc="denominator epsilon")},
+    weights=weights,
+    check=check,
+    kernel="softpick",
+)

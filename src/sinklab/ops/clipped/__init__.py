@@ -1,1 +1,0 @@
-"""clipped attention: naive.py (the definition) and chunked.py (CPU fast path)."""

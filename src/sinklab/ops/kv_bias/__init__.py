@@ -1,1 +1,0 @@
-"""kv_bias attention: naive.py (the definition) and chunked.py (CPU fast path)."""

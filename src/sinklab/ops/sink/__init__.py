@@ -1,1 +1,0 @@
-"""sink attention: naive.py (the definition) and chunked.py (CPU fast path)."""

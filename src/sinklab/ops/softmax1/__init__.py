@@ -1,1 +1,0 @@
-"""softmax1 attention: naive.py (the definition) and chunked.py (CPU fast path)."""
