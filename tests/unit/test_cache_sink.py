@@ -42,11 +42,12 @@ def test_equals_dense_cache_while_it_fits(model, positions):
 
 @pytest.mark.parametrize("positions", ["cache", "absolute"])
 @pytest.mark.parametrize("own_positions", [True, False])
-def test_matches_reference_beyond_window(model, positions, own_positions):
+@pytest.mark.parametrize("evict", ["after", "before"])
+def test_matches_reference_beyond_window(model, positions, own_positions, evict):
     ids = torch.randint(7, 200, (2, 28), generator=torch.Generator().manual_seed(2))
-    cache = SinkCache(3, 10, positions, model=model)
+    cache = SinkCache(3, 10, positions, model=model, evict=evict)
     got = decode(model, ids, cache, own_positions=own_positions)
-    want = stream_reference_logits(model, ids, 3, 10, positions)
+    want = stream_reference_logits(model, ids, 3, 10, positions, evict=evict)
     assert rel(got, want) <= 1e-5
     assert cache.cache_size() == 13
     dense = model(input_ids=ids).logits
@@ -57,7 +58,7 @@ def test_positions_stay_bounded_with_rebase(model):
     ids = torch.randint(7, 200, (1, 36), generator=torch.Generator().manual_seed(3))
     cache = SinkCache(2, 6, "cache", model=model)
     got = decode(model, ids, cache)
-    assert cache._next_position <= cache.max_position == 14
+    assert cache._next_position <= cache.max_position == 16  # sinks + 2 x (window + the current token's slot)
     assert rel(got, stream_reference_logits(model, ids, 2, 6, "cache")) <= 1e-5
 
 
@@ -70,11 +71,20 @@ def test_cache_and_absolute_differ(model):
 
 
 @pytest.mark.parametrize("positions", ["cache", "absolute"])
-def test_chunks_match_reference(model, positions):
+@pytest.mark.parametrize("evict", ["after", "before"])
+def test_chunks_match_reference(model, positions, evict):
     chunks = [5, 1, 4, 1, 1, 10, 3, 1, 1]
     ids = torch.randint(7, 200, (1, sum(chunks)), generator=torch.Generator().manual_seed(5))
-    got = decode(model, ids, SinkCache(3, 8, positions, model=model), chunks)
-    assert rel(got, stream_reference_logits(model, ids, 3, 8, positions, chunks)) <= 1e-5
+    got = decode(model, ids, SinkCache(3, 8, positions, model=model, evict=evict), chunks)
+    assert rel(got, stream_reference_logits(model, ids, 3, 8, positions, chunks, evict)) <= 1e-5
+
+
+def test_evict_before_is_one_window_slot_less(model):
+    """Token by token, evicting before attention with window W shows the keys of trimming after it with W - 1."""
+    ids = torch.randint(7, 200, (1, 30), generator=torch.Generator().manual_seed(9))
+    before = decode(model, ids, SinkCache(3, 9, model=model, evict="before"))
+    assert torch.equal(before, decode(model, ids, SinkCache(3, 8, model=model, evict="after")))
+    assert rel(before[:, 13:], decode(model, ids, SinkCache(3, 9, model=model))[:, 13:]) > 1e-4
 
 
 def test_no_sinks_is_a_sliding_window(model):
@@ -108,18 +118,27 @@ def test_memory_is_constant():
 
 
 def test_visible_keys_rule():
-    vis = visible_keys(8, 2, 3)
+    vis = visible_keys(8, 2, 3)  # reference convention: sinks + 3 recent + itself
     assert vis[4] == [0, 1, 2, 3, 4]
-    assert vis[7] == [0, 1, 5, 6, 7]
+    assert vis[7] == [0, 1, 4, 5, 6, 7]
+    assert visible_keys(8, 2, 3, evict="before")[7] == [0, 1, 5, 6, 7]
+    assert visible_keys(9, 1, 3, chunks=[1, 3, 3, 2])[5] == [0, 1, 2, 3, 4, 5]  # a chunk sees the whole window
 
 
 @pytest.mark.parametrize(
-    ("sinks", "window", "positions"), [(4, 4, "cache"), (-1, 8, "cache"), (2, 0, "cache"), (2, 8, "rope")]
+    ("sinks", "window", "positions", "evict"),
+    [
+        (4, 4, "cache", "after"),
+        (-1, 8, "cache", "after"),
+        (2, 0, "cache", "after"),
+        (2, 8, "rope", "after"),
+        (2, 8, "cache", "never"),
+    ],
 )
-def test_bad_sizes(sinks, window, positions):
+def test_bad_sizes(sinks, window, positions, evict):
     model = load("tiny-llama")[0]
     with pytest.raises(SinklabInputError):
-        SinkCache(sinks, window, positions, model=model)
+        SinkCache(sinks, window, positions, model=model, evict=evict)
 
 
 def test_cache_positions_need_the_model():
@@ -142,5 +161,5 @@ def test_a_decode_step_touches_one_window_slot_and_the_sinks():
     decode(model, ids[:, 10:11], cache)
     changed = (layer.keys != before).flatten(3).any(-1).any(0).any(0)  # [S + W] slots
     assert changed[:2].all() and changed[2:].sum() == 1
-    assert layer.gap == 3  # 11 tokens: 2 sinks, 6 in the window, 3 evicted between them
-    assert torch.equal(layer.keys[:, :, :2], rotate(layer.sink_keys, 3, layer.inv_freq))
+    assert layer.gap == 2  # 11 tokens: 2 sinks, 6 in the window + the current token's slot, 2 evicted between
+    assert torch.equal(layer.keys[:, :, :2], rotate(layer.sink_keys, 2, layer.inv_freq))
