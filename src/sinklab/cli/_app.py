@@ -1,69 +1,169 @@
-"""The typer app and the error contract shared by every command: bad input -> one line on stderr, exit 2."""
+"""The typer app and the contract every command shares.
+
+Bad input (a ``SinklabInputError``, a usage error, a typo flag): one line on stderr, exit code 2, nothing written.
+Ctrl-C at any moment: one line, exit code 130. ``-h``/``--help`` everywhere, ``--version``, flags without a
+``<bool>`` placeholder, renamed options kept as hidden aliases, outputs under ``sinklab-out/<command>`` by default,
+the device defaulting to CUDA if available, else CPU.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from sinklab.errors import SinklabInputError
+from sinklab.errors import SinklabInputError, check_fraction
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+# old option name -> current name, accepted by every command that has the current one (hidden from --help)
+RENAMED = {"--tokens": "--max-tokens", "--num-sinks": "--sinks"}
+
+
+def error_line(message: str) -> str:
+    """The one line a user error prints."""
+    return "sinklab: error: " + " ".join(str(message).split())
+
+
+def _blank_flags(params: list) -> list:
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""  # `--help`, not `--help <bool>`
+    return params
+
+
+class SinklabCommand(TyperCommand):
+    """A command whose flags show no value placeholder and which accepts the old option names in ``RENAMED``."""
+
+    def get_params(self, ctx):
+        return _blank_flags(super().get_params(ctx))
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        names = {opt for param in self.params for opt in param.opts}
+        renamed = []
+        for arg in args:
+            old, eq, value = arg.partition("=")
+            new = RENAMED.get(old)
+            renamed.append(new + eq + value if new in names else arg)
+        return super().parse_args(ctx, renamed)
+
+
+class SinklabGroup(TyperGroup):
+    """The ``sinklab`` group: turns user errors and Ctrl-C into one line and an exit code, records the command."""
+
+    def get_params(self, ctx):
+        return _blank_flags(super().get_params(ctx))
+
+    def main(self, args=None, prog_name=None, **extra):
+        from sinklab.provenance import command_line
+
+        standalone = extra.pop("standalone_mode", True)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            with command_line(argv):
+                code = super().main(argv, prog_name or "sinklab", standalone_mode=False, **extra)
+        except SinklabInputError as exc:
+            code = _say(error_line(exc), 2)
+        except ClickException as exc:  # usage errors: unknown option, bad value, missing argument
+            code = _say(error_line(exc.format_message()), exc.exit_code)
+        except (KeyboardInterrupt, typer.Abort):
+            code = _say("sinklab: interrupted", 130)
+        code = code if isinstance(code, int) else 0
+        if standalone:
+            sys.exit(code)
+        return code
+
+
+def _say(line: str, code: int) -> int:
+    print(line, file=sys.stderr, flush=True)
+    return code
+
 
 app = typer.Typer(
     name="sinklab",
+    cls=SinklabGroup,
     help="Attention sinks in Transformers: measure, exploit and remove them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
-def fail(message: str) -> None:
-    """Print one line naming what is wrong and what is accepted, then exit with code 2."""
-    print(f"sinklab: error: {message}", file=sys.stderr)
-    raise typer.Exit(code=2)
-
-
 def command(name: str | None = None, **kwargs) -> Callable:
-    """Register a CLI command whose ``SinklabInputError`` becomes a one-line message and exit code 2."""
+    """Register a CLI command on the sinklab app."""
+    return app.command(name=name, cls=SinklabCommand, **kwargs)
 
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapped(*args, **kw):
-            try:
-                return fn(*args, **kw)
-            except SinklabInputError as exc:
-                fail(str(exc))
 
-        return app.command(name=name, **kwargs)(wrapped)
+def _version(value: bool) -> None:
+    if value:
+        from sinklab import __version__
 
-    return decorate
+        print(f"sinklab {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
     """Attention sinks in Transformers: measure, exploit and remove them."""
 
 
-# options shared by the commands that read a model and texts (scan, explain)
-MODEL = typer.Option("smollm2-135m", help="Embedded name (see `sinklab models`), local dir, .gguf or hub id.")
-TEXT = typer.Option(None, help="Text file, directory or .jsonl (repeatable); default: embedded corpus.")
-MAX_TOKENS = typer.Option(512, help="Tokens per sequence.")
-NUM_TEXTS = typer.Option(4, help="Number of sequences.")
-EPS = typer.Option(0.3, help="Gu et al.'s threshold for Sink_1^eps, in (0, 1).")
-DEVICE = typer.Option(None, help="cpu, cuda, cuda:1, ... (default cpu).")
-DTYPE = typer.Option(None, help="float32 (default), bfloat16, float16.")
-BOS = typer.Option("auto", help="auto (tokenizer default), always, never: sinks depend on it.")
+def _device(value: str | None) -> str:
+    from sinklab.models import resolve_device
+
+    return str(resolve_device(value))
+
+
+def _out(value: Path) -> Path:
+    from sinklab.report.files import check_output
+
+    check_output(value)
+    return value
+
+
+def out_option(command_name: str, what: str) -> Path:
+    """``--out DIR`` checked before any work, default ``sinklab-out/<command>``."""
+    return typer.Option(
+        Path("sinklab-out") / command_name, metavar="DIR", callback=_out, help=f"Output directory: {what}."
+    )
+
+
+# options shared by the commands that read a model and texts
+MODEL = typer.Option(
+    "smollm2-135m", metavar="NAME", help="Embedded name (see `sinklab models`), local dir, .gguf or hub id."
+)
+TEXT = typer.Option(None, metavar="FILE", help="Text file, directory or .jsonl (repeatable); default: embedded corpus.")
+MAX_TOKENS = typer.Option(512, metavar="N", help="Tokens per sequence.")
+NUM_TEXTS = typer.Option(4, metavar="K", help="Number of sequences.")
+EPS = typer.Option(0.3, metavar="X", help="Gu et al.'s threshold for Sink_1^eps, in (0, 1).")
+DEVICE = typer.Option(
+    None, metavar="DEVICE", callback=_device, help="cpu, cuda, cuda:1, ... [default: cuda if available, else cpu]"
+)
+DTYPE = typer.Option(None, metavar="DTYPE", help="float32 (default), bfloat16, float16.")
+BOS = typer.Option("auto", metavar="MODE", help="auto (tokenizer default), always, never: sinks depend on it.")
 
 
 def check_text_options(eps: float, max_tokens: int, num_texts: int, bos: str, min_tokens: int = 2) -> None:
     """Validate the shared options before anything slow happens."""
-    if not 0.0 < eps < 1.0:
-        raise SinklabInputError(f"--eps must lie in (0, 1), got {eps}")
+    check_fraction("--eps", eps)
     if max_tokens < min_tokens or num_texts < 1:
         raise SinklabInputError(
             f"--max-tokens must be >= {min_tokens} and --num-texts >= 1, got {max_tokens} and {num_texts}"
         )
     if bos not in ("auto", "always", "never"):
         raise SinklabInputError(f"unknown --bos {bos!r}; accepted: auto, always, never")
+
+
+def text_provenance(text: list[Path] | None):
+    """The ``texts`` source of a CLI run: each file's name, size and hash, or the embedded corpus."""
+    from sinklab.provenance import describe_texts, file_sources
+
+    return file_sources(text) if text else describe_texts(None)

@@ -8,7 +8,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.cli._app import BOS, DEVICE, DTYPE, EPS, MAX_TOKENS, MODEL, NUM_TEXTS, TEXT, check_text_options, command
+from sinklab.cli._app import (
+    BOS,
+    DEVICE,
+    DTYPE,
+    EPS,
+    MAX_TOKENS,
+    MODEL,
+    NUM_TEXTS,
+    TEXT,
+    check_text_options,
+    command,
+    out_option,
+    text_provenance,
+)
+from sinklab.errors import check_fraction
 
 
 def summary_table(result) -> Table:
@@ -38,27 +52,32 @@ def scan_command(
     max_tokens: int = MAX_TOKENS,
     num_texts: int = NUM_TEXTS,
     eps: float = EPS,
-    out: Path = typer.Option(Path("sinklab-out"), help="Output directory."),
+    out: Path = out_option("scan", "metrics.json, heads.csv, plots, report.html"),
     device: str = DEVICE,
     dtype: str = DTYPE,
     bos: str = BOS,
-    batch_size: int = typer.Option(1, help="Sequences per forward pass."),
-    sink_threshold: float = typer.Option(None, help="Mean received mass that makes any key a sink (default eps)."),
+    batch_size: int = typer.Option(1, min=1, metavar="N", help="Sequences per forward pass."),
+    sink_threshold: float = typer.Option(
+        None, metavar="X", help="Mean received mass that makes any key a sink, in (0, 1) (default eps)."
+    ),
 ) -> None:
     """Measure attention sinks and massive activations; write metrics.json, heads.csv, plots and report.html."""
-    from sinklab.data import read_texts
+    from sinklab.data import read_texts, token_sequences
     from sinklab.measure import scan
     from sinklab.models import load
+    from sinklab.progress import status
 
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=2)
+    if sink_threshold is not None:
+        check_fraction("--sink-threshold", sink_threshold)
     texts = read_texts(text)
-    console = Console(stderr=True)
-    with console.status(f"loading {model}"):
+    with status(f"loading {model}"):
         net, tokenizer = load(model, device=device, dtype=dtype)
+    seqs = token_sequences(tokenizer, texts, max_tokens, num_texts, bos, exact=True)
     result = scan(
         net,
         tokenizer,
-        texts,
+        seqs,
         eps,
         max_tokens=max_tokens,
         num_texts=num_texts,
@@ -67,6 +86,7 @@ def scan_command(
         sink_threshold=sink_threshold,
         model_name=model,
     )
+    result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)
     Console().print(summary_table(result))
     Console().print(f"wrote {out}/metrics.json, heads.csv, plots and report.html")

