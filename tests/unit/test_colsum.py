@@ -1,5 +1,7 @@
 """Chunked attention statistics vs the naive twin, and the naive twin vs Gu et al.'s formula."""
 
+import zlib
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def _inputs(B, H, Hkv, T, S, pad, dtype, gen):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_chunked_matches_naive(case, dtype):
     B, H, Hkv, T, S, causal, window, pad = case
-    gen = torch.Generator().manual_seed(hash((case, str(dtype))) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((case, str(dtype))).encode()))
     q, k, v, padding = _inputs(B, H, Hkv, T, S, pad, dtype, gen)
     kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding, keep_pattern=20)
     out_ref, ref = naive.attention_stats(q, k, v, **kw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter
 
 import pytest
@@ -98,7 +99,7 @@ def run(variant, q, k, v, params, impl, **kw):
 @pytest.mark.parametrize("variant", VARS)
 def test_chunked_matches_naive_fp32(variant, case, small_blocks):
     B, H, Hkv, T, S, D, causal, window, kind = case
-    gen = torch.Generator().manual_seed(hash((variant, case)) % 2**31)
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((variant, case)).encode()))
     q = torch.randn(B, H, T, D, generator=gen).requires_grad_()
     k = torch.randn(B, Hkv, S, D, generator=gen).requires_grad_()
     v = torch.randn(B, Hkv, S, D, generator=gen).requires_grad_()
