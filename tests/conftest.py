@@ -8,8 +8,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# `make test` runs two xdist workers on two cores: one thread each avoids oversubscription stalls
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """`make test` runs two xdist workers on two cores: one torch thread each avoids oversubscription stalls."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,6 @@ from sinklab.remove import IDENTITY_VARIANTS, patch, unpatch
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP barriers that stall when other processes share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference(smollm2):
     model, tok = smollm2

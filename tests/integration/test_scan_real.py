@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
 def _compare_with_eager(model, ids, mask, is_decoder):
     eager = eager_stats(model, ids, mask, is_decoder)
     kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
-    with torch.no_grad(), Observer(model, rows_per_chunk=16) as obs:
+    with torch.no_grad(), Observer(model) as obs:
         model.base_model(input_ids=ids, attention_mask=mask, **kwargs)
     first = first_positions(mask.bool(), ids.shape[0])
     for layer, (colsum, alpha, entropy) in enumerate(eager):

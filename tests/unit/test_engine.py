@@ -29,7 +29,7 @@ def test_observer_equals_eager(name):
     kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
     with torch.no_grad():
         reference = model.base_model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
-        with Observer(model, rows_per_chunk=5) as obs:
+        with Observer(model) as obs:
             observed = model.base_model(input_ids=ids, attention_mask=mask, **kwargs).last_hidden_state
     valid = mask.bool()
     assert_close(observed[valid], reference[valid], torch.float32, "hidden states")
@@ -74,12 +74,12 @@ def test_hooks_intervene_and_observe():
 
     hooks = {
         "layers.0.attn.qkv": [zero_values],
-        "layers.1.attn.chunk": [lambda p, ctx: seen.append(ctx.rows)],
+        "layers.1.attn.weights": [lambda p, ctx: seen.append(ctx.rows)],
         "layers.2.resid_post": [lambda h, ctx: h * 0],
     }
-    with torch.no_grad(), Observer(model, rows_per_chunk=4, hooks=hooks) as obs:
+    with torch.no_grad(), Observer(model, hooks=hooks) as obs:
         out = model.base_model(input_ids=ids).last_hidden_state
-    assert seen and seen[0] == (0, 4)
+    assert seen and seen[0][0] == 0 and seen[-1][1] == ids.shape[1]  # blocks of whole rows cover every query
     assert obs.residual[2].max_abs.item() == 0.0
     assert torch.isfinite(out).all()
     with torch.no_grad():

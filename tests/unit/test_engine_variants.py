@@ -26,7 +26,7 @@ def test_observed_patched_model_is_unchanged(variant):
     pos = (mask.cumsum(1) - 1).clamp_min(0)
     with torch.no_grad():
         reference = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        with Observer(model, rows_per_chunk=5) as obs:
+        with Observer(model) as obs:
             observed = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     valid = mask.bool()
     assert_close(observed[valid], reference[valid], torch.float32, variant)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sinklab.errors import SinklabInputError
+from sinklab.hf import sites
 from sinklab.models import load
 from sinklab.remove import identity_variants, load_patched, patch, patch_variants, unpatch
 
@@ -51,7 +52,7 @@ def test_identity_patch_leaves_outputs_unchanged(name, variant):
         got = outputs(model, ids, mask)
     keep = mask.bool()
     assert rel(got[keep], ref[keep]) <= 1e-5
-    assert model.config._attn_implementation == "sinklab_variant"
+    assert model.config._attn_implementation == sites(model).name
 
 
 @pytest.mark.parametrize("variant", [v for v in patch_variants() if v not in identity_variants()])

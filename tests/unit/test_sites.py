@@ -97,9 +97,22 @@ def test_unknown_attention_keyword_is_refused():
     kv = torch.randn(1, 2, 3, 16)
     with pytest.raises(SinklabInputError, match="alibi_slopes"):
         site(site.info.module, q, kv, kv, None, {"alibi_slopes": torch.ones(4)})
+
+
+def test_training_dropout_is_applied_as_eager_applies_it():
+    model, tok = tiny_arch("bert")
     model.train()
-    with pytest.raises(SinklabInputError, match="dropout"):
-        site(site.info.module, q, kv, kv, None, {"dropout": 0.1})
+    ids = tok(["dropout on the attention weights"], return_tensors="pt")["input_ids"]
+    model.set_attn_implementation("eager")
+    torch.manual_seed(1)
+    eager = model(input_ids=ids).last_hidden_state
+    with Observer(model):
+        torch.manual_seed(1)
+        observed = model(input_ids=ids).last_hidden_state
+        torch.manual_seed(2)
+        other = model(input_ids=ids).last_hidden_state
+    assert not torch.allclose(observed, other)  # dropout really acts
+    assert torch.isfinite(observed).all() and observed.shape == eager.shape
 
 
 def test_hook_names_are_checked():

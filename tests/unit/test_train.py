@@ -25,15 +25,6 @@ from sinklab.remove.train import (
 pytestmark = pytest.mark.xdist_group("train")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (2 shared cores: more threads only contend)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 METRICS = ("val_loss", "sink_rate", "first_token_mass_mean", "max_activation", "kurtosis")
 
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from sinklab.data.train_corpus import build_corpus, fetch_debian_docs, html_to_text, load_corpus
 from sinklab.errors import SinklabInputError
@@ -55,7 +54,6 @@ def test_build_is_deterministic(user_corpus, tmp_path):
 def test_training_on_a_built_corpus(user_corpus):
     from sinklab.remove.train import TrainConfig, train
 
-    torch.set_num_threads(1)
     result = train(TrainConfig(preset="tiny", corpus=str(user_corpus[0]), steps=3, eval_every=3, quant_eval=False))
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
     with pytest.raises(SinklabInputError, match="corpus too small"):

@@ -19,7 +19,7 @@ from sinklab.errors import SinklabInputError
 
 BLOCK_LIST_NAMES = ("layers", "layer", "h")
 ATTENTION_ATTRS = ("self_attn", "attention", "attn")
-MLP_ATTRS = ("mlp", "intermediate", "feed_forward")
+MLP_ATTRS = ("mlp", "feed_forward")  # a block's MLP in residual space (BERT's intermediate is not one)
 
 
 @dataclass

@@ -22,7 +22,8 @@ Stable hook names, ``i`` the block index (``fn`` returns a replacement or None t
 
 Every keyword transformers passes to the attention function is honoured (``scaling``, ``sliding_window``,
 ``is_causal``, ``softcap`` of Gemma-2, ``s_aux`` sink logits of gpt-oss) or refused with an error naming it: an
-observed or identity-patched model computes what it computed before. Attention dropout in training mode is refused.
+observed or identity-patched model computes what it computed before. Attention dropout in training mode is
+applied to the weights, as eager attention does (it runs the chunked path).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class AttentionCall:
     attn_mask: torch.Tensor | None = None  # a mask that is not causal/window & padding, passed on as it is
     scale: float = 1.0
     softcap: float | None = None
+    dropout: float = 0.0  # attention dropout on the weights (training mode only)
     query: torch.Tensor | None = None
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
@@ -130,12 +132,8 @@ class AttentionSite:
         kwargs = dict(kwargs)
         scale = kwargs.pop("scaling", None)
         scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
-        dropout = kwargs.pop("dropout", 0.0) or 0.0
-        if dropout and module.training:
-            raise SinklabInputError(
-                f"attention dropout {dropout} in training mode: sinklab's attention has none; "
-                "call model.eval() or set the config's attention dropout to 0"
-            )
+        dropout = float(kwargs.pop("dropout", 0.0) or 0.0)
+        dropout = dropout if module.training else 0.0  # transformers passes 0 in eval mode; a module may not
         window = kwargs.pop("sliding_window", self.info.window) or None
         causal = kwargs.pop("is_causal", None)
         causal = self.info.causal if causal is None else bool(causal)
@@ -153,7 +151,9 @@ class AttentionSite:
         T, S = query.shape[2], key.shape[2]
         causal, window, padding, mask = split_mask(attention_mask, T, S, causal, window, query.device)
         query, key, value = _compute_dtype(query, key, value)
-        call = AttentionCall(self.layer, causal, window, padding, mask, scale, softcap, hidden=self.hidden, site=self)
+        call = AttentionCall(
+            self.layer, causal, window, padding, mask, scale, softcap, dropout, hidden=self.hidden, site=self
+        )
         self.hidden = None
         if self.sites.padding is None or self.layer == self.sites.first_layer:
             self.sites.padding = padding
@@ -192,6 +192,8 @@ class AttentionSite:
             variant, params = "sink", {"sink": sinks.to(call.query.dtype)}
         request = self.sites.request(self.layer)
         logit_hooks, weight_hooks = self.hooks("logits"), self.hooks("weights")
+        if call.dropout:  # as eager attention: dropout on the weights, after every edit (forces the chunked path)
+            weight_hooks = [*weight_hooks, lambda w, ctx: nn.functional.dropout(w, call.dropout, training=True)]
         result = ops_attention(
             call.query,
             call.key,

@@ -36,9 +36,14 @@ def first_token_mass(stats: AttentionStats, first: torch.Tensor) -> torch.Tensor
     return mass.gather(2, first.to(mass.device)[:, None, None].expand(-1, mass.shape[1], 1))[..., 0]
 
 
+def is_sink(mass: torch.Tensor, eps: float) -> torch.Tensor:
+    """The sink rule (Gu et al. 2024): a key is a sink of a head when the mean mass it receives exceeds eps."""
+    return mass > eps
+
+
 def sink_rate(alpha: torch.Tensor, eps: float) -> float:
     """Sink_1^eps: fraction of (layer, head) pairs whose alpha_1 (averaged over sequences) exceeds eps."""
-    return float((alpha > eps).double().mean())
+    return float(is_sink(alpha, eps).double().mean())
 
 
 def mean_slot_mass(stats: AttentionStats) -> torch.Tensor:

@@ -197,7 +197,7 @@ class _Accumulator:
             other = mass.clone()
             other[torch.arange(B), :, first] = 0.0
             self.other[layer] += other.amax(dim=2).sum(0)
-            above = mass > self.sink_threshold  # [B, H, S]
+            above = metrics.is_sink(mass, self.sink_threshold)  # [B, H, S]
             heads += above.sum(1)
             best = torch.maximum(best, mass.amax(1))
             for b, pos in (above.any(1)).nonzero().tolist():
@@ -304,8 +304,7 @@ def scan(
     threshold for Sink_1^eps; ``sink_threshold`` (default eps) is the mean received mass that makes any key a sink,
     counted only where at least ``min_queries`` (default min(32, T/4)) queries can see it.
     """
-    if not 0.0 < eps < 1.0:
-        raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
+    check_fraction("eps", eps)
     if batch_size < 1:
         raise SinklabInputError(f"batch size must be >= 1, got {batch_size}")
     if sink_threshold is not None:

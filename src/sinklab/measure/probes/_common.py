@@ -91,7 +91,7 @@ class Pass:
 
     def sink_heads(self, eps: float) -> torch.Tensor:
         """[T] number of (layer, head) pairs in which each eligible key receives mean mass > eps."""
-        return ((self.mass > eps) & self.eligible).sum(dim=(0, 1))
+        return (metrics.is_sink(self.mass, eps) & self.eligible).sum(dim=(0, 1))
 
     def top_sink(self, eps: float) -> tuple[int | None, int]:
         """(position, heads) of the key that is a sink in the most heads (lowest position on ties; None if none)."""

@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from sinklab.measure import metrics
 from sinklab.measure.probes._common import SINK, kv_heads, sink_edit, zero_values
 from sinklab.measure.probes.context import ProbeContext
 
@@ -82,7 +83,7 @@ class BiasProbe:
             },
         }
         alpha = ctx.baseline_alpha()
-        sink = alpha > ctx.eps
+        sink = metrics.is_sink(alpha, ctx.eps)
         return {
             "claim": "the sink adds a near-constant vector (an implicit bias) to every query's output",
             "measured": {

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from sinklab.measure import metrics
 from sinklab.measure.probes._common import SINK, kv_heads, sink_edit, zero_values
 from sinklab.measure.probes.context import ProbeContext
 
@@ -56,13 +57,13 @@ class NoopProbe:
             "value_ratio": torch.stack(ratio).mean(0),
             "sink_output_share": torch.stack(share).mean(0),
             "output_ratio": out_ratio_mean,
-            "dormant": (alpha > ctx.eps) & (out_ratio_mean < self.dormant_ratio),
+            "dormant": metrics.is_sink(alpha, ctx.eps) & (out_ratio_mean < self.dormant_ratio),
         }
 
     def run(self, ctx: ProbeContext) -> dict:
         m = self.measure(ctx)
         alpha, ratio, dormant = m["alpha"], m["value_ratio"], m["dormant"]
-        sink = alpha > ctx.eps
+        sink = metrics.is_sink(alpha, ctx.eps)
         layer_sink_share = sink.double().mean(1)
         heavy = (layer_sink_share >= 0.5).nonzero()[:, 0].tolist()
         per_layer = []
