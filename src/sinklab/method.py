@@ -33,6 +33,7 @@ METHOD_MODULES = (
     "sinklab.remove.variant",
     "sinklab.exploit.cache.presses.knorm",
     "sinklab.exploit.cache.presses.h2o",
+    "sinklab.exploit.stream_eval",
 )
 
 
