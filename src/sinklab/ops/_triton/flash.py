@@ -1,41 +1,59 @@
-"""Host side of the fused attention kernels: launch configs, the autograd Function, and the dispatch/fallback rule.
+"""Host side of the fused kernels: launch configs, the autograd Function, the statistics path, and what the kernels
+take.
 
-``attention(q, k, v, *, variant, ...)`` runs the Triton kernels when it can and otherwise calls the variant's
-``chunked.attention`` (plain PyTorch, same signature) -- the cases it hands over are listed in ``unsupported``:
-fp32/fp64 inputs, head dims other than 16/32/64/128, an additive float ``attn_mask``, a mask that varies over
-heads or queries (anything but key padding broadcastable as [B, 1, 1, S]), and a learnable ``eps``/``gamma``/
-``zeta`` tensor. Key padding, causal and sliding-window masks and GQA run in the kernel.
+``attention(q, k, v, *, variant=<kernel mode name>, ...)`` expects every parameter resolved by the dispatcher
+(``sinklab.ops.attention``) and raises ``NotImplementedError(reason)`` for what the kernels do not take (the
+dispatcher then runs the chunked path): tensors off CUDA (unless ``TRITON_INTERPRET=1``), float32/float64 inputs,
+head dims other than 16/32/64/128, an additive float ``attn_mask`` or a mask that varies over heads or queries
+(anything but key padding broadcastable as [B, 1, 1, S]), a tensor ``eps``/``gamma``/``zeta`` (learnable or not
+a scalar), an unknown mode name, and statistics together with gradients. Key padding, causal and sliding-window
+masks and GQA run in the kernels.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
 
-from sinklab.ops._triton import kernels
+from sinklab.ops._triton import backward as bwd_kernels
+from sinklab.ops._triton import colsum as colsum_kernels
+from sinklab.ops._triton import forward as fwd_kernels
+from sinklab.ops._triton import tiles
 from sinklab.ops.attention import record_call
-from sinklab.ops.masks import mask_spec
-from sinklab.ops.sigmoid import naive as sigmoid_naive
-from sinklab.ops.variants import VARIANTS as VARIANT_PARAMS
+from sinklab.ops.masks import MaskSpec, mask_spec
+from sinklab.ops.stats import AttentionStats, StatsRequest, key_counts, query_validity
 
-# variant -> (MODE, SEED) of kernels.py
-VARIANTS = {
-    "softmax": (0, 0),
-    "softmax1": (0, 1),
-    "sink": (0, 1),
-    "kv_bias": (0, 2),
-    "softpick": (1, 0),
-    "clipped": (2, 0),
-    "sigmoid": (3, 0),
-}
 HEAD_DIMS = (16, 32, 64, 128)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = tiles.LOG2E.value
+
+
+class Mode(NamedTuple):
+    """The compile-time constants of one kernel mode (``tiles.py``) and the parameters it takes."""
+
+    family: int
+    slot: int = tiles.NO_SLOT.value
+    params: tuple[str, ...] = ()
+
+
+MODES: dict[str, Mode] = {
+    "softmax": Mode(tiles.SOFTMAX.value),
+    "softmax1": Mode(tiles.SOFTMAX.value, tiles.LOGIT_SLOT.value),
+    "sink": Mode(tiles.SOFTMAX.value, tiles.LOGIT_SLOT.value, ("sink",)),
+    "kv_bias": Mode(tiles.SOFTMAX.value, tiles.KV_SLOT.value, ("k_bias", "v_bias", "sink")),
+    "softpick": Mode(tiles.SOFTPICK.value, params=("eps",)),
+    "clipped": Mode(tiles.CLIPPED.value, params=("gamma", "zeta")),
+    "sigmoid": Mode(tiles.SIGMOID.value, params=("bias",)),
+}
+SOFTMAX, SOFTPICK, CLIPPED, SIGMOID = (f.value for f in (tiles.SOFTMAX, tiles.SOFTPICK, tiles.CLIPPED, tiles.SIGMOID))
+NO_SLOT, LOGIT_SLOT, KV_SLOT = (s.value for s in (tiles.NO_SLOT, tiles.LOGIT_SLOT, tiles.KV_SLOT))
+OUT_PASS, LSE_PASS, DELTA_PASS = (p.value for p in (tiles.OUT_PASS, tiles.LSE_PASS, tiles.DELTA_PASS))
 
 
 @dataclass(frozen=True)
@@ -80,10 +98,9 @@ def config(head_dim: int) -> Config:
 
 @dataclass(frozen=True)
 class Problem:
-    """Everything about one call except the tensors that get gradients."""
+    """Everything about one call except the tensors."""
 
-    mode: int
-    seed: int
+    mode: Mode
     causal: bool
     window: int | None
     scale: float
@@ -91,203 +108,126 @@ class Problem:
     p1: float = 0.0  # clipped zeta
 
 
-def _dummy(device: torch.device) -> torch.Tensor:
-    return torch.zeros(1, dtype=torch.float32, device=device)
+class Heads(NamedTuple):
+    """Per-head parameter tensors (float32) of the mode, None where it has none."""
+
+    sink: torch.Tensor | None = None  # [H] slot logit (LOGIT_SLOT, KV_SLOT)
+    kb: torch.Tensor | None = None  # [H, D] slot key (KV_SLOT)
+    vb: torch.Tensor | None = None  # [H, D] slot value (KV_SLOT)
+    bias: torch.Tensor | None = None  # [H] sigmoid bias
 
 
-def _kpm_args(kpm: torch.Tensor | None, device: torch.device) -> tuple[torch.Tensor, int]:
-    if kpm is None:
-        return torch.zeros(1, dtype=torch.int8, device=device), 0
-    return kpm, (kpm.shape[1] if kpm.shape[0] > 1 else 0)
+def _strides(name: str, x: torch.Tensor, last: str = "t") -> dict[str, int]:
+    """The batch, head and row strides of a [B, H, T, D] tensor as the kernels name them (s<name>b, h, t)."""
+    return {f"s{name}b": x.stride(0), f"s{name}h": x.stride(1), f"s{name}{last}": x.stride(2)}
 
 
-def forward(q, k, v, kpm, prob: Problem, sink=None, kb=None, vb=None, bias=None, cfg: Config | None = None):
-    """(out [B, H, T, D], lse2 [B, H, T] float32 in base 2, None for sigmoid)."""
+def _common(q: torch.Tensor, k: torch.Tensor, kpm: torch.Tensor | None, prob: Problem) -> dict:
+    """Sizes, masks and the score scale that every kernel but the preprocess takes; ``kpm`` int8 [B, S] or None."""
+    H, T, S = q.shape[1], q.shape[2], k.shape[2]
+    return dict(
+        skpm=0 if kpm is None else kpm.stride(0),
+        H=H, G=H // k.shape[1], T=T, S=S, OFF=S - T, W=prob.window or 0,
+        qk_scale=prob.scale * LOG2E, p0=prob.p0, p1=prob.p1,
+        CAUSAL=prob.causal, HAS_WINDOW=prob.window is not None, HAS_PAD=kpm is not None, HEAD_D=q.shape[3],
+    )  # fmt: skip
+
+
+def _or_dummy(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    return dummy if x is None else x
+
+
+def _kpm_or_dummy(kpm: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    return torch.zeros(1, dtype=torch.int8, device=device) if kpm is None else kpm
+
+
+def forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kpm: torch.Tensor | None, prob: Problem, heads: Heads,
+    cfg: Config | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """(out [B, H, T, D], the row statistic [B, H, T] float32 in base 2: lse, softpick's log-denominator; None
+    for sigmoid). ``kpm``: int8 key padding [B, S] (1 = real key) or None."""
     B, H, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
     cfg = cfg or config(D)
-    dev = q.device
-    dummy = _dummy(dev)
-    kpm_t, skpm = _kpm_args(kpm, dev)
+    dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
     o = torch.empty_like(q)
-    lse = torch.empty(B, H, T, dtype=torch.float32, device=dev)
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    mode = prob.mode
+    # 128-key tiles fit the registers of the plain softmax/sink forward only; the other modes spill there
+    block_n = cfg.n if mode.family == SOFTMAX and mode.slot != KV_SLOT else min(cfg.n, 64)
+    launch = dict(
+        Q=q, K=k, V=v, O=o, LSE=lse, DO=q, DELTA=dummy, KPM=_kpm_or_dummy(kpm, q.device),
+        SINK=_or_dummy(heads.sink, dummy), KB=_or_dummy(heads.kb, dummy), VB=_or_dummy(heads.vb, dummy),
+        BIAS=_or_dummy(heads.bias, dummy),
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o), **_common(q, k, kpm, prob),
+        BLOCK_M=cfg.m, BLOCK_N=block_n, num_warps=cfg.warps, num_stages=cfg.stages,
+    )  # fmt: skip
     grid = (triton.cdiv(T, cfg.m), B * H)
-    params = [x if x is not None else dummy for x in (sink, kb, vb, bias)]
-    args = [
-        *q.stride()[:3],
-        *k.stride()[:3],
-        *v.stride()[:3],
-        *o.stride()[:3],
-        skpm,
-        H,
-        H // Hkv,
-        T,
-        S,
-        S - T,
-        prob.window or 0,
-        prob.scale * kernels.LOG2E,
-        prob.p0,
-        prob.p1,
-    ]
-    consts = dict(
-        CAUSAL=prob.causal,
-        HAS_WINDOW=prob.window is not None,
-        HAS_PAD=kpm is not None,
-        BLOCK_M=cfg.m,
-        # 128-key tiles fit the registers of the plain softmax/sink forward only; the other variants spill there
-        BLOCK_N=cfg.n if prob.mode == 0 and prob.seed != 2 else min(cfg.n, 64),
-        HEAD_D=D,
-        num_warps=cfg.warps,
-        num_stages=cfg.stages,
-    )
-    if prob.mode == 2:  # clipped: the softmax normalizer first
-        kernels.attn_fwd[grid](q, k, v, o, lse, q, dummy, kpm_t, *params, *args, MODE=0, SEED=0, PASS=1, **consts)
-    kernels.attn_fwd[grid](
-        q, k, v, o, lse, q, dummy, kpm_t, *params, *args, MODE=prob.mode, SEED=prob.seed, PASS=0, **consts
-    )
-    return o, (None if prob.mode == 3 else lse)
+    if mode.family == CLIPPED:  # the softmax normalizer first
+        fwd_kernels.attn_fwd[grid](**launch, FAMILY=SOFTMAX, SLOT=NO_SLOT, PASS=LSE_PASS)
+    fwd_kernels.attn_fwd[grid](**launch, FAMILY=mode.family, SLOT=mode.slot, PASS=OUT_PASS)
+    return o, (None if mode.family == SIGMOID else lse)
 
 
 def backward(
-    q, k, v, o, lse, do, kpm, prob: Problem, sink=None, kb=None, vb=None, bias=None, cfg: Config | None = None
-):
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor | None, do: torch.Tensor,
+    kpm: torch.Tensor | None, prob: Problem, heads: Heads, cfg: Config | None = None,
+) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
     """Gradients (dq, dk, dv, dsink [H], dk_bias [H, D], dv_bias [H, D], dbias [H]); unused ones are None."""
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    G = H // Hkv
     cfg = cfg or config(D)
     dev = q.device
-    dummy = _dummy(dev)
-    kpm_t, skpm = _kpm_args(kpm, dev)
+    mode = prob.mode
+    dummy = torch.zeros(1, dtype=torch.float32, device=dev)
+    kpm_t = _kpm_or_dummy(kpm, dev)
     do = do.contiguous()
-    qk_scale = prob.scale * kernels.LOG2E
-    masks = dict(CAUSAL=prob.causal, HAS_WINDOW=prob.window is not None, HAS_PAD=kpm is not None)
-    sizes = dict(H=H, G=G, T=T, S=S, OFF=S - T, W=prob.window or 0)
+    common = _common(q, k, kpm, prob)
     delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
     aux1 = aux2 = dummy
-    if prob.mode in (0, 1):
-        if prob.seed:
+    if mode.family in (SOFTMAX, SOFTPICK):
+        if mode.slot != NO_SLOT:
             aux1 = torch.empty(B, H, T, dtype=torch.float32, device=dev)
-        if prob.seed == 2:
+        if mode.slot == KV_SLOT:
             aux2 = torch.empty(B, H, T, dtype=torch.float32, device=dev)
         bm = 64 if not INTERPRET else 16
-        kernels.bwd_preprocess[(triton.cdiv(T, bm), B * H)](
-            q,
-            o,
-            do,
-            lse,
-            delta,
-            sink if sink is not None else dummy,
-            kb if kb is not None else dummy,
-            vb if vb is not None else dummy,
-            aux1,
-            aux2,
-            *q.stride()[:3],
-            *o.stride()[:3],
-            *do.stride()[:3],
-            H,
-            T,
-            qk_scale,
-            SEED=prob.seed,
-            BLOCK_M=bm,
-            HEAD_D=D,
-        )
-    elif prob.mode == 2:  # clipped: delta' needs a pass over the keys (it holds dO too: at most 64 keys a tile)
-        kernels.attn_fwd[(triton.cdiv(T, cfg.m), B * H)](
-            q,
-            k,
-            v,
-            o,
-            lse,
-            do,
-            delta,
-            kpm_t,
-            dummy,
-            dummy,
-            dummy,
-            dummy,
-            *q.stride()[:3],
-            *k.stride()[:3],
-            *v.stride()[:3],
-            *do.stride()[:3],  # this pass reads dO through O's stride slots and writes no O
-            skpm,
-            **sizes,
-            qk_scale=qk_scale,
-            p0=prob.p0,
-            p1=prob.p1,
-            MODE=2,
-            SEED=0,
-            PASS=2,
-            **masks,
-            BLOCK_M=cfg.m,
-            BLOCK_N=min(cfg.n, 64),
-            HEAD_D=D,
-            num_warps=cfg.warps,
-            num_stages=cfg.stages,
-        )
-    lse_t = lse if lse is not None else dummy
-    bias_t = bias if bias is not None else dummy
-    launch = dict(  # what the dK/dV and dQ kernels share
-        **sizes, scale=prob.scale, qk_scale=qk_scale, p0=prob.p0, p1=prob.p1, MODE=prob.mode, **masks, HEAD_D=D,
-        num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+        bwd_kernels.bwd_preprocess[(triton.cdiv(T, bm), B * H)](
+            q, o, do, lse, delta, _or_dummy(heads.sink, dummy), _or_dummy(heads.kb, dummy),
+            _or_dummy(heads.vb, dummy), aux1, aux2, *q.stride()[:3], *o.stride()[:3], *do.stride()[:3],
+            H, T, common["qk_scale"], SLOT=mode.slot, BLOCK_M=bm, HEAD_D=D,
+        )  # fmt: skip
+    elif mode.family == CLIPPED:  # delta' needs a pass over the keys (it holds dO too: at most 64 keys a tile)
+        fwd_kernels.attn_fwd[(triton.cdiv(T, cfg.m), B * H)](
+            Q=q, K=k, V=v, O=o, LSE=lse, DO=do, DELTA=delta, KPM=kpm_t, SINK=dummy, KB=dummy, VB=dummy, BIAS=dummy,
+            **_strides("q", q), **_strides("k", k), **_strides("v", v),
+            **_strides("o", do),  # this pass reads dO through O's stride slots and writes no O
+            **common, FAMILY=CLIPPED, SLOT=NO_SLOT, PASS=DELTA_PASS,
+            BLOCK_M=cfg.m, BLOCK_N=min(cfg.n, 64), num_warps=cfg.warps, num_stages=cfg.stages,
+        )  # fmt: skip
+    shared = dict(  # what the dK/dV and dQ kernels share
+        Q=q, K=k, V=v, DO=do, LSE=_or_dummy(lse, dummy), DELTA=delta, KPM=kpm_t, BIAS=_or_dummy(heads.bias, dummy),
+        **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do), **common,
+        scale=prob.scale, FAMILY=mode.family, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
     )  # fmt: skip
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    kernels.attn_bwd_dkdv[(triton.cdiv(S, cfg.n1), B * Hkv)](
-        q,
-        k,
-        v,
-        do,
-        lse_t,
-        delta,
-        dk,
-        dv,
-        kpm_t,
-        bias_t,
-        *q.stride()[:3],
-        *k.stride()[:3],
-        *v.stride()[:3],
-        *do.stride()[:3],
-        *dk.stride()[:3],
-        skpm,
-        **launch,
-        BLOCK_M=cfg.m1,
-        BLOCK_N=cfg.n1,
+    bwd_kernels.attn_bwd_dkdv[(triton.cdiv(S, cfg.n1), B * Hkv)](
+        **shared, DK=dk, DV=dv, **_strides("dk", dk), BLOCK_M=cfg.m1, BLOCK_N=cfg.n1
     )
     dq = torch.empty_like(q)
-    dbias_rows = torch.empty(B, H, T, dtype=torch.float32, device=dev) if prob.mode == 3 else dummy
-    kernels.attn_bwd_dq[(triton.cdiv(T, cfg.m2), B * H)](
-        q,
-        k,
-        v,
-        do,
-        lse_t,
-        delta,
-        dq,
-        kpm_t,
-        kb if kb is not None else dummy,
-        aux1,
-        bias_t,
-        dbias_rows,
-        *q.stride()[:3],
-        *k.stride()[:3],
-        *v.stride()[:3],
-        *do.stride()[:3],
-        *dq.stride()[:3],
-        skpm,
-        **launch,
-        SEED=prob.seed,
-        BLOCK_M=cfg.m2,
-        BLOCK_N=cfg.n2,
-    )
+    dbias_rows = torch.empty(B, H, T, dtype=torch.float32, device=dev) if mode.family == SIGMOID else dummy
+    bwd_kernels.attn_bwd_dq[(triton.cdiv(T, cfg.m2), B * H)](
+        **shared, DQ=dq, KB=_or_dummy(heads.kb, dummy), AUX1=aux1, DBIAS=dbias_rows, **_strides("dq", dq),
+        SLOT=mode.slot, BLOCK_M=cfg.m2, BLOCK_N=cfg.n2,
+    )  # fmt: skip
     dsink = dkb = dvb = dbias = None
-    if prob.seed == 1:
+    if mode.slot == LOGIT_SLOT:
         dsink = -aux1.sum(dim=(0, 2))  # d s_h = -sum_i p_sink,i delta_i
-    elif prob.seed == 2:
+    elif mode.slot == KV_SLOT:
         dsink = aux1.sum(dim=(0, 2))  # the bias slot's logit: d s_h = sum_i dS_i'
         dkb = prob.scale * torch.einsum("bht,bhtd->hd", aux1, q.float())
         dvb = torch.einsum("bht,bhtd->hd", aux2, do.float())
-    if prob.mode == 3:
+    if mode.family == SIGMOID:
         dbias = dbias_rows.sum(dim=(0, 2))
     return dq, dk, dv, dsink, dkb, dvb, dbias
 
@@ -297,7 +237,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, sink, kb, vb, bias, kpm, prob: Problem):
-        o, lse = forward(q, k, v, kpm, prob, sink, kb, vb, bias)
+        o, lse = forward(q, k, v, kpm, prob, Heads(sink, kb, vb, bias))
         ctx.save_for_backward(q, k, v, o, lse, sink, kb, vb, bias, kpm)
         ctx.prob = prob
         return o
@@ -305,26 +245,122 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, sink, kb, vb, bias, kpm = ctx.saved_tensors
-        dq, dk, dv, dsink, dkb, dvb, dbias = backward(q, k, v, o, lse, do, kpm, ctx.prob, sink, kb, vb, bias)
-        return dq, dk, dv, dsink, dkb, dvb, dbias, None, None
+        grads = backward(q, k, v, o, lse, do, kpm, ctx.prob, Heads(sink, kb, vb, bias))
+        return *grads, None, None
 
 
-def key_padding(
-    attn_mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, causal: bool, window: int | None
-) -> tuple[bool, torch.Tensor | None]:
-    """(kernel can take it, int8 key-padding [B or 1, S] or None) for an SDPA-style ``attn_mask``."""
+def column_stats(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, kpm: torch.Tensor | None, prob: Problem,
+    heads: Heads, *, entropy: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """(colsum [B, H, S] float32, entropy [B, H] float32 nats or None) over the valid query rows, from the
+    forward's base-2 row statistic ``lse`` (None for sigmoid); ``kpm`` int8 [B, S] also decides the valid rows."""
+    B, H, S = q.shape[0], q.shape[1], k.shape[2]
+    block_m, block_n, warps = (16, 16, 4) if INTERPRET else (64, 128, 8)
+    grid = (triton.cdiv(S, block_n), B * H)
+    dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
+    out = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
+    ent = torch.empty(B * H, grid[0], dtype=torch.float32, device=q.device) if entropy else dummy
+    colsum_kernels.colsum_kernel[grid](
+        Q=q, K=k, LSE=_or_dummy(lse, dummy), BIAS=_or_dummy(heads.bias, dummy), OUT=out, ENT=ent,
+        KPM=_kpm_or_dummy(kpm, q.device), **_strides("q", q), **_strides("k", k), **_common(q, k, kpm, prob),
+        FAMILY=prob.mode.family, ENTROPY=entropy,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=3,
+    )  # fmt: skip
+    return out, (ent.view(B, H, -1).sum(-1) * math.log(2.0) if entropy else None)
+
+
+def weights_at(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, prob: Problem,
+    heads: Heads, *, rows: int, keys: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    """A [B, H, rows, len(keys)] float32: the weights of the first ``rows`` queries on the key positions ``keys``
+    (0 where a query may not attend), from the forward's row statistic, in PyTorch (for a few columns or a pattern)."""
+    H, T, S = q.shape[1], q.shape[2], k.shape[2]
+    kc = k[:, :, keys].float().repeat_interleave(H // k.shape[1], dim=1)  # [B, H, C, D]
+    s = (q[:, :, :rows].float() @ kc.transpose(-1, -2)) * prob.scale  # [B, H, R, C] natural
+    family = prob.mode.family
+    if family == SIGMOID:
+        a = torch.sigmoid(s + heads.bias[None, :, None, None])
+    else:
+        s2, lse2 = s * LOG2E, lse[:, :, :rows, None]
+        p = torch.exp2(s2 - lse2)
+        if family == SOFTPICK:
+            a = torch.where(s2 > 0, p - torch.exp2(-lse2), 0.0)
+        elif family == CLIPPED:
+            a = ((prob.p1 - prob.p0) * p + prob.p0).clamp(0.0, 1.0)
+        else:
+            a = p
+    spec = MaskSpec(T, S, prob.causal, prob.window, None, None, q.device)
+    rule = [spec.block(0, rows, int(j), int(j) + 1)[0] for j in keys.tolist()]
+    allowed = torch.ones(1, 1, rows, len(rule), dtype=torch.bool, device=q.device)
+    if rule and rule[0] is not None:
+        allowed = torch.cat(rule, dim=-1)  # [1, 1, R, C]
+    if keep is not None:
+        allowed = allowed & keep[:, None, None, keys]
+    return a * allowed
+
+
+def _slot_mass(q: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
+    """[B, H]: the weight of the extra slot summed over valid rows, exp(slot logit - lse) per row."""
+    logit = (heads.sink * LOG2E)[None, :, None]  # [1, H, 1] base 2
+    if prob.mode.slot == KV_SLOT:
+        logit = logit + torch.einsum("bhtd,hd->bht", q.float(), heads.kb) * (prob.scale * LOG2E)
+    return (torch.exp2(logit - lse) * valid[:, None, :]).sum(-1)
+
+
+def statistics(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, prob: Problem,
+    heads: Heads, request: StatsRequest,
+) -> AttentionStats:  # fmt: skip
+    """``AttentionStats`` (``sinklab.ops.stats``) of one forward from its base-2 row statistic ``lse``: column sums
+    and entropy in the column-sum kernel, the rest in PyTorch at O(B H T) cost."""
+    B, T, S = q.shape[0], q.shape[2], k.shape[2]
+    valid = query_validity(T, S, keep, B, q.device)  # [B, T]
+    colsum = count = entropy = None
+    if request.colsum or request.entropy:
+        kpm = None if keep is None else keep.to(torch.int8).contiguous()
+        colsum, entropy = column_stats(q, k, lse, kpm, prob, heads, entropy=request.entropy)
+    if request.colsum:
+        count = key_counts(T, S, causal=prob.causal, window=prob.window, key_padding=keep, batch=B, device=q.device)
+    else:
+        colsum = None
+    family, slot = prob.mode.family, prob.mode.slot
+    cols = torch.tensor(request.columns, dtype=torch.long, device=q.device)
+    w = min(request.pattern, T, S)
+    return AttentionStats(
+        colsum=colsum,
+        count=count,
+        entropy=entropy,
+        rows=valid.sum(-1),
+        pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=cols.new_tensor(range(w))) if w else None,
+        slot=_slot_mass(q, lse, valid, prob, heads) if slot != NO_SLOT else None,
+        lse=torch.where(torch.isinf(lse), -math.inf, lse * math.log(2.0))
+        if request.lse and family == SOFTMAX
+        else None,
+        columns=weights_at(q, k, lse, keep, prob, heads, rows=T, keys=cols) if request.columns else None,
+    )
+
+
+def key_padding_of(
+    q: torch.Tensor, k: torch.Tensor, attn_mask: torch.Tensor | None, key_padding: torch.Tensor | None, causal: bool,
+    window: int | None,
+) -> torch.Tensor | None:  # fmt: skip
+    """bool [B, S] (True = real key): ``key_padding`` and an ``attn_mask`` that is key padding, combined; raises
+    NotImplementedError for any other ``attn_mask``."""
+    B, S = q.shape[0], k.shape[2]
+    keep = None if key_padding is None else key_padding.bool().expand(B, S)
     if attn_mask is None:
-        return True, None
+        return keep
     spec = mask_spec(q, k, causal=causal, attn_mask=attn_mask, window=window)
     if spec.bias is not None and bool(spec.bias.ne(0).any()):
-        return False, None
+        raise NotImplementedError("an additive float attn_mask (the kernels take key padding)")
     if spec.keep is None:
-        return True, None
-    keep = spec.keep
-    if keep.shape[1] != 1 or keep.shape[2] != 1:
-        return False, None
-    S = k.shape[2]
-    return True, keep[:, 0, 0, :].expand(keep.shape[0], S).to(torch.int8).contiguous()
+        return keep
+    if spec.keep.shape[1] != 1 or spec.keep.shape[2] != 1:
+        raise NotImplementedError("an attn_mask that varies over heads or queries (the kernels take key padding)")
+    pad = spec.keep[:, 0, 0, :].expand(B, S)
+    return pad if keep is None else keep & pad
 
 
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
@@ -340,13 +376,7 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None
     return None
 
 
-def _fallback(variant, q, k, v, causal, attn_mask, scale, window, params):
-    record_call(variant, "chunked")
-    chunked = importlib.import_module(f"sinklab.ops.{variant}.chunked")
-    return chunked.attention(q, k, v, causal=causal, attn_mask=attn_mask, scale=scale, window=window, **params)
-
-
-def _per_head(x, H: int, device: torch.device) -> torch.Tensor:
+def _per_head(x: torch.Tensor | float, H: int, device: torch.device) -> torch.Tensor:
     """A per-head parameter (float, 0-d or [H] tensor) as float32 [H], differentiable. A Python number is filled
     on the device (``torch.as_tensor(x, device=cuda)`` would copy from the host and synchronize every call)."""
     if not isinstance(x, torch.Tensor):
@@ -354,13 +384,32 @@ def _per_head(x, H: int, device: torch.device) -> torch.Tensor:
     return x.to(device).float().reshape(-1).expand(H).contiguous()
 
 
-def _scalar(x) -> float | None:
-    """A hyper-parameter as a float, or None when it is a tensor that wants a gradient."""
+def _scalar(name: str, x: torch.Tensor | float) -> float:
+    """A hyper-parameter as a float; NotImplementedError for a tensor that wants a gradient or is not a scalar."""
     if isinstance(x, torch.Tensor):
         if x.requires_grad or x.numel() != 1:
-            return None
+            raise NotImplementedError(f"{name} as a learnable or non-scalar tensor (the kernels take a float)")
         return float(x.item())
     return float(x)
+
+
+def _resolve(variant: str, params: dict, q: torch.Tensor) -> tuple[Heads, float, float]:
+    """(per-head tensors, p0, p1) of a mode from its resolved parameters."""
+    H, D, dev = q.shape[1], q.shape[3], q.device
+    if variant == "softmax1":
+        return Heads(sink=torch.zeros(H, dtype=torch.float32, device=dev)), 0.0, 0.0
+    if variant == "sink":
+        return Heads(sink=_per_head(params["sink"], H, dev)), 0.0, 0.0
+    if variant == "kv_bias":
+        kb, vb = (params[n].to(dev).float().expand(H, D).contiguous() for n in ("k_bias", "v_bias"))
+        return Heads(sink=_per_head(params["sink"], H, dev), kb=kb, vb=vb), 0.0, 0.0
+    if variant == "softpick":
+        return Heads(), _scalar("eps", params["eps"]), 0.0
+    if variant == "clipped":
+        return Heads(), _scalar("gamma", params["gamma"]), _scalar("zeta", params["zeta"])
+    if variant == "sigmoid":
+        return Heads(bias=_per_head(params["bias"], H, dev)), 0.0, 0.0
+    return Heads(), 0.0, 0.0
 
 
 def attention(
@@ -371,56 +420,35 @@ def attention(
     variant: str,
     causal: bool = True,
     attn_mask: torch.Tensor | None = None,
+    key_padding: torch.Tensor | None = None,
     scale: float | None = None,
     window: int | None = None,
+    stats: StatsRequest | None = None,
     **params,
-) -> torch.Tensor:
-    """The variant's attention through the fused kernels; same contract as ``sinklab.ops.<variant>.naive``."""
-    mode, seed = VARIANTS[variant]
-    H, D, S = q.shape[1], q.shape[3], k.shape[2]
-    ok, kpm = key_padding(attn_mask, q, k, causal, window)
-    if not ok or unsupported(q, k, v) is not None:
-        return _fallback(variant, q, k, v, causal, attn_mask, scale, window, params)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    spec = VARIANT_PARAMS[variant]
-    given = {name: params.get(name, p.default) for name, p in spec.items()}
-    sink = kb = vb = bias = None
-    p0 = p1 = 0.0
-    if variant in ("sink", "kv_bias"):
-        sink = _per_head(given["sink"] if given["sink"] is not None else 0.0, H, q.device)
-    if variant == "softmax1":
-        sink = torch.zeros(H, dtype=torch.float32, device=q.device)
-    elif variant == "kv_bias":
-        kb = given["k_bias"].float().expand(H, D).contiguous()
-        vb = given["v_bias"].float().expand(H, D).contiguous()
-    elif variant == "softpick":
-        p0 = _scalar(given["eps"])
-    elif variant == "clipped":
-        p0, p1 = _scalar(given["gamma"]), _scalar(given["zeta"])
-    elif variant == "sigmoid":
-        bias = _per_head(sigmoid_naive.default_bias(S) if given["bias"] is None else given["bias"], H, q.device)
-    if p0 is None or p1 is None:
-        return _fallback(variant, q, k, v, causal, attn_mask, scale, window, params)
+) -> torch.Tensor | tuple[torch.Tensor, AttentionStats]:
+    """The kernel mode ``variant`` (a key of ``MODES``) on q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D], or
+    ``(out, AttentionStats)`` when ``stats`` is a ``StatsRequest``. ``params``: the mode's parameters, all given
+    (``MODES[variant].params``). ``key_padding`` [B, S] bool (True = real token) masks keys and decides which
+    queries count in the statistics, together with an ``attn_mask`` that is key padding. Raises
+    NotImplementedError(reason) for what the kernels do not take (module docstring)."""
+    mode = MODES.get(variant)
+    if mode is None:
+        raise NotImplementedError(f"no kernel mode {variant!r} (modes: {', '.join(MODES)})")
+    reason = unsupported(q, k, v)
+    if reason is not None:
+        raise NotImplementedError(reason)
+    tensors = [x for x in (q, k, v, *params.values()) if isinstance(x, torch.Tensor)]
+    if stats is not None and torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        raise NotImplementedError("statistics together with gradients (the statistics path runs without autograd)")
+    keep = key_padding_of(q, k, attn_mask, key_padding, causal, window)
+    kpm = None if keep is None else keep.to(torch.int8).contiguous()
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    heads, p0, p1 = _resolve(variant, params, q)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    prob = Problem(mode, seed, bool(causal), window, scale, p0, p1)
+    prob = Problem(mode, bool(causal), window, scale, p0, p1)
     record_call(variant, "triton")
-    return FlashAttention.apply(q, k, v, sink, kb, vb, bias, kpm, prob)
-
-
-def softmax_lse(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    causal: bool = True,
-    window: int | None = None,
-    key_padding: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention and each row's natural-log logsumexp in one forward kernel (no autograd):
-    (out [B, H, T, D], lse [B, H, T] float32, -inf for a row with no visible key). ``lse`` is what
-    ``sinklab.ops.colsum.triton.colsum`` takes; ``key_padding`` [B, S] bool, True = real token."""
-    kpm = None if key_padding is None else key_padding.to(torch.int8).expand(q.shape[0], k.shape[2]).contiguous()
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    out, lse2 = forward(q, k, v, kpm, Problem(0, 0, bool(causal), window, float(scale)))
-    return out, torch.where(torch.isinf(lse2), float("-inf"), lse2 * math.log(2.0))
+    if stats is None:
+        return FlashAttention.apply(q, k, v, *heads, kpm, prob)
+    with torch.no_grad():
+        out, lse = forward(q, k, v, kpm, prob, heads)
+        return out, statistics(q, k, lse, keep, prob, heads, stats)
