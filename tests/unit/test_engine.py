@@ -85,3 +85,21 @@ def test_hooks_intervene_and_observe():
     with torch.no_grad():
         plain = model.base_model(input_ids=ids).last_hidden_state
     assert not torch.allclose(out, plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_residual_stats_are_exact(dtype):
+    """The histogram median of half-precision states equals torch.median's; every statistic matches float32's."""
+    from sinklab.measure.engine import residual_stats
+
+    gen = torch.Generator().manual_seed(3)
+    hidden = (torch.randn(2, 33, 16, generator=gen) * 50).to(dtype)
+    hidden[0, 0, 3] = 3000.0
+    valid = torch.ones(2, 33, dtype=torch.bool)
+    valid[1, :4] = False
+    half, full = residual_stats(hidden, valid), residual_stats(hidden.float(), valid)
+    assert torch.equal(half.median_abs, full.median_abs)
+    assert torch.equal(half.median_abs[1], hidden[1][valid[1]].float().abs().median())
+    for name in ("max_abs", "top_value", "top_pos", "top_dim", "dim_max"):
+        assert torch.equal(getattr(half, name), getattr(full, name)), name
+    assert_close(half.kurtosis, full.kurtosis, torch.float32)
