@@ -32,9 +32,9 @@ B, H, D = 1, 8, 64
 
 
 def params_for(variant: str, requires_grad: bool) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    shapes = {"sink": {"sink": (H,)}, "kv_bias": {"k_bias": (H, D), "v_bias": (H, D)}, "sigmoid": {"bias": (H,)}}
-    return {n: torch.randn(*s, generator=gen).requires_grad_(requires_grad) for n, s in shapes.get(variant, {}).items()}
+    """The variant's example parameters (``sinklab.ops.variants``), tensors learnable when timing backward."""
+    params = VARIANTS[variant].example(H, D, "cpu", torch.float32)
+    return {n: p.requires_grad_(requires_grad) if isinstance(p, torch.Tensor) else p for n, p in params.items()}
 
 
 def inputs(T: int, requires_grad: bool):
@@ -76,7 +76,7 @@ def check(variant: str) -> float:
     outs = []
     for impl, dtype in (("naive", torch.float64), ("chunked", torch.float32)):
         q, k, v = (x.detach().to(dtype).requires_grad_() for x in inputs(600, False))
-        params = {n: p.to(dtype) for n, p in params_for(variant, False).items()}
+        params = {n: p.to(dtype) if isinstance(p, torch.Tensor) else p for n, p in params_for(variant, False).items()}
         out = attention(q, k, v, variant=variant, impl=impl, **params)
         (gq,) = torch.autograd.grad(out.square().sum(), [q])
         outs.append(torch.cat([out.flatten(), gq.flatten()]).double())
