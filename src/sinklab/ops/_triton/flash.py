@@ -25,7 +25,6 @@ from sinklab.ops._triton import backward as bwd_kernels
 from sinklab.ops._triton import colsum as colsum_kernels
 from sinklab.ops._triton import forward as fwd_kernels
 from sinklab.ops._triton import tiles
-from sinklab.ops.attention import record_call
 from sinklab.ops.masks import MaskSpec, mask_spec
 from sinklab.ops.stats import AttentionStats, StatsRequest, key_counts, query_validity
 
@@ -301,12 +300,22 @@ def weights_at(
     return a * allowed
 
 
-def _slot_mass(q: torch.Tensor, lse: torch.Tensor, valid: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
-    """[B, H]: the weight of the extra slot summed over valid rows, exp(slot logit - lse) per row."""
-    logit = (heads.sink * LOG2E)[None, :, None]  # [1, H, 1] base 2
+def _slot_logit(q: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
+    """The extra slot's logit in base 2, [1, H, 1] (LOGIT_SLOT) or [B, H, T] (KV_SLOT: q-dependent)."""
+    logit = (heads.sink * LOG2E)[None, :, None]
     if prob.mode.slot == KV_SLOT:
         logit = logit + torch.einsum("bhtd,hd->bht", q.float(), heads.kb) * (prob.scale * LOG2E)
-    return (torch.exp2(logit - lse) * valid[:, None, :]).sum(-1)
+    return logit
+
+
+def _natural_lse(q: torch.Tensor, lse: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
+    """[B, H, T] natural-log lse from the kernel's base-2 one (inf where a row sees no real key): -inf there, or
+    the slot's own logit for KV_SLOT (its kernel marks such rows empty so that they give zeros and no gradient)."""
+    empty = torch.isinf(lse)
+    lse = lse * math.log(2.0)
+    if prob.mode.slot == KV_SLOT:
+        return torch.where(empty, _slot_logit(q, prob, heads) * math.log(2.0), lse)
+    return lse.masked_fill(empty, -math.inf)
 
 
 def statistics(
@@ -325,7 +334,9 @@ def statistics(
         count = key_counts(T, S, causal=prob.causal, window=prob.window, key_padding=keep, batch=B, device=q.device)
     else:
         colsum = None
-    family, slot = prob.mode.family, prob.mode.slot
+    slot = None
+    if prob.mode.slot != NO_SLOT:  # exp(slot logit - lse) per row, summed over valid rows
+        slot = (torch.exp2(_slot_logit(q, prob, heads) - lse) * valid[:, None, :]).sum(-1)
     cols = torch.tensor(request.columns, dtype=torch.long, device=q.device)
     w = min(request.pattern, T, S)
     return AttentionStats(
@@ -334,10 +345,8 @@ def statistics(
         entropy=entropy,
         rows=valid.sum(-1),
         pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=cols.new_tensor(range(w))) if w else None,
-        slot=_slot_mass(q, lse, valid, prob, heads) if slot != NO_SLOT else None,
-        lse=torch.where(torch.isinf(lse), -math.inf, lse * math.log(2.0))
-        if request.lse and family == SOFTMAX
-        else None,
+        slot=slot,
+        lse=_natural_lse(q, lse, prob, heads) if request.lse and prob.mode.family == SOFTMAX else None,
         columns=weights_at(q, k, lse, keep, prob, heads, rows=T, keys=cols) if request.columns else None,
     )
 
@@ -446,7 +455,6 @@ def attention(
     heads, p0, p1 = _resolve(variant, params, q)
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     prob = Problem(mode, bool(causal), window, scale, p0, p1)
-    record_call(variant, "triton")
     if stats is None:
         return FlashAttention.apply(q, k, v, *heads, kpm, prob)
     with torch.no_grad():
