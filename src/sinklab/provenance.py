@@ -49,8 +49,9 @@ def _git_commit() -> str | None:
 
 
 def digest(data: object) -> str:
-    """sha256 (first 16 hex digits) of token ids, texts or any JSON-able value."""
-    return hashlib.sha256(json.dumps(data, separators=(",", ":")).encode()).hexdigest()[:16]
+    """sha256 (first 16 hex digits) of a numpy array's bytes, or of token ids, texts or any JSON-able value."""
+    blob = data.tobytes() if hasattr(data, "tobytes") else json.dumps(data, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _model_part(model) -> dict:
@@ -72,7 +73,7 @@ def run_provenance(
     model=None,
     *,
     sequences: list[list[int]] | None = None,
-    texts: str | list | None = None,
+    texts: str | list | dict | None = None,
     bos: str | None = None,
     seed: int | None = None,
 ) -> dict:

@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover
 RENAMED = {"--tokens": "--max-tokens", "--num-sinks": "--sinks"}
 
 
+INTERRUPTED = 130  # the shell's code for SIGINT
+
+
 def error_line(message: str) -> str:
     """The one line a user error prints."""
     return "sinklab: error: " + " ".join(str(message).split())
@@ -73,8 +76,10 @@ class SinklabGroup(TyperGroup):
         except ClickException as exc:  # usage errors: unknown option, bad value, missing argument
             code = _say(error_line(exc.format_message()), exc.exit_code)
         except (KeyboardInterrupt, typer.Abort):
-            code = _say("sinklab: interrupted", 130)
+            code = INTERRUPTED
         code = code if isinstance(code, int) else 0
+        if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into this code, silently
+            _say("sinklab: interrupted", code)
         if standalone:
             sys.exit(code)
         return code

@@ -8,7 +8,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.cli._app import BOS, DEVICE, DTYPE, EPS, MAX_TOKENS, MODEL, NUM_TEXTS, TEXT, check_text_options, command
+from sinklab.cli._app import (
+    BOS,
+    DEVICE,
+    DTYPE,
+    EPS,
+    MAX_TOKENS,
+    MODEL,
+    NUM_TEXTS,
+    TEXT,
+    check_text_options,
+    command,
+    out_option,
+    text_provenance,
+)
 
 
 def _fmt(x) -> str:
@@ -35,29 +48,31 @@ def explain_command(
     text: list[Path] = TEXT,
     max_tokens: int = MAX_TOKENS,
     num_texts: int = NUM_TEXTS,
-    probes: str = typer.Option("noop,outlier,bias,anchor,emergence", help="Comma-separated probes to run."),
+    probes: str = typer.Option(
+        "noop,outlier,bias,anchor,emergence", metavar="LIST", help="Comma-separated probes to run."
+    ),
     eps: float = EPS,
-    out: Path = typer.Option(Path("sinklab-explain"), help="Output directory: probes.json, report.html, plots."),
+    out: Path = out_option("explain", "probes.json, report.html, plots"),
     device: str = DEVICE,
     dtype: str = DTYPE,
     bos: str = BOS,
+    seed: int = typer.Option(0, metavar="N", help="Seed of the random-token runs and interventions."),
 ) -> None:
     """Test the no-op, outlier-circuit, implicit-bias, anchoring and emergence explanations of attention sinks."""
-    from sinklab.data import read_texts
+    from sinklab.data import read_texts, token_sequences
     from sinklab.measure.probes import explain
-    from sinklab.measure.probes.explain import parse_probes
+    from sinklab.measure.probes.explain import MIN_TOKENS, parse_probes
     from sinklab.models import load
+    from sinklab.progress import status
 
     names = parse_probes(probes)
-    check_text_options(eps, max_tokens, num_texts, bos, min_tokens=4)
+    check_text_options(eps, max_tokens, num_texts, bos, min_tokens=MIN_TOKENS)
     texts = read_texts(text)
-    console = Console(stderr=True)
-    with console.status(f"loading {model}"):
+    with status(f"loading {model}"):
         net, tokenizer = load(model, device=device, dtype=dtype)
-    result = explain(
-        net, tokenizer, texts, probes=names, eps=eps, max_tokens=max_tokens, num_texts=num_texts, bos=bos,
-        model_name=model,
-    )  # fmt: skip
+    seqs = token_sequences(tokenizer, texts, max_tokens, num_texts, bos, exact=True)
+    result = explain(net, tokenizer, seqs, probes=names, eps=eps, bos=bos, model_name=model, seed=seed)
+    result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)
     Console().print(summary_table(result.to_dict()))
     Console().print(f"wrote {out}/probes.json, plots and report.html")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from sinklab.cli._app import command
+from sinklab.cli._app import DEVICE, DTYPE, command, out_option, text_provenance
 from sinklab.errors import SinklabInputError
 from sinklab.report.files import staged_output
 
@@ -68,8 +68,8 @@ def stream_command(
     temperature: float = typer.Option(0.7, help="sampling temperature; 0 for greedy"),
     ignore_eos: bool = typer.Option(False, help="keep streaming past end-of-sequence tokens"),
     seed: int = typer.Option(0, help="sampling seed"),
-    device: str = typer.Option(None, help="cpu, cuda, ..."),
-    dtype: str = typer.Option(None, help="float32, bfloat16, float16"),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
 ) -> None:
     """Generate for ever at constant memory with a sink cache; shows tokens/s and cache size live."""
     from rich.console import Console
@@ -83,6 +83,8 @@ def stream_command(
         raise SinklabInputError("give either --prompt or --interactive, not both")
     if max_new_tokens < 0:
         raise SinklabInputError(f"--max-new-tokens must be >= 0 (0 = until EOS or Ctrl-C), got {max_new_tokens}")
+    if not temperature >= 0:
+        raise SinklabInputError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
     SinkCache(sinks, window, "absolute")  # validates sizes and positions before the slow model load
     if positions not in ("cache", "absolute"):
         raise SinklabInputError(f"unknown --positions {positions!r}; accepted: cache, absolute")
@@ -105,7 +107,8 @@ def _token_ids(tokenizer, texts: list[str], num_tokens: int):
     ids = tokenizer("\n\n".join(texts), add_special_tokens=True)["input_ids"]
     if len(ids) < num_tokens:
         raise SinklabInputError(
-            f"the text has {len(ids)} tokens, fewer than --tokens {num_tokens}; give a longer text or lower --tokens"
+            f"the text has {len(ids)} tokens, fewer than --max-tokens {num_tokens}; give a longer text or lower "
+            "--max-tokens"
         )
     return torch.tensor([ids[:num_tokens]])
 
@@ -114,7 +117,7 @@ def _token_ids(tokenizer, texts: list[str], num_tokens: int):
 def eval_stream_command(
     model: str = typer.Option("smollm2-135m", help="embedded name, local path, .gguf file or hub id"),
     text: list[Path] = typer.Option(None, help="text file(s); default: the embedded corpus"),
-    tokens: int = typer.Option(4096, help="tokens of text to stream"),
+    tokens: int = typer.Option(4096, "--max-tokens", help="tokens of text to stream"),
     window: int = typer.Option(256, help="recent tokens kept"),
     sinks: int = typer.Option(4, help="number of sink tokens kept"),
     policies: str = typer.Option(
@@ -127,18 +130,19 @@ def eval_stream_command(
         help="tokens per forward call: 1 = token-by-token; C > 1 is faster, and sink/window caches then evict C "
         "tokens at a time, so a token sees window-C+1 .. window recent ones",
     ),
-    out: Path = typer.Option(Path("sinklab-out/stream"), help="output directory"),
-    device: str = typer.Option(None, help="cpu, cuda, ..."),
-    dtype: str = typer.Option(None, help="float32, bfloat16, float16"),
+    out: Path = out_option("eval-stream", "stream.json and plots"),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
 ) -> None:
     """Perplexity over a long text for each KV-cache policy, peak memory and tokens/s; plots and a sinks sweep."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from rich.table import Table
 
     from sinklab.data import read_texts
     from sinklab.exploit.stream import check_stream_args, eval_stream, parse_policies, plot_stream
     from sinklab.models import load
+    from sinklab.progress import Progress
+    from sinklab.provenance import run_provenance
 
     names = parse_policies(policies)
     check_stream_args(tokens, sinks, window, chunk)
@@ -147,14 +151,13 @@ def eval_stream_command(
     texts = read_texts(text)
     net, tokenizer = load(model, device=device, dtype=dtype)
     ids = _token_ids(tokenizer, texts, tokens).to(net.device)
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress() as progress:
         result = eval_stream(
             net, ids, names, sinks, window, recompute_points=recompute_points, chunk=chunk, progress=progress
         )
     record = {
         "command": " ".join(["sinklab", *sys.argv[1:]]),
+        "provenance": run_provenance(net, sequences=ids.tolist(), texts=text_provenance(text)),
         "model": model,
         "tokens": tokens,
         "sinks": sinks,

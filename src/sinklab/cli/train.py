@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.cli._app import command
+from sinklab.cli._app import DEVICE, command, out_option
 
 
 @command("train")
@@ -14,7 +16,7 @@ def train_command(
     variant: str = typer.Option("softmax", help="softmax, softmax1, sink, kv_bias, softpick, clipped, sigmoid, gated"),
     preset: str = typer.Option("tiny", help="tiny (CPU, seconds) or small (GPU study, ~50M parameters)"),
     steps: int = typer.Option(None, help="optimizer steps (default: the preset's)"),
-    out: str = typer.Option(..., help="output directory: train.json and curves.png"),
+    out: Path = out_option("train", "train.json and curves.png"),
     corpus: str = typer.Option(None, help="corpus directory from scripts/build_train_corpus.py (default: embedded)"),
     weight_decay: float = typer.Option(0.1, help="AdamW weight decay on weight matrices"),
     sink_token: bool = typer.Option(False, help="prepend a learnable sink token to every sequence (StreamingLLM)"),
@@ -23,8 +25,8 @@ def train_command(
     lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
     max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda if available)"),
-    seed: int = typer.Option(0),
+    device: str = DEVICE,
+    seed: int = typer.Option(0, help="seed of the initialisation and the data order"),
 ) -> None:
     """Train from scratch on held-out-checked text; record Sink_1, first-token mass, max |x|, kurtosis, W8A8 ppl.
 
@@ -46,7 +48,7 @@ def train_command(
         max_epochs=max_epochs,
         device=device,
         seed=seed,
-        out=out,
+        out=str(out),
     )
     result = train(config)
     if not result.history:  # ranks other than 0 report nothing

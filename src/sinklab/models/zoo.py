@@ -226,6 +226,8 @@ def load(
 
 def _load_any(name_or_path: str, dtype: torch.dtype | None):
     path = Path(name_or_path).expanduser()
+    if not name_or_path.strip():
+        raise _unknown_model(name_or_path)
     if name_or_path in EMBEDDED:
         return _load_embedded(EMBEDDED[name_or_path], dtype)
     if name_or_path in TINY_MODELS:
@@ -247,8 +249,12 @@ def _load_any(name_or_path: str, dtype: torch.dtype | None):
         return _from_directory(path, ggufs[0].name, dtype)
     if _looks_like_hub_id(name_or_path):
         return _from_directory(Path(name_or_path), None, dtype)
-    raise SinklabInputError(
-        f"unknown model {name_or_path!r}; accepted: {', '.join(accepted_names())}, "
+    raise _unknown_model(name_or_path)
+
+
+def _unknown_model(name: str) -> SinklabInputError:
+    return SinklabInputError(
+        f"unknown model {name!r}; accepted: {', '.join(accepted_names())}, "
         "a local directory, a .gguf file or a hub id (org/name)"
     )
 

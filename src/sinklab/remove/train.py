@@ -138,6 +138,7 @@ class TrainResult:
     tokens_per_second: float
     attention_calls: dict[str, int]
     model: nn.Module = field(repr=False)
+    provenance: dict | None = None  # how the result was made (sinklab.provenance)
 
     def to_dict(self) -> dict:
         return {
@@ -148,6 +149,7 @@ class TrainResult:
             "attention_calls": self.attention_calls,
             "history": self.history,
             "final": self.final,
+            "provenance": self.provenance,
         }
 
 
@@ -332,14 +334,13 @@ def _distributed() -> tuple[int, int, int]:
 
 def train(config: TrainConfig) -> TrainResult:
     """Train one configuration; on rank 0, write ``config.out/train.json`` and plots when ``out`` is set."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from sinklab.models import resolve_device
+    from sinklab.progress import Progress
+    from sinklab.provenance import digest, run_provenance
 
     config = config.resolved()
-    rank, world, local_rank = _distributed()
-    if config.device is not None:
-        device = torch.device(config.device)
-    else:
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    rank, world, _ = _distributed()
+    device = resolve_device(config.device)  # default: cuda:LOCAL_RANK if available, else cpu
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # NCCL needs each process on its own GPU before the group starts
     if world > 1 and not torch.distributed.is_initialized():
@@ -374,8 +375,7 @@ def train(config: TrainConfig) -> TrainResult:
     train_loss = float("nan")
     started, train_time = time.perf_counter(), 0.0
     dispatched = Counter()  # what the training steps' attention ran (evaluations run fp32 and may fall back)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, disable=rank != 0) as progress:
+    with Progress(disable=rank != 0) as progress:
         bar = progress.add_task(f"train {config.name}", total=config.steps, info="")
         for step in range(config.steps + 1):
             if step % config.eval_every == 0 or step == config.steps:
@@ -408,7 +408,9 @@ def train(config: TrainConfig) -> TrainResult:
         final.update(quantized_perplexity(raw, val, config))
     tokens_per_second = config.steps * config.batch_size * world * config.context / max(train_time, 1e-9)
     final["wall_seconds"] = time.perf_counter() - started
-    result = TrainResult(config, history, final, params, tokens_per_second, dict(dispatched), raw)
+    texts = {"corpus": config.corpus or "embedded byte corpus", "train_tokens_sha256": digest(corpus.train)}
+    provenance = run_provenance(raw, texts=texts, bos=config.bos, seed=config.seed)
+    result = TrainResult(config, history, final, params, tokens_per_second, dict(dispatched), raw, provenance)
     if rank == 0 and config.out is not None:
         save(result, config.out)
     if world > 1:

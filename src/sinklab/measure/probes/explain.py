@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from sinklab.data import BosMode
 from sinklab.errors import SinklabInputError
@@ -25,6 +24,9 @@ from sinklab.measure.probes.emergence import EmergenceProbe
 from sinklab.measure.probes.noop import NoopProbe
 from sinklab.measure.probes.outlier import OutlierProbe
 from sinklab.measure.scan import as_sequences, check_length, is_causal, token_decoder
+from sinklab.models import check_model, check_token_ids
+from sinklab.progress import Progress
+from sinklab.provenance import describe_texts, run_provenance
 
 PROBES = {p.name: p for p in (NoopProbe, OutlierProbe, BiasProbe, AnchorProbe, EmergenceProbe)}
 MIN_TOKENS = 4
@@ -48,6 +50,7 @@ class ExplainResult:
     probes: dict[str, dict] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    provenance: dict | None = None  # how the result was made (sinklab.provenance)
 
     def to_dict(self) -> dict:
         """The content of probes.json."""
@@ -67,6 +70,7 @@ class ExplainResult:
                 "probes": self.probes,
                 "not_applicable": self.not_applicable,
                 "seconds": self.seconds,
+                "provenance": self.provenance,
             }
         )
 
@@ -114,16 +118,17 @@ def explain(
     names = parse_probes(probes)
     if not 0.0 < eps < 1.0:
         raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
+    check_model(model, tokenizer)
     seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
+    check_token_ids(model, seqs)
     if min(map(len, seqs)) < MIN_TOKENS:
         raise SinklabInputError(f"every sequence needs at least {MIN_TOKENS} tokens; use longer texts")
     check_length(model, max(map(len, seqs)), allow_beyond_positions)
     start = time.perf_counter()
     cfg = model.config
     chosen = [PROBES[n]() for n in names]
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     console = Console(stderr=True)
-    with Progress(*columns, disable=not progress, transient=True, console=console) as bar:
+    with Progress(disable=not progress) as bar:
         ctx = ProbeContext(
             model=model,
             tokenizer=tokenizer,
@@ -177,4 +182,5 @@ def explain(
         probes=sections,
         not_applicable=skipped,
         seconds=time.perf_counter() - start,
+        provenance=run_provenance(model, sequences=seqs, texts=describe_texts(texts_or_ids), bos=bos, seed=seed),
     )
