@@ -1,7 +1,7 @@
 """Column sums and entropy of every variant from the forward's row statistic, in one kernel that never stores T x S.
 
-For weights A (the variant's, on the real keys; ``sinklab.ops.stats``) over valid query rows i (a query whose own
-token, key ``i + OFF``, is padding does not count):
+For weights A (the variant's, on the real keys; ``sinklab.ops.stats``) over valid query rows i (VALID [B, T]: a
+query whose own token is padding does not count):
 
     colsum[b, h, j] = sum_i A_ij          entropy[b, h] = sum_i -sum_j A_ij log A_ij
 
@@ -36,14 +36,15 @@ from sinklab.ops._triton.tiles import (
 
 @triton.jit
 def colsum_kernel(
-    Q, K, LSE, BIAS, OUT, ENT, KPM,
-    sqb, sqh, sqt, skb, skh, skt, skpm,
+    Q, K, LSE, BIAS, OUT, ENT, KPM, VALID,
+    sqb, sqh, sqt, skb, skh, skt, skpm, svalid,
     H, G, T, S, OFF, W, qk_scale, p0, p1,
     FAMILY: tl.constexpr, ENTROPY: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    HAS_PAD: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
 ):  # fmt: skip
     """OUT[b, h, j] = sum of A_ij over allowed valid rows i for one block of keys of one head; with ENTROPY,
-    ENT[b * H + h, block] = sum of -A_ij log2 A_ij over the same entries. LSE [B, H, T] base 2, BIAS [H] natural."""
+    ENT[b * H + h, block] = sum of -A_ij log2 A_ij over the same entries. LSE [B, H, T] base 2, BIAS [H] natural;
+    KPM int8 [B, S] masks keys (HAS_PAD), VALID int8 [B, T] the rows that count (HAS_VALID, which needs HAS_PAD)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -52,8 +53,8 @@ def colsum_kernel(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     k = load_rows(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_n, skt, offs_d, S, True)  # [BN, D]
-    kpm_base = KPM + b.to(tl.int64) * skpm
-    keep = load_keep(kpm_base, offs_n, S, HAS_PAD, True)
+    keep = load_keep(KPM + b.to(tl.int64) * skpm, offs_n, S, HAS_PAD, True)
+    valid_base = VALID + b.to(tl.int64) * svalid
     q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
     lse_base = LSE + bh.to(tl.int64) * T
     b2 = 0.0
@@ -83,10 +84,8 @@ def colsum_kernel(
                 if SEG != 1 or HAS_PAD:
                     ok = tile_mask(offs_m[None, :], offs_n[:, None], keep[:, None], T, S, OFF, W, CAUSAL, HAS_WINDOW,
                                    HAS_PAD, SEG != 1)  # fmt: skip
-                    if HAS_PAD:  # padded query rows do not count (a query's own token is key r + OFF)
-                        mine = offs_m + OFF
-                        valid = tl.load(kpm_base + mine, mask=(offs_m < T) & (mine >= 0), other=0) != 0
-                        ok = ok & valid[None, :]
+                    if HAS_VALID:
+                        ok = ok & (load_vec(valid_base, offs_m, T, 0, SEG != 1) != 0)[None, :]
                     aT = tl.where(ok, aT, 0.0)
                 acc += tl.sum(aT, 1)
                 if ENTROPY:

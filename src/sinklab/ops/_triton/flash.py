@@ -249,21 +249,25 @@ class FlashAttention(torch.autograd.Function):
 
 
 def column_stats(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, kpm: torch.Tensor | None, prob: Problem,
-    heads: Heads, *, entropy: bool,
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, valid: torch.Tensor | None,
+    prob: Problem, heads: Heads, *, entropy: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
-    """(colsum [B, H, S] float32, entropy [B, H] float32 nats or None) over the valid query rows, from the
-    forward's base-2 row statistic ``lse`` (None for sigmoid); ``kpm`` int8 [B, S] also decides the valid rows."""
-    B, H, S = q.shape[0], q.shape[1], k.shape[2]
+    """(colsum [B, H, S] float32, entropy [B, H] float32 nats or None) over the rows that count, from the forward's
+    base-2 row statistic ``lse`` (None for sigmoid). ``keep`` bool [B, S]: real keys (None = all); ``valid`` bool
+    [B, T]: the rows that count (None = all; only with ``keep``)."""
+    B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     block_m, block_n, warps = (16, 16, 4) if INTERPRET else (64, 128, 8)
     grid = (triton.cdiv(S, block_n), B * H)
     dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
     out = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
     ent = torch.empty(B * H, grid[0], dtype=torch.float32, device=q.device) if entropy else dummy
+    kpm = None if keep is None else keep.to(torch.int8).contiguous()
+    rows = _kpm_or_dummy(None if valid is None else valid.to(torch.int8).contiguous(), q.device)
     colsum_kernels.colsum_kernel[grid](
         Q=q, K=k, LSE=_or_dummy(lse, dummy), BIAS=_or_dummy(heads.bias, dummy), OUT=out, ENT=ent,
-        KPM=_kpm_or_dummy(kpm, q.device), **_strides("q", q), **_strides("k", k), **_common(q, k, kpm, prob),
-        FAMILY=prob.mode.family, ENTROPY=entropy,
+        KPM=_kpm_or_dummy(kpm, q.device), VALID=rows, svalid=T if valid is not None else 0,
+        **_strides("q", q), **_strides("k", k), **_common(q, k, kpm, prob),
+        FAMILY=prob.mode.family, ENTROPY=entropy, HAS_VALID=valid is not None,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=3,
     )  # fmt: skip
     return out, (ent.view(B, H, -1).sum(-1) * math.log(2.0) if entropy else None)
@@ -319,19 +323,22 @@ def _natural_lse(q: torch.Tensor, lse: torch.Tensor, prob: Problem, heads: Heads
 
 
 def statistics(
-    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, prob: Problem,
-    heads: Heads, request: StatsRequest,
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None,
+    key_padding: torch.Tensor | None, prob: Problem, heads: Heads, request: StatsRequest,
 ) -> AttentionStats:  # fmt: skip
     """``AttentionStats`` (``sinklab.ops.stats``) of one forward from its base-2 row statistic ``lse``: column sums
-    and entropy in the column-sum kernel, the rest in PyTorch at O(B H T) cost."""
+    and entropy in the column-sum kernel, the rest in PyTorch at O(B H T) cost. ``keep`` [B, S]: the keys the
+    kernels masked with (None = all); ``key_padding`` [B, S]: the explicit padding that decides the valid rows."""
     B, T, S = q.shape[0], q.shape[2], k.shape[2]
-    valid = query_validity(T, S, keep, B, q.device)  # [B, T]
+    valid = query_validity(T, S, key_padding, B, q.device)  # [B, T]
     colsum = count = entropy = None
     if request.colsum or request.entropy:
-        kpm = None if keep is None else keep.to(torch.int8).contiguous()
-        colsum, entropy = column_stats(q, k, lse, kpm, prob, heads, entropy=request.entropy)
+        rows = None if key_padding is None else valid
+        colsum, entropy = column_stats(q, k, lse, keep, rows, prob, heads, entropy=request.entropy)
     if request.colsum:
-        count = key_counts(T, S, causal=prob.causal, window=prob.window, key_padding=keep, batch=B, device=q.device)
+        count = key_counts(T, S, causal=prob.causal, window=prob.window, key_padding=key_padding, batch=B,
+                           device=q.device)  # fmt: skip
+        count = count if keep is None else count * keep  # keys an attn_mask hides too
     else:
         colsum = None
     slot = None
@@ -438,7 +445,7 @@ def attention(
     """The kernel mode ``variant`` (a key of ``MODES``) on q [B, H, T, D], k/v [B, Hkv, S, D] -> [B, H, T, D], or
     ``(out, AttentionStats)`` when ``stats`` is a ``StatsRequest``. ``params``: the mode's parameters, all given
     (``MODES[variant].params``). ``key_padding`` [B, S] bool (True = real token) masks keys and decides which
-    queries count in the statistics, together with an ``attn_mask`` that is key padding. Raises
+    queries count in the statistics; an ``attn_mask`` that is key padding masks keys only. Raises
     NotImplementedError(reason) for what the kernels do not take (module docstring)."""
     mode = MODES.get(variant)
     if mode is None:
@@ -459,4 +466,5 @@ def attention(
         return FlashAttention.apply(q, k, v, *heads, kpm, prob)
     with torch.no_grad():
         out, lse = forward(q, k, v, kpm, prob, heads)
-        return out, statistics(q, k, lse, keep, prob, heads, stats)
+        explicit = None if key_padding is None else key_padding.bool().expand(q.shape[0], k.shape[2])
+        return out, statistics(q, k, lse, keep, explicit, prob, heads, stats)
