@@ -1,13 +1,26 @@
-"""Chunked attention statistics vs the naive twin, and the naive twin vs Gu et al.'s formula."""
+"""Chunked attention statistics vs the naive definition, and the definition vs Gu et al.'s formula."""
 
 import zlib
 
 import pytest
 import torch
 
+import sinklab.ops.colsum.chunked as chunked_mod
+from sinklab.ops import StatsRequest, attention
 from sinklab.ops._common import repeat_kv
 from sinklab.ops.colsum import chunked, naive
 from sinklab.testing import assert_close
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Several 16-row query chunks even at test sizes."""
+    monkeypatch.setattr(chunked_mod, "DEFAULT_BLOCK_BYTES", 1)
+
+
+def stats(q, k, v, impl, keep_pattern=0, **kw):
+    return attention(q, k, v, impl=impl, stats=StatsRequest(pattern=keep_pattern), **kw)
+
 
 CASES = [
     # B, H, Hkv, T, S, causal, window, padding
@@ -39,8 +52,8 @@ def test_chunked_matches_naive(case, dtype):
     gen = torch.Generator().manual_seed(zlib.crc32(repr((case, str(dtype))).encode()))
     q, k, v, padding = _inputs(B, H, Hkv, T, S, pad, dtype, gen)
     kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding, keep_pattern=20)
-    out_ref, ref = naive.attention_stats(q, k, v, **kw)
-    out, got = chunked.attention_stats(q, k, v, rows_per_chunk=7, **kw)
+    out_ref, ref = stats(q, k, v, "naive", **kw)
+    out, got = stats(q, k, v, "chunked", **kw)
     stat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     valid_rows = naive.query_validity(T, S, padding, B, q.device)[:, None, :, None]
     assert_close(out * valid_rows, out_ref * valid_rows, dtype, "out")
@@ -62,9 +75,9 @@ def test_colsum_from_lse(case):
     scores = (q @ repeat_kv(k, H // k.shape[1]).transpose(-1, -2) * 0.25).masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores, -1)
     kw = dict(scale=0.25, causal=causal, window=window, key_padding=padding)
-    _, stats = naive.attention_stats(q, k, v, **kw)
+    _, ref = stats(q, k, v, "naive", **kw)
     expected = naive.colsum(q, k, lse, **kw)
-    assert_close(expected, stats.colsum, torch.float64, "naive colsum")
+    assert_close(expected, ref.colsum, torch.float64, "naive colsum")
     assert_close(chunked.colsum(q, k, lse, rows_per_chunk=5, **kw), expected, torch.float64, "chunked colsum")
 
 
@@ -73,19 +86,19 @@ def test_alpha_is_gu_et_al():
     gen = torch.Generator().manual_seed(3)
     T = 64
     q, k, v, _ = _inputs(1, 2, 2, T, T, False, torch.float64, gen)
-    _, stats = chunked.attention_stats(q, k, v, scale=0.25, causal=True, rows_per_chunk=9)
+    _, st = stats(q, k, v, "chunked", scale=0.25, causal=True)
     A = torch.softmax((q @ k.transpose(-1, -2) * 0.25).masked_fill(~torch.ones(T, T).tril().bool(), float("-inf")), -1)
     for key in (0, 5, 63):
         gu = A[0, :, key:, key].sum(-1) / (T - key)
-        assert_close(stats.colsum[0, :, key] / stats.count[0, key], gu, torch.float64)
-    assert stats.count[0].tolist() == list(range(T, 0, -1))
+        assert_close(st.colsum[0, :, key] / st.count[0, key], gu, torch.float64)
+    assert st.count[0].tolist() == list(range(T, 0, -1))
 
 
 def test_fully_masked_rows_give_zeros():
     q = torch.randn(1, 2, 6, 8)
     k = torch.randn(1, 2, 6, 8)
     padding = torch.tensor([[False, False, True, True, True, True]])  # left padding: queries 0, 1 see nothing
-    out, stats = chunked.attention_stats(q, k, k, scale=1.0, causal=True, key_padding=padding, rows_per_chunk=2)
+    out, st = stats(q, k, k, "chunked", scale=1.0, causal=True, key_padding=padding)
     assert torch.equal(out[:, :, :2], torch.zeros_like(out[:, :, :2]))
-    assert not torch.isnan(stats.colsum).any() and stats.rows.tolist() == [4]
-    assert stats.colsum[0, :, :2].abs().max() == 0
+    assert not torch.isnan(st.colsum).any() and st.rows.tolist() == [4]
+    assert st.colsum[0, :, :2].abs().max() == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from sinklab.ops.colsum import AttentionStats
+from sinklab.ops.stats import AttentionStats
 
 MASSIVE_MIN_ABS = 100.0
 MASSIVE_MIN_RATIO = 1000.0

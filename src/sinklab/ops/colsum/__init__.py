@@ -1,10 +1,8 @@
-"""Attention statistics: the mass each key receives (column sums), counts and entropy, in O(T) memory.
-
-``naive.py`` defines them from the full matrix; ``chunked.py`` computes them in query chunks (CPU and any device);
-a Triton column-sum kernel may sit beside them for CUDA. ``AttentionStats`` lives in ``sinklab.ops.stats``.
+"""Attention statistics in O(T) memory: ``chunked.attention_rows`` (query chunks, any device, every variant) and
+the column sums of a stored logsumexp (``naive.colsum`` defines them, ``chunked.colsum`` in chunks). The definition
+of every statistic is ``sinklab.ops.naive``; ``AttentionStats`` lives in ``sinklab.ops.stats``.
 """
 
 from sinklab.ops.colsum import chunked, naive
-from sinklab.ops.stats import AttentionStats
 
-__all__ = ["AttentionStats", "chunked", "naive"]
+__all__ = ["chunked", "naive"]

@@ -57,8 +57,6 @@ def attention_rows(
     edit_logits: Edit | None = None,
     edit_weights: Edit | None = None,
     request: StatsRequest | None = None,
-    rows_per_chunk: int | None = None,
-    on_chunk: Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], None] | None = None,
 ) -> tuple[torch.Tensor, AttentionStats | None]:
     """``(out [B, H, T, D], AttentionStats or None)``: the contract of ``sinklab.ops.naive.attention``, in chunks.
 
@@ -69,13 +67,12 @@ def attention_rows(
 
     The position rule is applied only to the few key columns where it bites (the causal diagonal, the window's
     edge); column sums are a matrix product with the row-validity vector; counts come from prefix sums
-    (``sinklab.ops.stats.key_counts``) unless ``attn_mask`` hides keys. ``on_chunk(probs, rows, keys)`` sees each
-    [B, H, R, K] weight block (padded query rows zeroed).
+    (``sinklab.ops.stats.key_counts``) unless ``attn_mask`` hides keys.
     """
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
-    R = rows_per_chunk or chunk_rows(B, H, S)
+    R = chunk_rows(B, H, S)
     dtype = compute_dtype(q.dtype)
     want = request or StatsRequest(colsum=False, entropy=False)
     user = None if attn_mask is None else mask_spec(q, k, causal=False, attn_mask=attn_mask, window=None)
@@ -161,10 +158,6 @@ def attention_rows(
             else:
                 row_entropy = -torch.special.xlogy(probs, probs).sum(-1)
             entropy += (row_entropy * row_w[:, :, 0]).sum(-1)
-        if key_padding is not None:
-            probs = probs * row_w.transpose(-1, -2)
-        if on_chunk is not None:
-            on_chunk(probs, (r0, r1), (lo, hi))
         if colsum is not None:
             colsum[:, :, lo:hi] += (row_w @ probs)[:, :, 0]
         if count is not None:
@@ -181,28 +174,6 @@ def attention_rows(
         columns=columns,
     )  # fmt: skip
     return out, stats
-
-
-def attention_stats(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    causal: bool = True,
-    window: int | None = None,
-    key_padding: torch.Tensor | None = None,
-    keep_pattern: int = 0,
-    rows_per_chunk: int | None = None,
-    on_chunk: Callable[[torch.Tensor, tuple[int, int], tuple[int, int]], None] | None = None,
-    weights: RowWeights | None = None,
-) -> tuple[torch.Tensor, AttentionStats]:
-    """``attention_rows`` with column sums, counts, entropy and the first ``keep_pattern`` x ``keep_pattern``
-    weights; same contract as ``naive.attention_stats``."""
-    return attention_rows(
-        q, k, v, scale=scale, causal=causal, window=window, key_padding=key_padding, weights=weights,
-        request=StatsRequest(pattern=keep_pattern), rows_per_chunk=rows_per_chunk, on_chunk=on_chunk,
-    )  # fmt: skip
 
 
 def _keep_pattern(pattern, probs, r0, r1, lo, hi, keep, T, S):
@@ -232,7 +203,7 @@ def colsum(
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = H // Hkv
-    R = rows_per_chunk or chunk_rows(B, H, S)
+    R = chunk_rows(B, H, S)
     valid = query_validity(T, S, key_padding, B, q.device)
     total = torch.zeros(B, H, S, dtype=lse.dtype, device=q.device)
     qg = q.view(B, Hkv, G, T, D)

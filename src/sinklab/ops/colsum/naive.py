@@ -1,5 +1,5 @@
-"""Softmax attention statistics from the full score matrix (formulas: ``sinklab.ops.stats``), the definition the
-chunked and Triton column-sum paths must match, and the mask and validity rules they share."""
+"""Column sums from a stored logsumexp on the full score matrix, colsum_j = sum_i exp(s_ij - lse_i), and the mask
+and validity rules the statistics paths share. Every variant's statistics are defined in ``sinklab.ops.naive``."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import torch
 
 from sinklab.ops._common import repeat_kv
 from sinklab.ops.masks import MaskSpec
-from sinklab.ops.naive import attention as naive_attention
-from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
-from sinklab.ops.variants import get_variant
+from sinklab.ops.stats import query_validity
 
-__all__ = ["allowed_mask", "attention_stats", "colsum", "query_validity"]
+__all__ = ["allowed_mask", "colsum", "query_validity"]
 
 
 def allowed_mask(
@@ -34,25 +32,6 @@ def allowed_mask(
     spec = MaskSpec(q_len, kv_len, causal, window, keep, None, torch.device(device))
     mask, _ = spec.block(r0, r1, k0, k1)
     return torch.ones(1, 1, r1 - r0, k1 - k0, dtype=torch.bool, device=device) if mask is None else mask
-
-
-def attention_stats(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    scale: float,
-    causal: bool = True,
-    window: int | None = None,
-    key_padding: torch.Tensor | None = None,
-    keep_pattern: int = 0,
-) -> tuple[torch.Tensor, AttentionStats]:
-    """Softmax attention and its column sums, counts, entropy and first ``keep_pattern`` weights from the
-    materialized [B, H, T, S] matrix (``sinklab.ops.naive``). Returns ``(out [B, H, T, D], stats)``."""
-    return naive_attention(
-        q, k, v, get_variant("softmax"), {}, causal=causal, attn_mask=None, key_padding=key_padding, scale=scale,
-        window=window, stats=StatsRequest(pattern=keep_pattern),
-    )  # fmt: skip
 
 
 def colsum(

@@ -142,7 +142,7 @@ class Variant:
         return slot_rule
 
     def row_weights(self, params: dict, scale: float, num_keys: int) -> RowWeights | None:
-        """The rule for ``sinklab.ops.colsum.chunked.attention_stats(weights=...)``; None for the softmax family
+        """The rule for ``sinklab.ops.colsum.chunked.attention_rows(weights=...)``; None for the softmax family
         (the chunked pass's own softmax). Missing parameters take their defaults for ``num_keys`` keys."""
         return None if self.family == "softmax" else self.rule(self.with_defaults(params, num_keys), scale)
 
