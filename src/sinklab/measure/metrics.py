@@ -42,7 +42,9 @@ def is_sink(mass: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def sink_rate(alpha: torch.Tensor, eps: float) -> float:
-    """Sink_1^eps: fraction of (layer, head) pairs whose alpha_1 (averaged over sequences) exceeds eps."""
+    """Sink_1^eps: fraction of (layer, head) pairs of softmax attention layers whose alpha_1 (averaged over sequences)
+    exceeds eps."""
+    alpha = alpha[~alpha.isnan()]  # layers without softmax attention (NaN rows) do not count
     return float(is_sink(alpha, eps).double().mean())
 
 

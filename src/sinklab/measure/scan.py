@@ -9,6 +9,7 @@ stream's largest activations.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -66,7 +67,7 @@ class ScanResult:
 
     def strongest_head(self) -> tuple[int, int]:
         """(layer, head) with the largest first-token mass."""
-        idx = int(self.first_token_mass.argmax())
+        idx = int(self.first_token_mass.nan_to_num(-1.0).argmax())
         return idx // self.num_heads, idx % self.num_heads
 
     def to_dict(self) -> dict:
@@ -101,7 +102,12 @@ class ScanResult:
 
 
 def _rounded(t: torch.Tensor, digits: int = 6):
-    return torch.round(t.double(), decimals=digits).tolist()
+    """Rounded nested lists for JSON; NaN (a layer without softmax attention) becomes null."""
+    t = torch.round(t.double(), decimals=digits)
+    values = t.tolist()
+    if not bool(t.isnan().any()):
+        return values
+    return json.loads(json.dumps(values).replace("NaN", "null"))
 
 
 def is_causal(model) -> bool:
@@ -164,6 +170,7 @@ class _Accumulator:
         self.entropy = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.other = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.slot = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.attention_layers: set[int] = set()
         self.has_slot = False
         self.sequences = 0
         self.tokens = 0
@@ -186,6 +193,7 @@ class _Accumulator:
         for layer in range(self.L):
             self._add_residual(obs, layer, ids, first, decode)
         for layer, stats in obs.attention.items():
+            self.attention_layers.add(layer)
             self.alpha[layer] += metrics.first_token_mass(stats, first).double().cpu().sum(0)
             if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
                 self.has_slot = True
@@ -215,6 +223,12 @@ class _Accumulator:
             entry["heads"] = max(entry["heads"], int(heads[b, pos]))
             entry["sequences"] += 1
             entry["layers"].update(hit_layers)
+
+    def per_attention_layer(self, values: torch.Tensor) -> torch.Tensor:
+        """[L, H] values with NaN rows for blocks without softmax attention (a hybrid's linear layers)."""
+        values = values.clone()
+        values[[i for i in range(self.L) if i not in self.attention_layers]] = float("nan")
+        return values
 
     def _add_residual(self, obs: Observer, layer: int, ids, first, decode) -> None:
         res = obs.residual.get(layer)
@@ -342,8 +356,10 @@ def scan(
                     kwargs["position_ids"] = (mask.cumsum(1) - 1).clamp_min(0).to(device)
                 base(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
                 acc.add(obs, ids, mask, decode)
-                if start == 0 and keep_pattern:
-                    pattern = torch.stack([stats.pattern[0].float().cpu() for stats in obs.attention.values()])
+                if start == 0 and keep_pattern:  # [L, H, w, w], NaN for blocks without softmax attention
+                    maps = {layer: stats.pattern[0].float().cpu() for layer, stats in obs.attention.items()}
+                    blank = torch.full_like(next(iter(maps.values())), float("nan"))
+                    pattern = torch.stack([maps.get(layer, blank) for layer in range(num_layers)])
     n = acc.sequences
     first_ids = seqs[0][: pattern.shape[-1]] if pattern is not None else []
     return ScanResult(
@@ -356,9 +372,9 @@ def scan(
         sequence_length=longest,
         eps=eps,
         sink_threshold=sink_threshold,
-        first_token_mass=acc.alpha / n,
-        entropy=acc.entropy / n,
-        top_other_mass=acc.other / n,
+        first_token_mass=acc.per_attention_layer(acc.alpha / n),
+        entropy=acc.per_attention_layer(acc.entropy / n),
+        top_other_mass=acc.per_attention_layer(acc.other / n),
         sinks=acc.sink_list(),
         massive_activations=acc.massive_list(),
         layer_max_abs=acc.layer_max,
