@@ -1,4 +1,5 @@
-"""SinkCache on the embedded smollm2-135m (short): dense-equal while it fits, reference-equal beyond, sinks matter."""
+"""SinkCache on the embedded smollm2-135m (short): dense-equal while it fits, reference-equal beyond, sinks matter;
+the parallel evaluator gives token-by-token decoding's NLLs."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from transformers import DynamicCache
 from sinklab.data import read_texts
 from sinklab.exploit.cache import QuantizedSinkCache, SinkCache
 from sinklab.exploit.cache.naive import stream_reference_logits
-from sinklab.exploit.stream import stream_nll
+from sinklab.exploit.stream import parallel_nll, stream_nll
 from sinklab.testing import assert_close
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
@@ -60,3 +61,13 @@ def test_sinks_rescue_the_window_and_quantization(smollm2, text_ids):
             logits = model(input_ids=ids[:, :128], cache=cache).logits
         q[sinks] = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:128]).item()
     assert full < q[0] < 1.1 * full and full < q[4] < 1.1 * full
+
+
+@pytest.mark.parametrize("policy", ["window", "sink"])
+def test_parallel_evaluator_equals_decoding(smollm2, text_ids, policy):
+    model, _ = smollm2
+    ids = text_ids[:, :130]
+    diff = abs(parallel_nll(model, ids, policy, 4, 60).nll - stream_nll(model, ids, policy, 4, 60).nll)
+    # float32 rounding on a model with 23,000-sized activations: measured max 2.0e-4 (window), mean 7e-6; the same
+    # comparison in float64 differs by 0.0
+    assert diff.max() <= 5e-4 and diff.mean() <= 2e-5

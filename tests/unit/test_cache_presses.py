@@ -66,6 +66,33 @@ def test_h2o_scores_are_accumulated_attention():
     for layer, a in enumerate(attn):  # [B, Hq, T, T] -> mass per key, summed over each KV group
         want = a.sum(dim=2).unflatten(1, (2, 2)).sum(dim=2)
         assert_close(press.scores[layer], want)
+        assert_close(press.score(model.model.layers[layer].self_attn, None, None), want)
+        queries = torch.arange(8, 0, -1.0)  # key j can be attended by the 8 - j queries j .. 7
+        assert_close(
+            H2OPress(normalize=True, scores=press.scores, counts=press.counts).score(
+                model.model.layers[layer].self_attn, None, None
+            ),
+            want / queries,
+        )
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_h2o_drops_the_lowest_score(normalize):
+    """The first eviction (11 tokens, budget 10) drops, per KV head, the non-sink key with the least total mass
+    (raw) or the least mean mass per query that could attend it (normalised)."""
+    model = load("tiny-llama")[0]
+    ids = torch.randint(7, 200, (1, 11), generator=torch.Generator().manual_seed(4))
+    observed, dense = H2OPress(budget=100, protect_sinks=2), DynamicCache(config=model.config)
+    run(model, ids, dense, observed)
+    score = observed.scores[0] / (observed.counts[0] if normalize else 1)  # [1, Hkv, 11]
+    drop = score[0, :, 2:].argmin(dim=-1) + 2
+    pressed = DynamicCache(config=model.config)
+    run(model, ids, pressed, H2OPress(budget=10, protect_sinks=2, normalize=normalize))
+    keys = dense.layers[0].keys
+    for h in range(keys.shape[1]):
+        want = torch.cat([keys[0, h, : drop[h]], keys[0, h, drop[h] + 1 :]])
+        assert torch.equal(pressed.layers[0].keys[0, h], want)
+    assert torch.equal(observed.counts[0][0, 0], torch.arange(11, 0, -1.0))
 
 
 @pytest.mark.parametrize(("budget", "sinks"), [(0, 0), (4, 4), (8, -1)])

@@ -62,7 +62,7 @@ def stream_command(
     prompt: str = typer.Option(None, help="text to start the stream from"),
     interactive: bool = typer.Option(False, help="read one prompt per line from stdin until EOF"),
     sinks: int = typer.Option(4, help="number of first tokens kept (attention sinks)"),
-    window: int = typer.Option(1020, help="recent tokens kept"),
+    window: int = typer.Option(1020, help="recent tokens kept besides the current one (StreamingLLM's convention)"),
     positions: str = typer.Option("cache", help="cache (StreamingLLM) or absolute"),
     max_new_tokens: int = typer.Option(256, help="tokens per prompt; 0 streams until EOS or Ctrl-C"),
     temperature: float = typer.Option(0.7, help="sampling temperature; 0 for greedy"),
@@ -118,17 +118,32 @@ def eval_stream_command(
     model: str = typer.Option("smollm2-135m", help="embedded name, local path, .gguf file or hub id"),
     text: list[Path] = typer.Option(None, help="text file(s); default: the embedded corpus"),
     tokens: int = typer.Option(4096, "--max-tokens", help="tokens of text to stream"),
-    window: int = typer.Option(256, help="recent tokens kept"),
+    window: int = typer.Option(256, help="recent tokens kept besides the current one (StreamingLLM's convention)"),
     sinks: int = typer.Option(4, help="number of sink tokens kept"),
     policies: str = typer.Option(
         "dense,window,sink,recompute",
-        help="comma list of: dense, window, sink, recompute, int8, int8-sinks, int4, int4-sinks, knorm, h2o",
+        help="comma list of: dense, window, sink, recompute, int8, int8-sinks, int4, int4-sinks, knorm, h2o "
+        "(accumulated attention), h2o-norm (attention per query that could attend)",
+    ),
+    sweep: str = typer.Option(
+        "", help="number-of-sinks sweep at a fixed cache size, e.g. 0,1,2,4,8 (StreamingLLM Table 2); off by default"
+    ),
+    exact_decode: bool = typer.Option(
+        False,
+        "--exact-decode",
+        help="decode dense/window/sink token by token instead of the exact parallel evaluator (same ppl, ~100x slower)",
+    ),
+    evict: str = typer.Option(
+        "after",
+        help="after: a token sees sinks + window + itself (StreamingLLM's eval, attention_sinks); before: sinks + "
+        "window keys, itself included (one key fewer)",
     ),
     recompute_points: int = typer.Option(48, help="positions at which the recompute policy is measured"),
     chunk: int = typer.Option(
         1,
-        help="tokens per forward call: 1 = token-by-token; C > 1 is faster, and sink/window caches then evict C "
-        "tokens at a time, so a token sees window-C+1 .. window recent ones",
+        help="tokens per forward call of the token-by-token policies (int*, knorm, h2o*, --exact-decode): 1 = "
+        "token by token; C > 1 is faster, exact for dense and quantized caches, and changes what sink/window caches "
+        "keep and when presses evict",
     ),
     out: Path = out_option("eval-stream", "stream.json and plots"),
     device: str = DEVICE,
@@ -139,13 +154,14 @@ def eval_stream_command(
     from rich.table import Table
 
     from sinklab.data import read_texts
-    from sinklab.exploit.stream import check_stream_args, eval_stream, parse_policies, plot_stream
+    from sinklab.exploit.stream import check_stream_args, eval_stream, parse_policies, parse_sweep, plot_stream
     from sinklab.models import load
     from sinklab.progress import Progress
     from sinklab.provenance import run_provenance
 
     names = parse_policies(policies)
-    check_stream_args(tokens, sinks, window, chunk)
+    sweep_sinks = parse_sweep(sweep)
+    check_stream_args(tokens, sinks, window, chunk, evict)
     if recompute_points < 1:
         raise SinklabInputError(f"--recompute-points must be >= 1, got {recompute_points}")
     texts = read_texts(text)
@@ -153,7 +169,17 @@ def eval_stream_command(
     ids = _token_ids(tokenizer, texts, tokens).to(net.device)
     with Progress() as progress:
         result = eval_stream(
-            net, ids, names, sinks, window, recompute_points=recompute_points, chunk=chunk, progress=progress
+            net,
+            ids,
+            names,
+            sinks,
+            window,
+            sweep=sweep_sinks,
+            recompute_points=recompute_points,
+            chunk=chunk,
+            progress=progress,
+            exact_decode=exact_decode,
+            evict=evict,
         )
     record = {
         "command": " ".join(["sinklab", *sys.argv[1:]]),
@@ -162,20 +188,24 @@ def eval_stream_command(
         "tokens": tokens,
         "sinks": sinks,
         "window": window,
+        "evict": evict,
+        "exact_decode": exact_decode,
         "chunk": chunk,
         "text": [str(p) for p in text] if text else "embedded corpus (pydoc_data.topics)",
         "policies": result["policies"],
-        "sweep": result["sweep"],
+        **({"sweep": result["sweep"]} if "sweep" in result else {}),
         "note": (
-            "peak_mem_mb: bytes of KV state held; tokens_per_s: text tokens per second of wall time "
-            "(shared CPU: compare policies within one run)"
+            f"window convention evict={evict} (after: a token sees sinks + window + itself); scored: parallel = exact "
+            "parallel evaluator, token by token = decoding; peak_mem_mb: bytes of KV state the cache holds "
+            "(parallel: computed); tokens_per_s: text tokens per second of wall time (shared CPU: compare policies "
+            "within one run)"
         ),
     }
     with staged_output(out) as tmp:
         (tmp / "stream.json").write_text(json.dumps(record, indent=2))
         plot_stream(result, tmp, sinks, window)
-    table = Table(title=f"eval-stream {model}: {tokens} tokens, {sinks} sinks + window {window}")
-    for col in ("policy", "ppl", "ppl after window", "peak MB", "tokens/s"):
+    table = Table(title=f"eval-stream {model}: {tokens} tokens, {sinks} sinks + window {window} (evict {evict})")
+    for col in ("policy", "ppl", "ppl after window", "peak MB", "tokens/s", "scored"):
         table.add_column(col)
     for name, row in record["policies"].items():
         table.add_row(
@@ -184,8 +214,12 @@ def eval_stream_command(
             f"{row['ppl_after_window']:.2f}",
             f"{row['peak_mem_mb']:.1f}",
             f"{row['tokens_per_s']:.1f}",
+            row["scored"],
         )
     Console().print(table)
-    sweep = ", ".join(f"{k}: {v:.2f}" for k, v in record["sweep"]["ppl_by_num_sinks"].items())
-    Console().print(f"ppl by number of sinks (cache size {sinks + window} fixed): {sweep}")
-    Console().print(f"wrote {out / 'stream.json'}, {out / 'ppl_vs_position.png'}, {out / 'sinks_sweep.png'}")
+    written = [out / "stream.json", out / "ppl_vs_position.png"]
+    if "sweep" in record:
+        by_k = ", ".join(f"{k}: {v:.2f}" for k, v in record["sweep"]["ppl_by_num_sinks"].items())
+        Console().print(f"ppl by number of sinks (cache size {sinks + window} fixed): {by_k}")
+        written.append(out / "sinks_sweep.png")
+    Console().print(f"wrote {', '.join(map(str, written))}")
