@@ -5,9 +5,9 @@ checkpoint position times ``--steps`` single-token decode steps (median ms/token
 cache holds and the process RSS. Both caches advance together and their decode steps are timed interleaved, so
 that both see the same machine load (the CPU is shared). The sink cache's cost should be flat, the dense cache's
 should grow. The dense cache stops at smollm2-135m's max_position_embeddings (8192); the sink cache
-(positions="cache") never hands the model a position above 2044 and streams on. Sliding window with
-re-computation at window 1024 re-reads the last 1024 tokens for every token: its per-token latency is one
-1024-token forward (timed once at each checkpoint).
+(positions="cache") never hands the model a position above 2046 (4 sinks + 2 x 1021 ring slots: the window and the
+current token) and streams on. Sliding window with re-computation at window 1024 re-reads the last 1024 tokens for
+every token: its per-token latency is one 1024-token forward (timed once at each checkpoint).
 
     OMP_NUM_THREADS=1 python benchmarks/stream.py            # ~15-20 min on 2 shared cores
 
@@ -167,7 +167,7 @@ def main() -> None:
         ),
         "sink_normalized_ratio_last_over_first": norm(sink, sink_points),
         "dense_normalized_ratio_last_over_first": norm(dense, dense_points) if dense else None,
-        "dense_stops_at": f"{limit} positions (max_position_embeddings); the sink cache's position ids stay <= 2044",
+        "dense_stops_at": f"{limit} positions (max_position_embeddings); the sink cache's position ids stay <= 2046",
         "wall_s": time.time() - start,
         "note": (
             "CPU shared with other agents (load varies): compare ratios within this run. Latency = median of "
