@@ -224,6 +224,25 @@ def test_slot_and_key_mass_add_up_to_every_valid_row():
             assert_close(total, st.rows[:, None].double().expand(2, 4), torch.float64, variant)
 
 
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_defaults_are_the_documented_values(impl):
+    """kv_bias without its slot logit = sink 0; sigmoid without a bias = -log S; clipped and softpick defaults."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, n, 4, generator=gen, dtype=torch.float64) for n in (6, 9, 9))
+    kv = VARIANTS["kv_bias"].example(2, 4, "cpu", q.dtype)
+    kv.pop("sink")
+    given = [
+        ("kv_bias", kv, {"sink": torch.zeros(2, dtype=q.dtype)}),
+        ("sigmoid", {}, {"bias": -math.log(9)}),
+        ("clipped", {}, {"gamma": -0.03, "zeta": 1.0}),
+        ("softpick", {}, {"eps": 1e-8}),
+    ]
+    for variant, params, defaults in given:
+        out = attention(q, k, v, variant=variant, impl=impl, stats=True, **params)
+        ref = attention(q, k, v, variant=variant, impl=impl, stats=True, **params, **defaults)
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1].colsum, ref[1].colsum), variant
+
+
 def test_padded_queries_never_count_but_get_outputs():
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 2, 8, 4, generator=gen) for _ in range(3))

@@ -99,14 +99,13 @@ class Variant:
         return full
 
     def resolve(self, params: dict, H: int, D: int, S: int) -> dict:
-        """Validate ``params`` (names, shapes, finiteness, constraints) and fill in the defaults."""
+        """Validate the given ``params`` (names, shapes, finiteness), fill in the defaults, check the constraints."""
         accepted = ", ".join(f"{n} {list(p.shape) or 'float'}" for n, p in self.params.items()) or "none"
         for name in params:
             if name not in self.params:
                 raise SinklabInputError(f"variant {self.name!r} got unknown parameter {name!r}; accepted: {accepted}")
-        full = self.with_defaults(params, S)
         for name, p in self.params.items():
-            x = full.get(name)
+            x = params.get(name)
             if x is None:
                 if p.required:
                     raise SinklabInputError(
@@ -125,6 +124,7 @@ class Variant:
                 raise SinklabInputError(
                     f"{self.name} parameter {name!r} must be a tensor of shape {p.shape} = {want} ({p.doc}); got {got}"
                 )
+        full = self.with_defaults(params, S)
         self.check(full)
         return full
 
