@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,9 +216,9 @@ class _Accumulator:
             # the first token is one sink whatever its text; later keys are grouped by position and text
             entry = self.sinks.setdefault(
                 (rel, None if rel == 0 else token),
-                {"position": rel, "token": set(), "mass": 0.0, "heads": 0, "sequences": 0, "layers": set()},
+                {"position": rel, "token": Counter(), "mass": 0.0, "heads": 0, "sequences": 0, "layers": set()},
             )
-            entry["token"].add(token)
+            entry["token"][token] += 1
             entry["mass"] += float(best[b, pos])
             entry["heads"] = max(entry["heads"], int(heads[b, pos]))
             entry["sequences"] += 1
@@ -263,11 +263,11 @@ class _Accumulator:
         out = []
         for entry in self.sinks.values():
             n = entry["sequences"]
-            tokens = sorted(entry["token"])
             out.append(
                 {
                     **entry,
-                    "token": " | ".join(tokens[:4]) + (" | ..." if len(tokens) > 4 else ""),
+                    "token": entry["token"].most_common(1)[0][0],  # the first token may differ between sequences
+                    "distinct_tokens": len(entry["token"]),
                     "mass": round(entry["mass"] / n, 6),
                     "layers": sorted(entry["layers"]),
                 }

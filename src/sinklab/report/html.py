@@ -9,15 +9,53 @@ import json
 from pathlib import Path
 
 from sinklab.report.files import staged_output
-from sinklab.report.plots import all_plots
+from sinklab.report.plots import Plot, all_plots
+
+STYLE = """<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px;vertical-align:top}
+.provenance td,.provenance th{font-size:12px;color:#555}
+img{max-width:100%}figure{margin:1em 0}figcaption{font-size:12px;color:#666}</style>"""
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+def figure_html(plot: Plot) -> str:
+    """The plot inline (base64 PNG), its alt text and caption naming every axis and colour bar."""
+    data = base64.b64encode(plot.path.read_bytes()).decode()
+    alt = html.escape(plot.alt)
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
 
 
-def _table(rows: list[dict], columns: list[str], limit: int = 20) -> str:
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_value(x)}" for k, x in v.items() if x is not None)
+    if isinstance(v, list):
+        return "; ".join(_value(x) for x in v)
+    return str(v)
+
+
+def provenance_html(provenance: dict | None) -> str:
+    """The report header's record of how the result was made (``sinklab.provenance``)."""
+    if not provenance:
+        return "<p><em>no provenance recorded</em></p>"
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(_value(v))}</td></tr>"
+        for k, v in provenance.items()
+        if v is not None
+    )
+    return f'<table class="provenance">{rows}</table>'
+
+
+def page(title: str, header: list[tuple[str, str]], provenance: dict | None, body: str) -> str:
+    """A self-contained report page: title, summary table, provenance, then the body."""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in header)
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{STYLE}</head><body>'
+        f"<h1>{html.escape(title)}</h1><table>{rows}</table><h2>How this was made</h2>"
+        f"{provenance_html(provenance)}{body}</body></html>"
+    )
+
+
+def table_html(rows: list[dict], columns: list[str], limit: int = 20) -> str:
     if not rows:
         return "<p><em>none found</em></p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
@@ -50,7 +88,7 @@ def heads_rows(result) -> list[dict]:
     return rows
 
 
-def render_html(result, plots: list[Path]) -> str:
+def render_html(result, plots: list[Plot]) -> str:
     d = result.to_dict()
     layer, head = result.strongest_head()
     summary = [
@@ -63,22 +101,14 @@ def render_html(result, plots: list[Path]) -> str:
         ("massive activations", str(len(d["massive_activations"]))),
         ("largest |hidden|", f"{float(result.layer_max_abs.max()):.1f}"),
     ]
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
-    figures = "".join(f"<figure>{_img(p)}</figure>" for p in plots)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>sinklab scan: {html.escape(d["model"])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
-img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
-<h1>sinklab scan</h1><table>{rows}</table>
-<h2>Plots</h2>{figures}
+    body = f"""<h2>Plots</h2>{"".join(figure_html(p) for p in plots)}
 <h2>Sinks (keys whose mean received mass exceeds {d["sink_threshold"]} in some head)</h2>
-{_table(d["sinks"], ["position", "token", "mass", "heads", "sequences", "layers"])}
+{table_html(d["sinks"], ["position", "token", "distinct_tokens", "mass", "heads", "sequences", "layers"])}
 <h2>Massive activations (|x| &gt; 100 and &ge; 1000x the median, Sun et al. 2024)</h2>
-{_table(d["massive_activations"], ["layer", "position", "token", "dim", "value", "ratio_to_median", "sequences"])}
+{table_html(d["massive_activations"], ["layer", "position", "token", "dim", "value", "ratio_to_median", "sequences"])}
 <p>Definitions: alpha_1 is the mean attention the first token receives over the queries that may attend it
-(Gu et al. 2024); Sink_1^eps is the share of heads with alpha_1 &gt; eps. Full per-head numbers: heads.csv.</p>
-</body></html>"""
+(Gu et al. 2024); Sink_1^eps is the share of heads with alpha_1 &gt; eps. Full per-head numbers: heads.csv.</p>"""
+    return page(f"sinklab scan: {d['model']}", summary, d.get("provenance"), body)
 
 
 def write_scan_report(result, out_dir: Path) -> Path:

@@ -6,28 +6,26 @@ import html
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from sinklab.report.files import staged_output
-from sinklab.report.html import _img, _table
-from sinklab.report.plots import _save
+from sinklab.report.html import figure_html, page, table_html
+from sinklab.report.plots import Plot, save
 
 
 def _arr(x) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in x], dtype=float) if isinstance(x, list) else np.asarray(x)
 
 
-def noop_plot(section: dict, eps: float, path: Path) -> Path:
+def noop_plot(section: dict, eps: float, path: Path) -> Plot:
     """alpha_1 against the sink's value norm ratio per head; per layer, the median ratio in sink and other heads."""
     m = section["measured"]
     alpha = np.asarray(m["alpha_1"], dtype=float)
     ratio = np.asarray(m["value_norm_ratio"], dtype=float)
     dormant = np.asarray(m["dormant"], dtype=bool)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8), layout="tight")
+    ax0, ax1 = fig.subplots(1, 2)
     ax0.scatter(alpha[~dormant], ratio[~dormant], s=10, color="#8aa6d6", label="heads")
     ax0.scatter(alpha[dormant], ratio[dormant], s=12, color="#c0392b", label="dormant heads")
     ax0.axvline(eps, color="#999", ls=":")
@@ -43,13 +41,14 @@ def noop_plot(section: dict, eps: float, path: Path) -> Path:
     ax1.axhline(1.0, color="#999", ls=":")
     ax1.set(xlabel="layer", ylabel="median value norm ratio", title="sink's value norm over the median")
     ax1.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def outlier_plot(section: dict, path: Path) -> Path:
+def outlier_plot(section: dict, path: Path) -> Plot:
     """Largest |h| at the sink by layer (writing layer marked) and what attention and MLP write into its dims."""
     m = section["measured"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8), layout="tight")
+    ax0, ax1 = fig.subplots(1, 2)
     track = np.asarray(m["sink_dim_abs_by_layer"], dtype=float)
     ax0.semilogy(range(len(track)), np.maximum(track, 1e-6), "o-")
     ax0.axvline(m["write_layer"], color="#c0392b", ls="--", label=f"writing layer {m['write_layer']}")
@@ -63,25 +62,31 @@ def outlier_plot(section: dict, path: Path) -> Path:
     ax1.set_xticks(x, [str(d) for d in dims])
     ax1.set(xlabel="dim", ylabel="value added at the sink", title=f"layer {seq['write_layer']}: who writes it")
     ax1.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def bias_plot(section: dict, path: Path) -> Path:
+def bias_plot(section: dict, path: Path) -> Plot:
     """Per layer: cosine of the sink's contribution to its mean, and its coefficient of variation."""
     m = section["measured"]
     cos, cv = _arr(m["cosine_to_mean_by_layer"]), _arr(m["cv_by_layer"])
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig = Figure(figsize=(8, 3.6), layout="tight")
+    ax = fig.subplots()
     ax.plot(range(len(cos)), cos, "o-", label="cosine of c_t to its mean")
     ax.plot(range(len(cv)), cv, "s--", label="coefficient of variation")
-    ax.set(xlabel="layer", ylabel="value", title="how constant is the sink's contribution (1 and 0: a bias)")
+    ax.set(
+        xlabel="layer",
+        ylabel="cosine / coefficient of variation",
+        title="how constant is the sink's contribution (1 and 0: a bias)",
+    )
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def anchor_plot(section: dict, path: Path) -> Path:
+def anchor_plot(section: dict, path: Path) -> Plot:
     """Direction stability of the sink's state over layers; its key's cosine to the query axis against others'."""
     m = section["measured"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = Figure(figsize=(11, 3.8), layout="tight")
+    ax0, ax1 = fig.subplots(1, 2)
     sink, mid = _arr(m["hidden_cosine_over_layers"]), _arr(m["middle_token_hidden_cosine_over_layers"])
     ax0.plot(range(1, len(sink) + 1), sink, "o-", label="sink token")
     ax0.plot(range(1, len(mid) + 1), mid, "s--", label="middle token")
@@ -93,10 +98,10 @@ def anchor_plot(section: dict, path: Path) -> Path:
     ax1.plot(range(len(k_other)), k_other, "s--", label="median other key")
     ax1.set(xlabel="layer", ylabel="cosine to the query axis (median over heads)", title="keys against the query cone")
     ax1.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def emergence_plot(section: dict, model: str, path: Path) -> Path:
+def emergence_plot(section: dict, model: str, path: Path) -> Plot:
     """Sink_1 on natural, random and repeated tokens at T = 64, beside Gu et al.'s Table 1."""
     m = section["measured"]
     kinds = ("natural", "random", "repeated")
@@ -104,43 +109,63 @@ def emergence_plot(section: dict, model: str, path: Path) -> Path:
     for name, pub in m["published_percent"].items():
         rows[name] = [np.nan if pub[k] is None else pub[k] for k in kinds]
     colors = ["#c0392b", "#c6dbef", "#9ecae1", "#4292c6", "#08519c", "#08306b"]
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig = Figure(figsize=(9, 3.8), layout="tight")
+    ax = fig.subplots()
     width = 0.8 / len(rows)
     for i, (name, values) in enumerate(rows.items()):
         bars = ax.bar(np.arange(3) + i * width, values, width, label=name, color=colors[i % len(colors)])
         ax.bar_label(bars, fmt="%.0f", fontsize=6)
     ax.set_xticks(np.arange(3) + 0.4 - width / 2, kinds)
-    ax.set(ylabel=f"Sink_1^{m['eps']} (%)", ylim=(0, 105), title=f"T = {m['length']}: this model vs Gu et al. Table 1")
+    ax.set(
+        xlabel="input tokens",
+        ylabel=f"Sink_1^{m['eps']} (%)",
+        ylim=(0, 105),
+        title=f"T = {m['length']}: this model vs Gu et al. Table 1",
+    )
     ax.legend(fontsize=7, ncol=3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
-def interventions_plot(d: dict, path: Path) -> Path | None:
-    """Loss change and sink-rate change of every intervention."""
+def _effects_of(d: dict, emergence: bool) -> tuple[list[str], list[float], list[float]]:
+    """Names, loss changes and sink-rate changes of the interventions (or of emergence's changed inputs)."""
     names, loss, rate = [], [], []
     for probe, section in d["probes"].items():
+        if (probe == "emergence") != emergence:
+            continue
         for name, eff in section.get("interventions", {}).items():
             if isinstance(eff, dict) and "sink_rate" in eff and name != "baseline":
-                names.append(f"{probe}: {name}")
+                names.append(name if emergence else f"{probe}: {name}")
                 loss.append(np.nan if eff.get("loss_delta") is None else eff["loss_delta"])
                 delta = eff.get("sink_rate_delta")
                 rate.append(delta if delta is not None else eff["sink_rate"] - eff["baseline_sink_rate"])
-    if not names:
+    return names, loss, rate
+
+
+def interventions_plot(d: dict, path: Path) -> Plot | None:
+    """Loss change and sink-rate change of every intervention; emergence's changed inputs (random, repeated
+    tokens) on their own row of axes, since they change the text, not the model."""
+    kinds = (("intervention", False), ("changed input (emergence)", True))
+    rows = [(what, effects) for what, emergence in kinds if (effects := _effects_of(d, emergence))[0]]
+    if not rows:
         return None
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
-    y = np.arange(len(names))
-    ax0.barh(y, loss, color="#1f4e9c")
-    ax0.set_yticks(y, names, fontsize=8)
-    ax0.set(xlabel="loss change (nats/token)", title="next-token loss")
-    ax1.barh(y, rate, color="#c0392b")
-    ax1.set(xlabel="sink-rate change", title="Sink_1^eps")
-    for ax in (ax0, ax1):
-        ax.axvline(0, color="#666", lw=0.8)
-    return _save(fig, path)
+    heights = [len(names) + 1.5 for _, (names, _, _) in rows]
+    fig = Figure(figsize=(11, 0.35 * sum(heights) + 1.0), layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"height_ratios": heights})
+    for (what, (names, loss, rate)), (ax0, ax1) in zip(rows, axes, strict=True):
+        y = np.arange(len(names))
+        ax0.barh(y, loss, color="#1f4e9c")
+        ax0.set_yticks(y, names, fontsize=8)
+        ax1.barh(y, rate, color="#c0392b")
+        ax1.set_yticks(y, [""] * len(names))
+        ax0.set(xlabel="loss change (nats/token)", ylabel=what, title=f"next-token loss: {what}")
+        ax1.set(xlabel="sink-rate change", ylabel=what, title=f"Sink_1^{d['eps']}: {what}")
+        for ax in (ax0, ax1):
+            ax.axvline(0, color="#666", lw=0.8)
+    return save(fig, path)
 
 
-def all_probe_plots(d: dict, out_dir: Path) -> dict[str, Path]:
-    plots: dict[str, Path | None] = {"interventions": interventions_plot(d, out_dir / "probe_interventions.png")}
+def all_probe_plots(d: dict, out_dir: Path) -> dict[str, Plot]:
+    plots: dict[str, Plot | None] = {"interventions": interventions_plot(d, out_dir / "probe_interventions.png")}
     p = d["probes"]
     if "noop" in p:
         plots["noop"] = noop_plot(p["noop"], d["eps"], out_dir / "probe_noop.png")
@@ -183,8 +208,8 @@ def _effects(section: dict) -> list[dict]:
     return rows
 
 
-def render_probes_html(d: dict, plots: dict[str, Path]) -> str:
-    """The page: a summary, then per probe its claim, measured scalars, interventions and plot."""
+def render_probes_html(d: dict, plots: dict[str, Plot]) -> str:
+    """The page: a summary and provenance, then per probe its claim, measured scalars, interventions and plot."""
     base = d["baseline"]
     summary = [
         ("model", d["model"]),
@@ -194,34 +219,27 @@ def render_probes_html(d: dict, plots: dict[str, Path]) -> str:
         ("baseline loss", str(base.get("loss", base.get("loss_note")))),
         ("time", f"{d['seconds']:.0f} s"),
     ]
-    head = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary)
-    body = []
+    body = [
+        "<p>One probe per mechanism the literature proposes for attention sinks; each reports a measured quantity "
+        "and an intervention with its effect on next-token loss and on Gu et al.'s Sink_1^eps. Full numbers: "
+        "probes.json.</p>"
+    ]
     if "interventions" in plots:
-        body.append(f"<h2>All interventions</h2><figure>{_img(plots['interventions'])}</figure>")
+        body.append(f"<h2>All interventions</h2>{figure_html(plots['interventions'])}")
     for name, section in d["probes"].items():
         cols = ["intervention", "what", "loss", "baseline_loss", "loss_delta", "sink_rate", "baseline_sink_rate"]
         effects = _effects(section)
         if any("new sink (position token heads)" in r for r in effects):
             cols.append("new sink (position token heads)")
-        figure = f"<figure>{_img(plots[name])}</figure>" if name in plots else ""
+        figure = figure_html(plots[name]) if name in plots else ""
         body.append(
             f"<h2>{html.escape(name)}</h2><p><em>{html.escape(section['claim'])}</em></p>"
-            f"<h3>Measured</h3>{_table(_scalars(section['measured']), ['quantity', 'value'], limit=40)}"
-            f"<h3>Interventions</h3>{_table(effects, cols)}{figure}"
+            f"<h3>Measured</h3>{table_html(_scalars(section['measured']), ['quantity', 'value'], limit=40)}"
+            f"<h3>Interventions</h3>{table_html(effects, cols)}{figure}"
         )
     for name, reason in d["not_applicable"].items():
         body.append(f"<h2>{html.escape(name)}</h2><p><strong>does not apply:</strong> {html.escape(reason)}</p>")
-    title = html.escape(d["model"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>sinklab explain: {title}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:14px}}
-img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
-<h1>sinklab explain</h1><table>{head}</table>
-<p>One probe per mechanism the literature proposes for attention sinks; each reports a measured quantity and an
-intervention with its effect on next-token loss and on Gu et al.'s Sink_1^eps. Full numbers: probes.json.</p>
-{"".join(body)}
-</body></html>"""
+    return page(f"sinklab explain: {d['model']}", summary, d.get("provenance"), "".join(body))
 
 
 def write_explain_report(result, out_dir: Path) -> Path:
