@@ -3,7 +3,10 @@ the naive definition, forward, backward and statistics; the naive definition aga
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
+import types
 import zlib
 from collections import Counter
 
@@ -369,3 +372,15 @@ def test_bad_input_one_clear_line(kwargs, match):
     with pytest.raises(SinklabInputError, match=match) as info:
         attention(q, k, v, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_no_ops_module_is_shadowed_by_a_function():
+    """``import sinklab.ops.<name> as m`` gives a module for every module of the package (variants included)."""
+    import sinklab.ops
+
+    names = [i.name for i in pkgutil.walk_packages(sinklab.ops.__path__, "sinklab.ops.") if "_triton" not in i.name]
+    assert "sinklab.ops.variants.sigmoid" in names
+    for name in names:
+        importlib.import_module(name)
+        parent, _, leaf = name.rpartition(".")
+        assert isinstance(getattr(importlib.import_module(parent), leaf), types.ModuleType), name

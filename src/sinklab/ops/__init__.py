@@ -1,7 +1,7 @@
 """Attention math: one file per variant (``variants/<name>.py``), one naive definition (``naive.py``) and fast paths
 by family, all behind ``attention(..., stats=...)``."""
 
-from sinklab.ops.attention import IMPLS, attention, attention_calls
+from sinklab.ops.dispatch import IMPLS, attention, attention_calls
 from sinklab.ops.stats import AttentionStats, StatsRequest
 from sinklab.ops.variants import VARIANTS, Param, Variant, get_variant, register_variant
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 
@@ -26,7 +26,7 @@ from sinklab.errors import SinklabInputError
 from sinklab.ops._common import slot_softmax
 
 Family = Literal["softmax", "slot", "rowwise"]
-FAMILIES = ("softmax", "slot", "rowwise")
+FAMILIES = get_args(Family)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``sinklab.ops.attention``: one entry point for every attention variant and implementation.
+"""``sinklab.ops.attention``: one entry point for every attention variant and implementation, and the dispatch
+counter ``attention_calls``.
 
 Layout q [B, H, T, D], k/v [B, Hkv, S, D] (GQA: H % Hkv == 0); when S > T the queries are the last T positions.
 ``impl``: "naive" (``sinklab.ops.naive``, the definition, materializes T x S), "chunked" (CPU fast paths by family:
