@@ -34,10 +34,19 @@ def error_line(message: str) -> str:
     return "sinklab: error: " + " ".join(str(message).split())
 
 
-def _blank_flags(params: list) -> list:
+# type names (typer's bare_type, or click's type.name before typer 0.20) -> the placeholder shown in --help
+METAVARS = {"int": "N", "integer": "N", "float": "X", "str": "TEXT", "text": "TEXT", "Path": "PATH", "path": "PATH"}
+METAVARS["list[Path]"] = "FILE"  # a repeatable --text
+
+
+def _clean_metavars(params: list) -> list:
+    """Flags show no placeholder (`--help`, not `--help <bool>`); values a plain one (N, X, TEXT, PATH)."""
     for param in params:
         if getattr(param, "is_flag", False):
-            param.metavar = ""  # `--help`, not `--help <bool>`
+            param.metavar = ""
+        elif param.metavar is None:
+            name = param.bare_type() if hasattr(param, "bare_type") else param.type.name
+            param.metavar = METAVARS.get(name, name.upper())
     return params
 
 
@@ -45,7 +54,7 @@ class SinklabCommand(TyperCommand):
     """A command whose flags show no value placeholder and which accepts the old option names in ``RENAMED``."""
 
     def get_params(self, ctx):
-        return _blank_flags(super().get_params(ctx))
+        return _clean_metavars(super().get_params(ctx))
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
         names = {opt for param in self.params for opt in param.opts}
@@ -61,7 +70,7 @@ class SinklabGroup(TyperGroup):
     """The ``sinklab`` group: turns user errors and Ctrl-C into one line and an exit code, records the command."""
 
     def get_params(self, ctx):
-        return _blank_flags(super().get_params(ctx))
+        return _clean_metavars(super().get_params(ctx))
 
     def main(self, args=None, prog_name=None, **extra):
         from sinklab.provenance import command_line
@@ -150,7 +159,7 @@ MAX_TOKENS = typer.Option(512, metavar="N", help="Tokens per sequence.")
 NUM_TEXTS = typer.Option(4, metavar="K", help="Number of sequences.")
 EPS = typer.Option(0.3, metavar="X", help="Gu et al.'s threshold for Sink_1^eps, in (0, 1).")
 DEVICE = typer.Option(
-    None, metavar="DEVICE", callback=_device, help="cpu, cuda, cuda:1, ... [default: cuda if available, else cpu]"
+    None, metavar="DEVICE", callback=_device, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)."
 )
 DTYPE = typer.Option(None, metavar="DTYPE", help="float32 (default), bfloat16, float16.")
 BOS = typer.Option("auto", metavar="MODE", help="auto (tokenizer default), always, never: sinks depend on it.")
