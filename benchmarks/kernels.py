@@ -1,19 +1,23 @@
 """Fused Triton attention kernels of every sinklab variant against PyTorch SDPA on one GPU, in the same run.
 
-    PYTHONPATH=src python benchmarks/kernels.py --check --tune --out benchmarks/results/kernels-h200.json
+    PYTHONPATH=src python benchmarks/kernels.py --check --tune --stats --out benchmarks/results/kernels-h200.json
 
 On the H200 the tuning ran first in its own process (SINKLAB_TRITON_TILES=tiles.json ... --tune --tune-only), so
 that the GPU tests and the timed run used the same tiles (benchmarks/KERNELS_NOTES.md has the exact command).
 
-1. --tune: a few tile configs of the softmax kernels at T = 8192; the fastest forward and backward per head dim are
-   used for every variant below (recorded in the JSON).
-2. --check: every variant (and the column-sum kernel) against its naive definition in float64, forward and every
-   gradient, bf16, causal, T = 2048, D 64 and 128, NaN-poisoned buffers (tests/gpu/kernel_cases.py), with the
-   very kernels (tiles, specializations) that get timed. A variant that fails is not timed.
-3. Timing (triton.testing.do_bench medians): forward and forward+backward of SDPA, of every variant through
-   ``sinklab.ops.attention``, and of FlexAttention with the logsumexp rescale out * sigmoid(lse - s_h) for the sink
-   logit (the usual way to get a sink without a custom kernel; shared/REFERENCES.md), B=2, H=16, bf16, causal.
-   TFLOP/s counts 4 B H T^2 D / 2 for the causal forward and 3.5x that for forward+backward, for every variant.
+1. --tune: a few tile configs of the softmax kernels at T = 8192 (and of the column-sum kernel at T = 32768); the
+   fastest forward, backward and column sums per head dim are used for every variant below (recorded in the JSON).
+2. --check: every kernel mode against its naive definition in float64 (``ops.attention(impl="naive")``), forward,
+   every gradient and every statistic, bf16, causal, T = 2048, D 64 and 128, NaN-poisoned buffers
+   (tests/gpu/kernel_cases.py), with the very kernels (tiles, specializations) that get timed. A mode that fails is
+   not timed.
+3. Timing (triton.testing.do_bench medians): forward and forward+backward of SDPA, of every kernel mode through
+   ``sinklab.ops._triton.flash.attention`` (parameters resolved, as the dispatcher hands them over), and of
+   FlexAttention with the logsumexp rescale out * sigmoid(lse - s_h) for the sink logit (the usual way to get a sink
+   without a custom kernel; shared/REFERENCES.md), B=2, H=16, bf16, causal. TFLOP/s counts 4 B H T^2 D / 2 for the
+   causal forward and 3.5x that for forward+backward, for every variant.
+4. --stats: forward + statistics (colsum and entropy, ``StatsRequest()``) against a plain SDPA forward at the
+   Llama-3.2-1B attention shape (B=1, H=32, Hkv=8, D=64, bf16, causal), T = 8k, 32k, 64k, written to --stats-out.
 
 Prints a rich table, then ONE JSON line last; partial results are written to --out after every measurement.
 """
@@ -26,6 +30,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,12 +42,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 import kernel_cases  # noqa: E402  (the same checks as tests/gpu)
 
-import sinklab.ops  # noqa: E402
+from sinklab.ops.stats import StatsRequest  # noqa: E402
 
 VARIANTS = kernel_cases.VARIANTS
 TOL = 1e-2
 DEVICE = "cuda"
-CHECK_T, TUNE_T = 2048, 8192
+CHECK_T, TUNE_T, STATS_TUNE_T, STATS_ALL_T = 2048, 8192, 32768, 32768
 
 
 def params_for(variant: str, H: int, D: int, device: str) -> dict:
@@ -73,19 +78,14 @@ def run_check(Ds: list[int], console: Console) -> dict:
     out = {}
     for D in Ds:
         for variant in VARIANTS:
-            case = kernel_cases.make_case(variant, B=1, H=8, Hkv=8, T=CHECK_T, S=CHECK_T, D=D, dtype=torch.bfloat16,
-                                          device=DEVICE, causal=True, seed=D)  # fmt: skip
-            errs = kernel_cases.check(variant, case)
-            ok = all(not math.isnan(e) and e <= TOL for e in errs.values())
-            out[f"{variant}/D{D}"] = {"ok": ok, "max_rel_err": max(errs.values()), "errors": errs}
-            console.print(
-                f"check {variant:9s} D={D:3d}: {'ok ' if ok else 'FAIL'} max rel err {max(errs.values()):.2e}"
-            )
-        case = kernel_cases.make_case("softmax", B=1, H=8, Hkv=8, T=CHECK_T, S=CHECK_T, D=D, dtype=torch.bfloat16,
-                                      device=DEVICE, causal=True, pad=True)  # fmt: skip
-        err = kernel_cases.check_colsum(case)
-        out[f"colsum/D{D}"] = {"ok": err <= 1e-3, "max_rel_err": err}
-        console.print(f"check colsum    D={D:3d}: {'ok ' if err <= 1e-3 else 'FAIL'} rel err {err:.2e}")
+            for part, fn, pad in (("", kernel_cases.check, None), ("stats", kernel_cases.check_stats, "key_padding")):
+                case = kernel_cases.make_case(variant, B=1, H=8, Hkv=8, T=CHECK_T, S=CHECK_T, D=D, dtype=torch.bfloat16,
+                                              device=DEVICE, causal=True, seed=D, pad=pad)  # fmt: skip
+                errs = fn(variant, case)
+                ok = all(not math.isnan(e) and e <= TOL for e in errs.values())
+                name = f"{variant}/D{D}" + (f"/{part}" if part else "")
+                out[name] = {"ok": ok, "max_rel_err": max(errs.values()), "errors": errs}
+                console.print(f"check {name:22s}: {'ok ' if ok else 'FAIL'} max rel err {max(errs.values()):.2e}")
     return out
 
 
@@ -95,29 +95,39 @@ def run_tune(Ds: list[int], console: Console) -> dict:
     fwd_cands = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
                  128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}  # fmt: skip
     bwd_cands = [(64, 128, 128, 64, 8, 3), (32, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2)]
+    col_cands = [(64, 128, 8, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)]
     B, H, T = 2, 16, TUNE_T
     chosen = {}
     for D in Ds:
         q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
         do = torch.randn_like(q)
-        prob = flash.Problem(0, 0, True, None, 1 / math.sqrt(D))
-        best_f, best_b = None, None
+        prob = flash.Problem(flash.MODES["softmax"], True, None, 1 / math.sqrt(D))
+        heads = flash.Heads()
+        best_f, best_b, best_c = None, None, None
         for m, n, w, s in fwd_cands[D]:
             cfg = flash.Config(m, n, w, s, *bwd_cands[0])
-            ms = bench(lambda cfg=cfg, x=(q, k, v, None, prob): flash.forward(*x, cfg=cfg))
+            ms = bench(partial(flash.forward, q, k, v, None, prob, heads, cfg=cfg))
             console.print(f"tune D={D} fwd {(m, n, w, s)}: {ms:.3f} ms")
             if best_f is None or ms < best_f[0]:
                 best_f = (ms, (m, n, w, s))
-        o, lse = flash.forward(q, k, v, None, prob)
+        o, lse = flash.forward(q, k, v, None, prob, heads)
         for bc in bwd_cands:
             cfg = flash.Config(*best_f[1], *bc)
-            ms = bench(lambda cfg=cfg, x=(q, k, v, o, lse, do, None, prob): flash.backward(*x, cfg=cfg))
+            ms = bench(partial(flash.backward, q, k, v, o, lse, do, None, prob, heads, cfg=cfg))
             console.print(f"tune D={D} bwd {bc}: {ms:.3f} ms")
             if best_b is None or ms < best_b[0]:
                 best_b = (ms, bc)
-        flash.TUNED[D] = flash.Config(*best_f[1], *best_b[1])
-        chosen[str(D)] = {"config": list(best_f[1] + best_b[1]), "fwd_ms": best_f[0], "bwd_ms": best_b[0],
-                          "T": T, "B": B, "H": H}  # fmt: skip
+        qs, ks = (torch.randn(1, 32, STATS_TUNE_T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+        _, lse_s = flash.forward(qs, ks, ks, None, prob, heads)
+        for cc in col_cands:
+            cfg = flash.Config(*best_f[1], *best_b[1], *cc)
+            ms = bench(partial(flash.column_stats, qs, ks, lse_s, None, None, prob, heads, entropy=True, cfg=cfg))
+            console.print(f"tune D={D} colsum {cc}: {ms:.3f} ms (T={STATS_TUNE_T}, H=32)")
+            if best_c is None or ms < best_c[0]:
+                best_c = (ms, cc)
+        flash.TUNED[D] = flash.Config(*best_f[1], *best_b[1], *best_c[1])
+        chosen[str(D)] = {"config": list(best_f[1] + best_b[1] + best_c[1]), "fwd_ms": best_f[0], "bwd_ms": best_b[0],
+                          "colsum_ms": best_c[0], "T": T, "B": B, "H": H}  # fmt: skip
     path = os.environ.get("SINKLAB_TRITON_TILES")
     if path:  # later processes (the GPU tests, the timed run) read it at import
         Path(path).write_text(json.dumps(chosen))
@@ -155,8 +165,38 @@ def time_shape(B, H, T, D, variants, record) -> None:
     both("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
     for variant in variants:
         params = params_for(variant, H, D, DEVICE)
-        both(variant, lambda p=params, var=variant: sinklab.ops.attention(q, k, v, variant=var, **p),
+        both(variant, lambda p=params, var=variant: kernel_cases.flash_attention(var, q, k, v, **p),
              [q, k, v, *(x for x in params.values() if isinstance(x, torch.Tensor))])  # fmt: skip
+
+
+def time_stats(Ts: list[int], variants: list[str], console: Console, save) -> dict:
+    """Forward + statistics (colsum, entropy) of each kernel mode and its parts (forward, column-sum kernel) against
+    a plain SDPA forward, at the Llama-3.2-1B attention shape."""
+    B, H, Hkv, D = 1, 32, 8, 64
+    rows = []
+    for T in Ts:
+        q = torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16)
+        k, v = (torch.randn(B, Hkv, T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
+        kx, vx = (x.repeat_interleave(H // Hkv, dim=1) for x in (k, v))
+        sdpa_gqa = bench(partial(F.scaled_dot_product_attention, q, k, v, is_causal=True, enable_gqa=True))
+        sdpa_rep = bench(partial(F.scaled_dot_product_attention, q, kx, vx, is_causal=True))  # k, v pre-expanded
+        plain = min(sdpa_gqa, sdpa_rep)
+        for variant in variants if T == STATS_ALL_T else ["softmax"]:
+            params = params_for(variant, H, D, DEVICE)
+            params = {n: x.detach() if isinstance(x, torch.Tensor) else x for n, x in params.items()}
+            with torch.no_grad():
+                fused = bench(partial(kernel_cases.flash_attention, variant, q, k, v, stats=StatsRequest(), **params))
+                fwd = bench(partial(kernel_cases.flash_attention, variant, q, k, v, **params))
+            row = {"variant": variant, "tokens": T, "B": B, "H": H, "Hkv": Hkv, "D": D,
+                   "sdpa_fwd_ms": plain, "sdpa_gqa_ms": sdpa_gqa, "sdpa_repeat_kv_ms": sdpa_rep,
+                   "fwd_ms": fwd, "fwd_stats_ms": fused, "ratio_fwd_stats_vs_sdpa": fused / plain,
+                   "ratio_fwd_vs_sdpa": fwd / plain}  # fmt: skip
+            rows.append(row)
+            console.print(f"stats T={T:6d} {variant:9s}: SDPA fwd {plain:.3f} ms (gqa {sdpa_gqa:.3f}, repeat_kv "
+                          f"{sdpa_rep:.3f}); flash fwd {fwd:.3f} ms; fwd+stats {fused:.3f} ms "
+                          f"= {fused / plain:.2f}x SDPA")  # fmt: skip
+            save(rows)
+    return {"rows": rows}
 
 
 def main() -> None:
@@ -173,6 +213,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip the Flex baselines past this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG beside --out from its JSON and stop")
+    ap.add_argument("--stats", action="store_true", help="time forward + statistics against SDPA (Llama-3.2-1B shape)")
+    ap.add_argument("--stats-T", type=int, nargs="+", default=[8192, 32768, 65536])
+    ap.add_argument("--stats-out", type=Path, default=ROOT / "benchmarks" / "results" / "kernel-stats-h200.json")
     args = ap.parse_args()
     console = Console()
     if args.plot_only:
@@ -235,6 +278,18 @@ def main() -> None:
     for T in args.T:
         for D in args.D:
             time_shape(args.B, args.H, T, D, variants, record)
+    if args.stats:
+        stats = {"benchmark": "kernel-stats", "device": props.name, "torch": torch.__version__,
+                 "triton": triton.__version__, "tiles": result["tiles"].get("64"),
+                 "request": "StatsRequest(): colsum, count, entropy, rows (+ slot for slot modes)",
+                 "baseline": "the faster of SDPA with enable_gqa and SDPA on pre-expanded k, v; causal bf16 forward",
+                 "note": "medians of triton.testing.do_bench; every mode at T=32768, softmax at every T"}  # fmt: skip
+
+        def save_stats(rows):
+            stats["rows"] = rows
+            args.stats_out.write_text(json.dumps(stats, indent=1))
+
+        time_stats(args.stats_T, variants, console, save_stats)
     if not args.no_flex:
         for T in args.T:
             for D in args.D:

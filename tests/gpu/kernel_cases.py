@@ -1,29 +1,37 @@
-"""Shared checks of the Triton kernels against the variants' definitions (``sinklab.ops.<variant>.naive``).
+"""Shared checks of the Triton kernels (``sinklab.ops._triton.flash``) against the naive definitions
+(``sinklab.ops.attention(..., impl="naive")``, float64 on the CPU).
 
 Used natively on CUDA (tests/gpu/test_kernels.py, benchmarks/kernels.py --check) and under Triton's interpreter on
 the CPU (tests/unit/test_triton_interpret.py). Every check draws fresh random inputs, fills every buffer the
-kernels allocate with NaN first (so an element a kernel forgets to write shows up), and compares the output and
-every gradient with the naive definition run in float64 on the same inputs: relative error ||a - b|| / ||b||.
+kernels allocate with NaN first (so an element a kernel forgets to write shows up), and compares the output, every
+gradient and every statistic with the naive definition on the same inputs: relative error ||a - b|| / ||b||.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 
 import torch
 
-VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid")
+import sinklab.ops
+from sinklab.ops.stats import StatsRequest
+from sinklab.ops.variants import get_variant
+
+VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid")  # the kernel modes
+STATS = StatsRequest(colsum=True, entropy=True, lse=True, pattern=6, columns=(0, 3))  # every field
+STAT_FIELDS = ("colsum", "count", "entropy", "rows", "slot", "lse", "columns", "pattern")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64; NaN anywhere gives NaN (never passes a <= test); 0 when both are 0."""
+    """||a - b|| / ||b|| in float64 over b's finite entries (a must be infinite exactly there); NaN anywhere in a
+    gives NaN (never passes a <= test); 0 when both are 0."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    if not bool(torch.isfinite(a).all()):
+    finite = torch.isfinite(b)
+    if torch.isnan(a).any() or not torch.equal(torch.isfinite(a), finite) or not torch.equal(a[~finite], b[~finite]):
         return math.nan
-    den = b.norm().item()
-    num = (a - b).norm().item()
+    den = b[finite].norm().item()
+    num = (a[finite] - b[finite]).norm().item()
     return num if den == 0 else num / den
 
 
@@ -56,12 +64,13 @@ def make_case(
     device="cpu",
     causal=True,
     window=None,
-    pad=False,
+    pad=None,
     seed=0,
     defaults=False,
     layout="bhtd",
 ) -> dict:
-    """Random q, k, v, parameters and (optionally) a key-padding mask that leaves some query rows with no key.
+    """Random q, k, v, parameters and (optionally) key padding that leaves some query rows with no key.
+    ``pad``: None, "key_padding" (the [B, S] argument) or "attn_mask" (a [B, 1, 1, S] bool mask).
     ``defaults``: leave the optional parameters out (kv_bias without ``sink``, sigmoid's bias -log S).
     ``layout="bthd"``: q, k, v are [B, T, H, D] tensors seen through transpose(1, 2), as transformers' attention
     modules pass them (last dim contiguous, the others not)."""
@@ -94,88 +103,82 @@ def make_case(
     if pad:
         keep = torch.rand(B, S, generator=g) > 0.25
         keep[0, : min(S, 12)] = False  # with causal and S - T < 12, the first rows of batch 0 see no key
-        case["kw"]["attn_mask"] = keep.to(device)[:, None, None, :]
+        keep = keep.to(device)
+        if pad == "attn_mask":
+            case["kw"]["attn_mask"] = keep[:, None, None, :]
+        else:
+            case["kw"]["key_padding"] = keep
     return case
 
 
-def _leaves(case: dict, dtype: torch.dtype | None, device) -> tuple[list[str], list[torch.Tensor]]:
+def flash_attention(variant: str, q, k, v, **kw):
+    """``flash.attention`` with the variant's defaults filled in, as the dispatcher hands them over."""
+    from sinklab.ops._triton import flash
+
+    spec = get_variant(variant)
+    params = spec.with_defaults({n: kw.pop(n) for n in list(kw) if n in spec.params}, k.shape[2])
+    return flash.attention(q, k, v, variant=variant, **kw, **params)
+
+
+def naive_attention(variant: str, q, k, v, **kw):
+    if variant == "kv_bias" and "sink" not in kw:  # its default slot logit 0, as a tensor (resolve wants [H])
+        kw["sink"] = q.new_zeros(q.shape[1])
+    return sinklab.ops.attention(q, k, v, variant=variant, impl="naive", **kw)
+
+
+def _inputs(case: dict, dtype: torch.dtype | None, device, grad: bool) -> tuple[list[str], list[torch.Tensor], dict]:
+    """(names, leaves, keyword arguments) of one call: q, k, v and the tensor parameters as fresh leaves."""
     names, leaves = [], []
     for name in ("q", "k", "v"):
         names.append(name)
-        leaves.append(case[name].detach().to(device, dtype or case[name].dtype).requires_grad_())
+        leaves.append(case[name].detach().to(device, dtype or case[name].dtype).requires_grad_(grad))
+    kw = {n: (x.to(device) if isinstance(x, torch.Tensor) else x) for n, x in case["kw"].items()}
     for name, p in case["params"].items():
         if isinstance(p, torch.Tensor):
             names.append(name)
-            leaves.append(p.detach().to(device, dtype or torch.float32).requires_grad_())
-    return names, leaves
+            leaves.append(p.detach().to(device, dtype or torch.float32).requires_grad_(grad))
+            kw[name] = leaves[-1]
+        else:
+            kw[name] = p
+    return names, leaves, kw
 
 
 def _run(fn, case: dict, dtype: torch.dtype | None, grad_out: torch.Tensor, device=None) -> dict[str, torch.Tensor]:
-    device = device or case["q"].device
-    names, leaves = _leaves(case, dtype, device)
-    q, k, v, *rest = leaves
-    params = dict(case["params"])
-    params.update(zip(names[3:], rest, strict=True))
-    kw = {n: (x.to(device) if isinstance(x, torch.Tensor) else x) for n, x in case["kw"].items()}
-    out = fn(q, k, v, **kw, **params)
-    grads = torch.autograd.grad(out, leaves, grad_out.to(device, out.dtype))
+    names, leaves, kw = _inputs(case, dtype, device or case["q"].device, grad=True)
+    out = fn(*leaves[:3], **kw)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(out.device, out.dtype))
     return {"out": out, **{f"d{n}": g for n, g in zip(names, grads, strict=True)}}
 
 
-def check(variant: str, case: dict, impl=None, seed: int = 1) -> dict[str, float]:
-    """Relative error of the output and of every gradient of ``impl`` (default: the variant's triton.attention)
-    against its ``naive.attention`` in float64 on the CPU; NaN-poisoned allocations while ``impl`` runs."""
-    naive = importlib.import_module(f"sinklab.ops.{variant}.naive").attention
-    impl = impl or importlib.import_module(f"sinklab.ops.{variant}.triton").attention
+def check(variant: str, case: dict, seed: int = 1) -> dict[str, float]:
+    """Relative error of the kernels' output and of every gradient against the naive definition in float64 on the
+    CPU; NaN-poisoned allocations while the kernels run."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    grad_out = torch.randn(case["q"].shape, generator=g).to(case["q"].device)
+    grad_out = torch.randn(case["q"].shape, generator=g)
+
+    def fused(q, k, v, **kw):
+        return flash_attention(variant, q, k, v, **kw)
+
+    def naive(q, k, v, **kw):
+        return naive_attention(variant, q, k, v, **kw)
+
     with poisoned():
-        got = _run(impl, case, None, grad_out)
+        got = _run(fused, case, None, grad_out)
     ref = _run(naive, case, torch.float64, grad_out, device="cpu")
     return {name: rel_err(got[name], ref[name]) for name in ref}
 
 
-def check_lse(case: dict) -> float:
-    """Relative error of ``flash.softmax_lse``'s logsumexp (finite rows) against float64, and -inf exactly where a
-    row sees no key (NaN otherwise)."""
-    from sinklab.ops._common import full_logits
-    from sinklab.ops._triton import flash
-
-    q, k, v, kw = case["q"], case["k"], case["v"], case["kw"]
-    mask = kw.get("attn_mask")
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    _, lse = flash.softmax_lse(q, k, v, scale=scale, causal=kw["causal"], window=kw["window"],
-                               key_padding=None if mask is None else mask[:, 0, 0, :])  # fmt: skip
-    s, keep = full_logits(q.double().cpu(), k.double().cpu(), causal=kw["causal"],
-                          attn_mask=None if mask is None else mask.cpu(), scale=scale, window=kw["window"])  # fmt: skip
-    ref = torch.logsumexp(s if keep is None else s.masked_fill(~keep, -math.inf), dim=-1)
-    lse = lse.cpu()
-    if not torch.equal(torch.isneginf(lse), torch.isneginf(ref)):
-        return math.nan
-    finite = torch.isfinite(ref)
-    return rel_err(lse[finite], ref[finite])
-
-
-def check_colsum(case: dict, impl=None) -> float:
-    """Relative error of the Triton column sums against ``colsum.naive`` given the same (float64) lse."""
-    from sinklab.ops._common import full_logits
-    from sinklab.ops.colsum import naive
-
-    impl = impl or importlib.import_module("sinklab.ops.colsum.triton").colsum
-    q, k = case["q"], case["k"]
-    kw = case["kw"]
-    mask = kw.get("attn_mask")
-    key_padding = None if mask is None else mask[:, 0, 0, :]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    q64, k64 = q.double().cpu(), k.double().cpu()
-    mask64 = None if mask is None else mask.cpu()
-    s, keep = full_logits(q64, k64, causal=kw["causal"], attn_mask=mask64, scale=scale, window=kw["window"])
-    if keep is not None:
-        s = s.masked_fill(~keep, -math.inf)
-    lse = torch.logsumexp(s, dim=-1)  # [B, H, T] float64
-    args = dict(scale=scale, causal=kw["causal"], window=kw["window"])
-    kp64 = None if key_padding is None else key_padding.cpu()
-    with poisoned():
-        got = impl(q, k, lse.float().to(q.device), key_padding=key_padding, **args)
-    ref = naive.colsum(q64, k64, lse, key_padding=kp64, **args)
-    return rel_err(got, ref)
+def check_stats(variant: str, case: dict, request: StatsRequest = STATS) -> dict[str, float]:
+    """Relative error of the kernels' output and of every statistic (``sinklab.ops.stats``) against the naive
+    definition in float64 on the CPU; a field present on one side only gives NaN."""
+    _, leaves, kw = _inputs(case, None, case["q"].device, grad=False)
+    with poisoned(), torch.no_grad():
+        out, got = flash_attention(variant, *leaves[:3], stats=request, **kw)
+    _, leaves, kw = _inputs(case, torch.float64, "cpu", grad=False)
+    ref_out, ref = naive_attention(variant, *leaves[:3], stats=request, **kw)
+    errs = {"out": rel_err(out, ref_out)}
+    for name in STAT_FIELDS:
+        a, b = getattr(got, name), getattr(ref, name)
+        if a is not None or b is not None:
+            errs[name] = rel_err(a, b) if a is not None and b is not None else math.nan
+    return errs

@@ -1,6 +1,6 @@
-"""The Triton kernels natively on CUDA against the naive definitions (float64): forward, every gradient, NaN-poisoned
-buffers, odd lengths, GQA, key padding with rows that see no key, sliding windows, bf16 and fp16, D 64 and 128.
-Skipped without CUDA or triton."""
+"""The Triton kernels natively on CUDA against the naive definitions (float64): forward, every gradient, every
+statistic, NaN-poisoned buffers, odd lengths, GQA, key padding (argument and attn_mask) with rows that see no key,
+sliding windows, bf16 and fp16, D 64 and 128. Skipped without CUDA or triton."""
 
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
 import kernel_cases  # tests/gpu/kernel_cases.py
 
 import sinklab.ops
-from sinklab.ops.colsum import naive as colsum_naive
+from sinklab.ops._triton import flash
+from sinklab.ops.stats import StatsRequest
 
 TOL = 1e-2  # bf16 / fp16 against float64
 SHAPES = {
     # name: make_case kwargs
     "bf16-d64-causal-1000": dict(B=2, H=4, Hkv=4, T=1000, S=1000, D=64, dtype=torch.bfloat16, causal=True),
     "fp16-d128-causal-gqa-pad-1537": dict(
-        B=2, H=8, Hkv=2, T=1537, S=1537, D=128, dtype=torch.float16, causal=True, pad=True
+        B=2, H=8, Hkv=2, T=1537, S=1537, D=128, dtype=torch.float16, causal=True, pad="key_padding"
     ),
-    "bf16-d128-window-gqa-pad-kvcache": dict(
-        B=2, H=4, Hkv=2, T=1000, S=1100, D=128, dtype=torch.bfloat16, causal=True, window=256, pad=True
+    "bf16-d128-window-gqa-maskpad-kvcache": dict(
+        B=2, H=4, Hkv=2, T=1000, S=1100, D=128, dtype=torch.bfloat16, causal=True, window=256, pad="attn_mask"
     ),
     "fp16-d64-bidirectional-window-1537": dict(
         B=1, H=4, Hkv=4, T=1537, S=1537, D=64, dtype=torch.float16, causal=False, window=100
@@ -39,6 +40,11 @@ SHAPES = {
     "bf16-d64-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=64, dtype=torch.bfloat16, causal=True),
     "bf16-d128-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=128, dtype=torch.bfloat16, causal=True),
 }
+STATS_SHAPES = ["fp16-d128-causal-gqa-pad-1537", "bf16-d128-window-gqa-maskpad-kvcache", "bf16-d64-causal-bthd-256"]
+
+
+def _bad(errs: dict[str, float]) -> dict[str, float]:
+    return {k: e for k, e in errs.items() if math.isnan(e) or e > TOL}
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
@@ -47,56 +53,61 @@ def test_kernel_matches_naive(variant, shape):
     seed = zlib.crc32(f"{variant}/{shape}".encode())
     case = kernel_cases.make_case(variant, device="cuda", seed=seed, **SHAPES[shape])
     errs = kernel_cases.check(variant, case)
-    bad = {k: e for k, e in errs.items() if math.isnan(e) or e > TOL}
-    assert not bad, f"{variant}/{shape}: relative errors above {TOL}: {bad} (all: {errs})"
+    assert not _bad(errs), f"{variant}/{shape}: relative errors above {TOL}: {_bad(errs)} (all: {errs})"
+
+
+@pytest.mark.parametrize("shape", STATS_SHAPES)
+@pytest.mark.parametrize("variant", kernel_cases.VARIANTS)
+def test_stats_match_naive(variant, shape):
+    seed = zlib.crc32(f"stats/{variant}/{shape}".encode())
+    case = kernel_cases.make_case(variant, device="cuda", seed=seed, **SHAPES[shape])
+    errs = kernel_cases.check_stats(variant, case)
+    assert not _bad(errs), f"{variant}/{shape}: relative errors above {TOL}: {_bad(errs)} (all: {errs})"
 
 
 def test_dispatcher_routes_cuda_to_the_kernels():
     case = kernel_cases.make_case("sink", device="cuda", dtype=torch.bfloat16, T=300, S=300, D=64)
     q, k, v, sink = case["q"], case["k"], case["v"], case["params"]["sink"]
-    from sinklab.ops.sink import triton as sink_triton
-
     before = sinklab.ops.attention_calls()
     auto = sinklab.ops.attention(q, k, v, variant="sink", sink=sink)
-    direct = sink_triton.attention(q, k, v, sink=sink)
+    direct = flash.attention(q, k, v, variant="sink", sink=sink)
     assert torch.equal(auto, direct)
+    assert sinklab.ops.attention_calls() - before == {"sink/triton": 1}
+    _, st = sinklab.ops.attention(q, k, v, variant="sink", sink=sink, stats=StatsRequest())
     assert sinklab.ops.attention_calls() - before == {"sink/triton": 2}
+    assert st.colsum.is_cuda and st.slot is not None
 
 
 @pytest.mark.parametrize(
     ("dtype", "D", "mask"),
     [(torch.float32, 64, None), (torch.bfloat16, 96, None), (torch.bfloat16, 64, "float-bias")],
 )
-def test_unsupported_inputs_fall_back_and_stay_correct(dtype, D, mask):
+def test_unsupported_inputs_raise_and_the_dispatcher_falls_back(dtype, D, mask):
     # causal=False: the CPU paths build causal masks on the CPU when attn_mask is None (sinklab.ops.masks)
     case = kernel_cases.make_case("softpick", device="cuda", dtype=dtype, T=200, S=200, D=D, causal=False)
     if mask == "float-bias":
         case["kw"]["attn_mask"] = torch.randn(1, 1, 200, 200, device="cuda")
+    with pytest.raises(NotImplementedError):
+        kernel_cases.flash_attention("softpick", case["q"], case["k"], case["v"], **case["kw"])
     before = sinklab.ops.attention_calls()
-    errs = kernel_cases.check("softpick", case)
+    out = sinklab.ops.attention(case["q"], case["k"], case["v"], variant="softpick", **case["kw"])
     assert sinklab.ops.attention_calls() - before == {"softpick/chunked": 1}
-    tol = 1e-5 if dtype == torch.float32 else TOL
-    assert all(e <= tol for e in errs.values()), errs
+    kw = {n: x.cpu() if isinstance(x, torch.Tensor) else x for n, x in case["kw"].items()}
+    ref = kernel_cases.naive_attention("softpick", *(case[n].double().cpu() for n in "qkv"), **kw)
+    assert kernel_cases.rel_err(out, ref) <= (1e-5 if dtype == torch.float32 else TOL)
 
 
-@pytest.mark.parametrize("shape", ["fp16-d128-causal-gqa-pad-1537", "bf16-d128-window-gqa-pad-kvcache"])
-def test_colsum_matches_naive(shape):
-    case = kernel_cases.make_case("softmax", device="cuda", **SHAPES[shape])
-    assert kernel_cases.check_colsum(case) <= 1e-3
-    assert kernel_cases.check_lse(case) <= 1e-3
+def test_stats_with_gradients_raise():
+    case = kernel_cases.make_case("softmax", device="cuda", dtype=torch.bfloat16, T=64, S=64, D=64)
+    q = case["q"].requires_grad_()
+    with pytest.raises(NotImplementedError):
+        flash.attention(q, case["k"], case["v"], variant="softmax", stats=StatsRequest())
 
 
 def test_colsum_mass_is_one_per_valid_row():
-    """Each valid query row that sees a key gives exactly 1 to the column sums."""
-    case = kernel_cases.make_case("softmax", device="cuda", dtype=torch.bfloat16, T=777, S=777, D=64, pad=True)
-    from sinklab.ops.colsum import triton as colsum_triton
-
-    q, k = case["q"], case["k"]
-    kp = case["kw"]["attn_mask"][:, 0, 0, :]
-    scale = 1 / 8
-    s = (q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2)) * scale
-    allowed = colsum_naive.allowed_mask(777, 777, causal=True, key_padding=kp, device="cuda")
-    lse = torch.logsumexp(s.masked_fill(~allowed, -math.inf), -1)
-    got = colsum_triton.colsum(q, k, lse.float(), scale=scale, causal=True, key_padding=kp)
-    rows = (allowed.any(-1) & colsum_naive.query_validity(777, 777, kp, 2, "cuda")[:, None]).sum(-1)  # [B, 1]
-    assert torch.allclose(got.double().sum(-1), rows.double().expand(-1, q.shape[1]), rtol=1e-3)
+    """Each valid query row that sees a key gives exactly 1 to the column sums (softmax)."""
+    case = kernel_cases.make_case("softmax", device="cuda", dtype=torch.bfloat16, T=777, S=777, D=64, pad="key_padding")
+    _, st = flash.attention(case["q"], case["k"], case["v"], variant="softmax", key_padding=case["kw"]["key_padding"],
+                            stats=StatsRequest(entropy=False))  # fmt: skip
+    assert torch.allclose(st.colsum.double().sum(-1), st.rows.double()[:, None].expand(-1, 4), rtol=1e-3)
+    assert st.entropy is None and torch.equal(st.count.sum(-1) > 0, st.rows > 0)

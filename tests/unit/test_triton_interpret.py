@@ -1,4 +1,5 @@
-"""Every Triton kernel under Triton's interpreter on the CPU, against the variants' naive definitions.
+"""Every Triton kernel under Triton's interpreter on the CPU, against the naive definitions: forward, every gradient
+and every statistic of each kernel mode.
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the kernels run in one subprocess (this file
 with ``--worker``) that prints one JSON line per case; the tests below assert on those lines. Small shapes
@@ -24,9 +25,14 @@ CASES_DIR = HERE.parents[1] / "gpu"  # kernel_cases.py, shared with the native G
 
 # (name, dtype, kwargs of make_case)
 SHAPES = [
-    ("causal-gqa-pad-fp32", "float32", dict(T=37, S=45, D=16, causal=True, pad=True)),
+    ("causal-gqa-pad-fp32", "float32", dict(T=37, S=45, D=16, causal=True, pad="key_padding")),
     ("window-fp16-defaults", "float16", dict(B=1, T=33, S=33, D=32, causal=False, window=9, Hkv=4, defaults=True)),
-    ("causal-bthd-fp32", "float32", dict(T=29, S=29, D=16, causal=True, layout="bthd")),  # transformers' layout
+    ("causal-bthd-maskpad-fp32", "float32", dict(T=29, S=29, D=16, causal=True, layout="bthd", pad="attn_mask")),
+    (
+        "window-causal-pad-kvcache-fp32",
+        "float32",
+        dict(B=1, T=21, S=40, D=16, causal=True, window=12, pad="key_padding"),
+    ),
 ]
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid")
 TOL = {"float32": 1e-5, "float16": 1e-2}
@@ -44,9 +50,8 @@ def _worker() -> None:
             case = kernel_cases.make_case(variant, dtype=getattr(torch, dtype), **kw)
             errs = kernel_cases.check(variant, case)
             print(json.dumps({"case": f"{variant}/{name}", "dtype": dtype, "errors": errs}), flush=True)
-        case = kernel_cases.make_case("softmax", dtype=getattr(torch, dtype), **kw)
-        errs = {"colsum": kernel_cases.check_colsum(case), "lse": kernel_cases.check_lse(case)}
-        print(json.dumps({"case": f"colsum/{name}", "dtype": dtype, "errors": errs}), flush=True)
+            errs = kernel_cases.check_stats(variant, case)
+            print(json.dumps({"case": f"{variant}/{name}/stats", "dtype": dtype, "errors": errs}), flush=True)
 
 
 def test_every_kernel_matches_naive_under_the_interpreter():
@@ -58,7 +63,7 @@ def test_every_kernel_matches_naive_under_the_interpreter():
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["case"]: r for r in map(json.loads, proc.stdout.splitlines()) if "case" in r}
-    expected = {f"{v}/{name}" for name, _, _ in SHAPES for v in (*VARIANTS, "colsum")}
+    expected = {f"{v}/{name}{part}" for name, _, _ in SHAPES for v in VARIANTS for part in ("", "/stats")}
     assert set(results) == expected, f"missing cases: {sorted(expected - set(results))}"
     bad = {
         case: {k: e for k, e in r["errors"].items() if math.isnan(e) or e > TOL[r["dtype"]]}

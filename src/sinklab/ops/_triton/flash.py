@@ -57,7 +57,7 @@ OUT_PASS, LSE_PASS, DELTA_PASS = (p.value for p in (tiles.OUT_PASS, tiles.LSE_PA
 
 @dataclass(frozen=True)
 class Config:
-    """Tile sizes: forward (m, n), backward dK/dV (m1 query rows x n1 keys), dQ (m2 x n2)."""
+    """Tile sizes: forward (m, n), backward dK/dV (m1 query rows x n1 keys), dQ (m2 x n2), column sums (m3 x n3)."""
 
     m: int
     n: int
@@ -69,6 +69,10 @@ class Config:
     n2: int
     bwd_warps: int
     bwd_stages: int
+    m3: int = 64
+    n3: int = 128
+    col_warps: int = 8
+    col_stages: int = 3
 
 
 def _tiles_from_env() -> dict[int, Config]:
@@ -87,7 +91,7 @@ TUNED: dict[int, Config] = _tiles_from_env()
 def config(head_dim: int) -> Config:
     """Tiles for Hopper (H100/H200) bf16/fp16; under the interpreter, small tiles so tests touch every block kind."""
     if INTERPRET:
-        return Config(16, 16, 4, 1, 16, 16, 16, 16, 4, 1)
+        return Config(16, 16, 4, 1, 16, 16, 16, 16, 4, 1, 16, 16, 4, 1)
     if head_dim in TUNED:
         return TUNED[head_dim]
     if head_dim <= 64:  # the fastest of the tiles tried on an H200 (benchmarks/KERNELS_NOTES.md)
@@ -250,14 +254,14 @@ class FlashAttention(torch.autograd.Function):
 
 def column_stats(
     q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, valid: torch.Tensor | None,
-    prob: Problem, heads: Heads, *, entropy: bool,
+    prob: Problem, heads: Heads, *, entropy: bool, cfg: Config | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """(colsum [B, H, S] float32, entropy [B, H] float32 nats or None) over the rows that count, from the forward's
     base-2 row statistic ``lse`` (None for sigmoid). ``keep`` bool [B, S]: real keys (None = all); ``valid`` bool
     [B, T]: the rows that count (None = all; only with ``keep``)."""
     B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    block_m, block_n, warps = (16, 16, 4) if INTERPRET else (64, 128, 8)
-    grid = (triton.cdiv(S, block_n), B * H)
+    cfg = cfg or config(q.shape[3])
+    grid = (triton.cdiv(S, cfg.n3), B * H)
     dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
     out = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
     ent = torch.empty(B * H, grid[0], dtype=torch.float32, device=q.device) if entropy else dummy
@@ -268,7 +272,7 @@ def column_stats(
         KPM=_kpm_or_dummy(kpm, q.device), VALID=rows, svalid=T if valid is not None else 0,
         **_strides("q", q), **_strides("k", k), **_common(q, k, kpm, prob),
         FAMILY=prob.mode.family, ENTROPY=entropy, HAS_VALID=valid is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=3,
+        BLOCK_M=cfg.m3, BLOCK_N=cfg.n3, num_warps=cfg.col_warps, num_stages=cfg.col_stages,
     )  # fmt: skip
     return out, (ent.view(B, H, -1).sum(-1) * math.log(2.0) if entropy else None)
 
@@ -312,6 +316,20 @@ def _slot_logit(q: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
     return logit
 
 
+def _sees_key(T: int, S: int, prob: Problem, keep: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+    """[B, T] bool: query i sees at least one real key, from prefix sums over ``keep`` [B, S] (O(S) memory)."""
+    real = torch.ones(batch, S, dtype=torch.long, device=device) if keep is None else keep.long()
+    prefix = torch.nn.functional.pad(real.cumsum(-1), (1, 0))  # [B, S + 1]: prefix[:, j] = real keys < j
+    pos = torch.arange(T, device=device) + (S - T)  # each query's own key position
+    hi = (pos + 1).clamp(0, S) if prob.causal else torch.full_like(pos, S)
+    lo = torch.zeros_like(pos)
+    if prob.window is not None:
+        lo = (pos - prob.window + 1).clamp(0, S)
+        if not prob.causal:
+            hi = (pos + prob.window).clamp(0, S)
+    return prefix[:, hi] > prefix[:, torch.minimum(lo, hi)]
+
+
 def _natural_lse(q: torch.Tensor, lse: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
     """[B, H, T] natural-log lse from the kernel's base-2 one (inf where a row sees no real key): -inf there, or
     the slot's own logit for KV_SLOT (its kernel marks such rows empty so that they give zeros and no gradient)."""
@@ -342,8 +360,9 @@ def statistics(
     else:
         colsum = None
     slot = None
-    if prob.mode.slot != NO_SLOT:  # exp(slot logit - lse) per row, summed over valid rows
-        slot = (torch.exp2(_slot_logit(q, prob, heads) - lse) * valid[:, None, :]).sum(-1)
+    if prob.mode.slot != NO_SLOT:  # exp(slot logit - lse) per row, summed over valid rows that see a key
+        rows = valid & _sees_key(T, S, prob, keep, B, q.device)
+        slot = (torch.exp2(_slot_logit(q, prob, heads) - lse) * rows[:, None, :]).sum(-1)
     cols = torch.tensor(request.columns, dtype=torch.long, device=q.device)
     w = min(request.pattern, T, S)
     return AttentionStats(
