@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from sinklab.ops._common import block_rows, repeat_kv
+from sinklab.ops._common import block_rows, compute_dtype, repeat_kv
 from sinklab.ops.masks import MaskSpec
 
 BLOCK_ELEMS = 1 << 21  # logits per query chunk (all heads)
@@ -31,7 +31,7 @@ def rowwise_attention(
     B, H, T, D = q.shape
     k, v = repeat_kv(k, H // k.shape[1]), repeat_kv(v, H // v.shape[1])  # [B, H, S, D]
 
-    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype  # weights in fp32 at least
+    compute = compute_dtype(q.dtype)
 
     def block(qc, kc, vc, keep, bias):
         s = scale * (qc.to(compute) @ kc.to(compute).transpose(-1, -2))  # [B, H, Tc, K]

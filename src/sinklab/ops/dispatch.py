@@ -20,8 +20,9 @@ from sinklab.ops import naive
 from sinklab.ops._common import check_qkv, default_scale
 from sinklab.ops._rows import rowwise_attention
 from sinklab.ops._sdpa import softmax_with_slot
-from sinklab.ops.colsum.chunked import Edit, attention_rows
+from sinklab.ops.colsum.chunked import attention_rows
 from sinklab.ops.masks import check_key_padding, mask_spec
+from sinklab.ops.naive import Edit
 from sinklab.ops.stats import AttentionStats, StatsRequest
 from sinklab.ops.variants import Variant, get_variant
 

@@ -21,7 +21,7 @@ from sinklab.ops._common import compute_dtype, full_logits, repeat_kv
 from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
 from sinklab.ops.variants import Variant
 
-Edit = Callable[..., torch.Tensor]
+Edit = Callable[..., torch.Tensor]  # edit(block [B, H, R, K], rows=(r0, r1), keys=(lo, hi)) -> block
 
 
 def attention(

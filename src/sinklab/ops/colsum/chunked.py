@@ -9,17 +9,15 @@ heads of one KV head into the row dimension, so keys and values are never repeat
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from sinklab.ops._common import compute_dtype, softcapped
 from sinklab.ops.colsum.naive import allowed_mask
 from sinklab.ops.masks import MaskSpec, mask_spec
+from sinklab.ops.naive import Edit
 from sinklab.ops.stats import AttentionStats, StatsRequest, key_counts, query_validity
 from sinklab.ops.variants import RowWeights
 
-Edit = Callable[..., torch.Tensor]
 DEFAULT_BLOCK_BYTES = 32 * 2**20  # score block budget per chunk; larger blocks amortize Python overhead
 MASKED = -1e30  # logit of a key a query may not see
 
