@@ -2,11 +2,11 @@
 
 One sequence of 2,048 tokens of the embedded corpus; torch limited to ``--threads`` threads. Measured in one
 process: a plain forward pass of the same tokens (the baseline), the whole explain run (every probe), then each probe
-alone (its own baseline pass included), so the ratio to a forward pass and each probe's share are visible.
+alone with ``--per-probe`` (its own baseline pass included). The progress lines on stderr show each probe's start.
 
 Prints a table, then one JSON line; saves benchmarks/results/explain-<hardware>.json.
 
-    python benchmarks/explain.py [--tokens 2048] [--threads 2] [--hardware cpu2] [--note "..."]
+    python benchmarks/explain.py [--tokens 2048] [--threads 2] [--hardware cpu2] [--per-probe] [--note "..."]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hardware", default="cpu2")
     parser.add_argument("--note", default="shared machine: other engineers' tests ran at the same time")
+    parser.add_argument("--per-probe", action="store_true", help="also time each probe alone (as long again)")
     args = parser.parse_args()
 
     import torch
@@ -54,7 +55,7 @@ def main() -> None:
     total = _timed(lambda: holder.update(result=sinklab.explain(model, tok, seqs, model_name=MODEL)))
     per_probe = {
         name: _timed(lambda name=name: sinklab.explain(model, tok, seqs, probes=[name], progress=False))
-        for name in PROBES
+        for name in (PROBES if args.per_probe else ())
     }
     result = holder["result"]
     rows = [("plain forward", forward), ("explain (all probes)", total)]

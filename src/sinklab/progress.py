@@ -1,14 +1,15 @@
 """One progress display for every long loop (scan, explain, train, eval-stream).
 
 On a terminal: a rich bar (description, bar, done/total, rate, elapsed, ETA). Otherwise (CI, ``nohup``, a log
-file): plain lines on stderr, one at the start, one whenever the description changes, then at most one every
-``interval`` seconds, and one at the end, each with percent, rate and ETA. The interface is the subset of
-``rich.progress.Progress`` the loops use: ``add_task``, ``advance``, ``update``.
+file): plain lines on stderr, one at the start, one whenever the description changes, one every ``interval``
+seconds (also while a single slow step runs) and one at the end, each with percent, rate and ETA. The interface
+is the subset of ``rich.progress.Progress`` the loops use: ``add_task``, ``advance``, ``update``.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,9 @@ class Progress:
         self.disable, self.interval, self._file = disable, interval, file
         self._tasks: list[_Task] = []
         self._rich = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     @property
     def file(self) -> TextIO:
@@ -89,9 +93,22 @@ class Progress:
             )
             self._rich = RichProgress(*columns, console=Console(file=self.file), transient=True)
             self._rich.__enter__()
+        elif not self.disable and self.interval > 0:
+            self._heartbeat = threading.Thread(target=self._beat, daemon=True)
+            self._heartbeat.start()
         return self
 
+    def _beat(self) -> None:
+        """A line per task every ``interval`` seconds even when no step finishes in between."""
+        while not self._stop.wait(self.interval / 4):
+            for task in self._tasks:
+                if time.perf_counter() - task.last_line >= self.interval:
+                    self._print(task)
+
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         if self._rich is not None:
             self._rich.__exit__(*exc)
             self._rich = None
@@ -100,8 +117,9 @@ class Progress:
                 self._print(task)
 
     def _print(self, task: _Task) -> None:
-        task.last_line = time.perf_counter()
-        print(f"sinklab: {task.line()}", file=self.file, flush=True)
+        with self._lock:
+            task.last_line = time.perf_counter()
+            print(f"sinklab: {task.line()}", file=self.file, flush=True)
 
     def add_task(self, description: str, total: float | None = None, info: str = "") -> int:
         """Start a task; returns its id for ``advance`` and ``update``."""
