@@ -95,7 +95,8 @@ def run_tune(Ds: list[int], console: Console) -> dict:
     fwd_cands = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
                  128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}  # fmt: skip
     bwd_cands = [(64, 128, 128, 64, 8, 3), (32, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2)]
-    col_cands = [(64, 128, 8, 3), (128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)]
+    col_cands = [(64, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3),
+                 (64, 128, 4, 3), (128, 64, 4, 3)]  # fmt: skip
     B, H, T = 2, 16, TUNE_T
     chosen = {}
     for D in Ds:
@@ -213,6 +214,7 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip the Flex baselines past this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG beside --out from its JSON and stop")
+    ap.add_argument("--no-table", action="store_true", help="skip the kernel table (with --stats: statistics only)")
     ap.add_argument("--stats", action="store_true", help="time forward + statistics against SDPA (Llama-3.2-1B shape)")
     ap.add_argument("--stats-T", type=int, nargs="+", default=[8192, 32768, 65536])
     ap.add_argument("--stats-out", type=Path, default=ROOT / "benchmarks" / "results" / "kernel-stats-h200.json")
@@ -275,7 +277,7 @@ def main() -> None:
         )
         save()
 
-    for T in args.T:
+    for T in [] if args.no_table else args.T:
         for D in args.D:
             time_shape(args.B, args.H, T, D, variants, record)
     if args.stats:
@@ -290,7 +292,7 @@ def main() -> None:
             args.stats_out.write_text(json.dumps(stats, indent=1))
 
         time_stats(args.stats_T, variants, console, save_stats)
-    if not args.no_flex:
+    if not args.no_flex and not args.no_table:
         for T in args.T:
             for D in args.D:
                 if time.time() - t0 > args.budget_s:

@@ -25,6 +25,7 @@ from sinklab.ops._triton.tiles import (
     SIGMOID,
     SOFTMAX,
     SOFTPICK,
+    fast_log2,
     load_keep,
     load_rows,
     load_vec,
@@ -94,7 +95,7 @@ def colsum_kernel(
                         if SEG != 1 or HAS_PAD:  # 0 * inf where a row has no key
                             eT = tl.where(ok, eT, 0.0)
                     else:
-                        eT = tl.where(aT > 0.0, -aT * tl.math.log2(aT), 0.0)
+                        eT = tl.where(aT > 0.0, -aT * fast_log2(aT), 0.0)
                     ent += tl.sum(eT, 1)
     tl.store(OUT + bh.to(tl.int64) * S + offs_n, acc, mask=offs_n < S)
     if ENTROPY:

@@ -12,6 +12,7 @@ masks and GQA run in the kernels.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -136,12 +137,19 @@ def _common(q: torch.Tensor, k: torch.Tensor, kpm: torch.Tensor | None, prob: Pr
     )  # fmt: skip
 
 
+@functools.cache
+def _dummies(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32, int8) one-element tensors for the pointer arguments a specialization never touches, made once per
+    device (allocating them per call cost two fill launches and host time on every call)."""
+    return torch.zeros(1, dtype=torch.float32, device=device), torch.zeros(1, dtype=torch.int8, device=device)
+
+
 def _or_dummy(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
     return dummy if x is None else x
 
 
 def _kpm_or_dummy(kpm: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    return torch.zeros(1, dtype=torch.int8, device=device) if kpm is None else kpm
+    return _dummies(device)[1] if kpm is None else kpm
 
 
 def forward(
@@ -152,7 +160,7 @@ def forward(
     for sigmoid). ``kpm``: int8 key padding [B, S] (1 = real key) or None."""
     B, H, T, D = q.shape
     cfg = cfg or config(D)
-    dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
+    dummy = _dummies(q.device)[0]
     o = torch.empty_like(q)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     mode = prob.mode
@@ -182,7 +190,7 @@ def backward(
     cfg = cfg or config(D)
     dev = q.device
     mode = prob.mode
-    dummy = torch.zeros(1, dtype=torch.float32, device=dev)
+    dummy = _dummies(dev)[0]
     kpm_t = _kpm_or_dummy(kpm, dev)
     do = do.contiguous()
     common = _common(q, k, kpm, prob)
@@ -262,7 +270,7 @@ def column_stats(
     B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     cfg = cfg or config(q.shape[3])
     grid = (triton.cdiv(S, cfg.n3), B * H)
-    dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
+    dummy = _dummies(q.device)[0]
     out = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
     ent = torch.empty(B * H, grid[0], dtype=torch.float32, device=q.device) if entropy else dummy
     kpm = None if keep is None else keep.to(torch.int8).contiguous()
@@ -279,12 +287,13 @@ def column_stats(
 
 def weights_at(
     q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None, keep: torch.Tensor | None, prob: Problem,
-    heads: Heads, *, rows: int, keys: torch.Tensor,
+    heads: Heads, *, rows: int, keys: list[int],
 ) -> torch.Tensor:  # fmt: skip
     """A [B, H, rows, len(keys)] float32: the weights of the first ``rows`` queries on the key positions ``keys``
     (0 where a query may not attend), from the forward's row statistic, in PyTorch (for a few columns or a pattern)."""
     H, T, S = q.shape[1], q.shape[2], k.shape[2]
-    kc = k[:, :, keys].float().repeat_interleave(H // k.shape[1], dim=1)  # [B, H, C, D]
+    idx = torch.tensor(keys, dtype=torch.long, device=q.device)
+    kc = k[:, :, idx].float().repeat_interleave(H // k.shape[1], dim=1)  # [B, H, C, D]
     s = (q[:, :, :rows].float() @ kc.transpose(-1, -2)) * prob.scale  # [B, H, R, C] natural
     family = prob.mode.family
     if family == SIGMOID:
@@ -299,13 +308,11 @@ def weights_at(
         else:
             a = p
     spec = MaskSpec(T, S, prob.causal, prob.window, None, None, q.device)
-    rule = [spec.block(0, rows, int(j), int(j) + 1)[0] for j in keys.tolist()]
-    allowed = torch.ones(1, 1, rows, len(rule), dtype=torch.bool, device=q.device)
-    if rule and rule[0] is not None:
-        allowed = torch.cat(rule, dim=-1)  # [1, 1, R, C]
+    rule = [spec.block(0, rows, j, j + 1)[0] for j in keys]  # [1, 1, R, 1] each, None without a position rule
+    allowed = torch.cat(rule, dim=-1) if rule[0] is not None else torch.ones(1, 1, rows, len(keys), dtype=torch.bool)
     if keep is not None:
-        allowed = allowed & keep[:, None, None, keys]
-    return a * allowed
+        allowed = allowed.to(q.device) & keep[:, None, None, idx]
+    return a * allowed.to(q.device)
 
 
 def _slot_logit(q: torch.Tensor, prob: Problem, heads: Heads) -> torch.Tensor:
@@ -363,17 +370,18 @@ def statistics(
     if prob.mode.slot != NO_SLOT:  # exp(slot logit - lse) per row, summed over valid rows that see a key
         rows = valid & _sees_key(T, S, prob, keep, B, q.device)
         slot = (torch.exp2(_slot_logit(q, prob, heads) - lse) * rows[:, None, :]).sum(-1)
-    cols = torch.tensor(request.columns, dtype=torch.long, device=q.device)
     w = min(request.pattern, T, S)
     return AttentionStats(
         colsum=colsum,
         count=count,
         entropy=entropy,
         rows=valid.sum(-1),
-        pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=cols.new_tensor(range(w))) if w else None,
+        pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=list(range(w))) if w else None,
         slot=slot,
         lse=_natural_lse(q, lse, prob, heads) if request.lse and prob.mode.family == SOFTMAX else None,
-        columns=weights_at(q, k, lse, keep, prob, heads, rows=T, keys=cols) if request.columns else None,
+        columns=weights_at(q, k, lse, keep, prob, heads, rows=T, keys=list(request.columns))
+        if request.columns
+        else None,
     )
 
 

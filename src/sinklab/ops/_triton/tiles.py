@@ -16,8 +16,11 @@ constants; ``flash.MODES`` maps each kernel mode name ("softmax", "sink", ...) t
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -30,6 +33,7 @@ SIGMOID = tl.constexpr(3)  # Ramapuram et al. 2024: sigmoid(x + b), no normalize
 NO_SLOT = tl.constexpr(0)  # m = -inf, l = 0
 LOGIT_SLOT = tl.constexpr(1)  # a sink logit s_h (softmax1: s_h = 0; gpt-oss): m = s_h, l = 1
 KV_SLOT = tl.constexpr(2)  # an explicit key/value (Sun et al. 2024): m = q.k_b + s_h, l = 1, acc = v_b
+INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 # PASS of the forward kernel
 OUT_PASS = tl.constexpr(0)  # output and the row statistic
 LSE_PASS = tl.constexpr(1)  # the softmax lse only (clipped's first pass)
@@ -105,6 +109,13 @@ def segment(SEG: tl.constexpr, a0, a1, b0, b1, hi):
         lo = b0
         end = b1
     return lo, end
+
+
+@triton.jit
+def fast_log2(x):
+    """log2 as one lg2.approx on the GPU (tl.math.log2 is libdevice's 12-FMA polynomial); the interpreter has only
+    the plain one."""
+    return tl.math.log2(x) if INTERPRET else libdevice.fast_log2f(x)
 
 
 @triton.jit
