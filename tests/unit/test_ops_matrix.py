@@ -1,5 +1,6 @@
 """One matrix over every registered attention variant (and a toy one defined here alone): the chunked paths against
-the naive definition, forward, backward and statistics; the naive definition against semantic references (fp64)."""
+the naive definition, forward, backward and statistics; the naive definition against semantic references (fp64).
+The toy variant also runs through patch, scan and a training step: a new variant is one definition."""
 
 from __future__ import annotations
 
@@ -43,13 +44,10 @@ FIELDS = ("colsum", "entropy", "slot", "lse", "columns", "pattern")
 
 @pytest.fixture(autouse=True, scope="module")
 def toy_registered():
-    """The toy variant exists only while this file runs; one thread for these tiny problems."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """The toy variant exists only while this file runs."""
     register_variant(TOY)
     yield
     VARIANTS.pop(TOY.name)
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -384,3 +382,28 @@ def test_no_ops_module_is_shadowed_by_a_function():
         importlib.import_module(name)
         parent, _, leaf = name.rpartition(".")
         assert isinstance(getattr(importlib.import_module(parent), leaf), types.ModuleType), name
+
+
+def test_toy_variant_patches_scans_and_trains():
+    import sinklab
+    from sinklab.remove import identity_variants, patch, unpatch
+
+    model, tok = sinklab.load("tiny-llama")
+    ids = tok(["a new variant in one file"], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+    assert TOY.name in identity_variants()
+    patch(model, TOY.name)
+    with torch.no_grad():
+        assert_close(model(input_ids=ids).logits, reference, torch.float32, "identity init")
+    result = sinklab.scan(model, tok, ["some text to scan " * 8], max_tokens=48, progress=False)
+    assert 0.0 <= result.sink_rate <= 1.0
+    params = [p for n, p in model.named_parameters() if n.endswith("sinklab_t")]
+    assert len(params) == model.config.num_hidden_layers
+    optimizer = torch.optim.SGD(params, lr=1.0)
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    optimizer.step()
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=ids).logits, reference)
+    unpatch(model)
