@@ -19,6 +19,7 @@ from sinklab.cli._app import (
     TEXT,
     check_text_options,
     command,
+    model_and_sequences,
     out_option,
     text_provenance,
 )
@@ -59,18 +60,12 @@ def explain_command(
     seed: int = typer.Option(0, metavar="N", help="Seed of the random-token runs and interventions."),
 ) -> None:
     """Test the no-op, outlier-circuit, implicit-bias, anchoring and emergence explanations of attention sinks."""
-    from sinklab.data import read_texts, token_sequences
     from sinklab.measure.probes import explain
     from sinklab.measure.probes.explain import MIN_TOKENS, parse_probes
-    from sinklab.models import load
-    from sinklab.progress import status
 
     names = parse_probes(probes)
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=MIN_TOKENS)
-    texts = read_texts(text)
-    with status(f"loading {model}"):
-        net, tokenizer = load(model, device=device, dtype=dtype)
-    seqs = token_sequences(tokenizer, texts, max_tokens, num_texts, bos, exact=True)
+    net, tokenizer, seqs = model_and_sequences(model, text, max_tokens, num_texts, bos, device, dtype)
     result = explain(net, tokenizer, seqs, probes=names, eps=eps, bos=bos, model_name=model, seed=seed)
     result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)

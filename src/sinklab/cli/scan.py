@@ -19,6 +19,7 @@ from sinklab.cli._app import (
     TEXT,
     check_text_options,
     command,
+    model_and_sequences,
     out_option,
     text_provenance,
 )
@@ -62,18 +63,12 @@ def scan_command(
     ),
 ) -> None:
     """Measure attention sinks and massive activations; write metrics.json, heads.csv, plots and report.html."""
-    from sinklab.data import read_texts, token_sequences
     from sinklab.measure import scan
-    from sinklab.models import load
-    from sinklab.progress import status
 
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=2)
     if sink_threshold is not None:
         check_fraction("--sink-threshold", sink_threshold)
-    texts = read_texts(text)
-    with status(f"loading {model}"):
-        net, tokenizer = load(model, device=device, dtype=dtype)
-    seqs = token_sequences(tokenizer, texts, max_tokens, num_texts, bos, exact=True)
+    net, tokenizer, seqs = model_and_sequences(model, text, max_tokens, num_texts, bos, device, dtype)
     result = scan(
         net,
         tokenizer,
