@@ -53,80 +53,9 @@ def _build(config, model_cls, template: str, seed: int):
     return model.eval(), byte_tokenizer(template)
 
 
-def tiny_llama(seed: int = 0, **overrides):
-    """Llama decoder: 3 layers, 4 query heads sharing 2 KV heads (GQA), head dim 16."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        initializer_range=0.1,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    cfg.update(overrides)
-    return _build(LlamaConfig(**cfg), LlamaForCausalLM, "<bos> $A", seed)
-
-
-def tiny_gemma3(seed: int = 0, **overrides):
-    """Gemma3 decoder: 4 layers, sliding window 8 on layers 0, 1, 3 and global attention on layer 2."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    cfg = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        sliding_window=8,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
-        max_position_embeddings=1024,
-        initializer_range=0.1,
-        query_pre_attn_scalar=16,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
-    cfg.update(overrides)
-    return _build(Gemma3TextConfig(**cfg), Gemma3ForCausalLM, "<bos> $A", seed)
-
-
-def tiny_bert(seed: int = 0, **overrides):
-    """BERT encoder: 2 layers, 4 heads, bidirectional, [CLS] ... [SEP] around each text."""
-    from transformers import BertConfig, BertModel
-
-    cfg = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=512,
-        initializer_range=0.1,
-        pad_token_id=0,
-    )
-    cfg.update(overrides)
-    return _build(BertConfig(**cfg), BertModel, "[CLS] $A [SEP]", seed)
-
-
-TINY_MODELS: dict[str, Callable] = {
-    "tiny-llama": tiny_llama,
-    "tiny-gemma3": tiny_gemma3,
-    "tiny-bert": tiny_bert,
-}
-
-
-def _small(**extra) -> dict:
-    return dict(
+def _small(**changes) -> dict:
+    """The shared tiny shape (2 blocks, d 64, 4 heads, byte vocabulary, large init) with ``changes``."""
+    base = dict(
         vocab_size=VOCAB_SIZE,
         hidden_size=64,
         intermediate_size=128,
@@ -137,8 +66,43 @@ def _small(**extra) -> dict:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        **extra,
     )
+    return {**base, **changes}
+
+
+def tiny_llama(seed: int = 0, **overrides):
+    """Llama decoder: 3 layers, 4 query heads sharing 2 KV heads (GQA), head dim 16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = _small(num_hidden_layers=3, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False)
+    return _build(LlamaConfig(**{**cfg, **overrides}), LlamaForCausalLM, "<bos> $A", seed)
+
+
+def tiny_gemma3(seed: int = 0, **overrides):
+    """Gemma3 decoder: 4 layers, sliding window 8 on layers 0, 1, 3 and global attention on layer 2."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = _small(
+        num_hidden_layers=4, num_key_value_heads=2, head_dim=16, sliding_window=8, max_position_embeddings=1024,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        query_pre_attn_scalar=16,
+    )  # fmt: skip
+    return _build(Gemma3TextConfig(**{**cfg, **overrides}), Gemma3ForCausalLM, "<bos> $A", seed)
+
+
+def tiny_bert(seed: int = 0, **overrides):
+    """BERT encoder: 2 layers, 4 heads, bidirectional, [CLS] ... [SEP] around each text."""
+    from transformers import BertConfig, BertModel
+
+    cfg = _small(max_position_embeddings=512)
+    return _build(BertConfig(**{**cfg, **overrides}), BertModel, "[CLS] $A [SEP]", seed)
+
+
+TINY_MODELS: dict[str, Callable] = {
+    "tiny-llama": tiny_llama,
+    "tiny-gemma3": tiny_gemma3,
+    "tiny-bert": tiny_bert,
+}
 
 
 def _arch_configs() -> dict[str, tuple]:
