@@ -83,7 +83,8 @@ class SinklabGroup(TyperGroup):
         except SinklabInputError as exc:
             code = _say(error_line(exc), 2)
         except ClickException as exc:  # usage errors: unknown option, bad value, missing argument
-            code = _say(error_line(exc.format_message()), exc.exit_code)
+            message = exc.format_message().strip()  # empty after `sinklab` alone: its help is already shown
+            code = _say(error_line(message), exc.exit_code) if message else exc.exit_code
         except (KeyboardInterrupt, typer.Abort):
             code = INTERRUPTED
         code = code if isinstance(code, int) else 0
