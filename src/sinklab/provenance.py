@@ -35,17 +35,22 @@ def _version(package: str) -> str | None:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit when sinklab runs from a git working tree (an editable install), else None."""
+    """The commit of the checkout sinklab runs from (an editable install), else None."""
     try:
         proc = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--show-toplevel", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=5,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    lines = proc.stdout.split()
+    if proc.returncode != 0 or len(lines) != 2:
+        return None
+    top, commit = lines
+    is_ours = (Path(top) / "src" / "sinklab" / Path(__file__).name).resolve() == Path(__file__).resolve()
+    return commit if is_ours else None  # not the commit of some other repository sinklab is installed inside
 
 
 def digest(data: object) -> str:
@@ -57,8 +62,8 @@ def digest(data: object) -> str:
 def _model_part(model) -> dict:
     from sinklab.models import model_source
 
-    if model is None or isinstance(model, dict):
-        return model or {}
+    if model is None:
+        return {}
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     param = next(model.parameters(), None)
     return {
@@ -79,7 +84,7 @@ def run_provenance(
 ) -> dict:
     """A JSON-able record of how a result was made.
 
-    ``model``: the model (its source and file hash, dtype and device are read from it) or a dict describing it;
+    ``model``: the model (its source and file hash, dtype and device are read from it);
     ``sequences``: the token ids measured (hashed); ``texts``: where they came from (file names, "embedded corpus").
     """
     out = {
