@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
 step tune python3 benchmarks/kernels.py --tune --tune-only --out "$OUT/tune.json"
 step table python3 benchmarks/kernels.py --check --stats ${TABLE_FLAGS:---no-flex} --out "$OUT/kernels-h200.json" \
-    --stats-out "$OUT/kernel-stats-h200.json"
+    --stats-out "$OUT/kernels-stats-h200.json"
 if [ -n "${AB:-}" ]; then  # the same table from the old code, its own tiles file (10 entries: no column-sum tiles)
     python3 -c "import json; d = json.load(open('$OUT/tiles.json')); json.dump({k: {**v, 'config': v['config'][:10]} for k, v in d.items()}, open('$OUT/tiles-old.json', 'w'))"
     SINKLAB_TRITON_TILES=$OUT/tiles-old.json PYTHONPATH=$AB/src step before python3 "$AB/benchmarks/kernels.py" \

@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--no-table", action="store_true", help="skip the kernel table (with --stats: statistics only)")
     ap.add_argument("--stats", action="store_true", help="time forward + statistics against SDPA (Llama-3.2-1B shape)")
     ap.add_argument("--stats-T", type=int, nargs="+", default=[8192, 32768, 65536])
-    ap.add_argument("--stats-out", type=Path, default=ROOT / "benchmarks" / "results" / "kernel-stats-h200.json")
+    ap.add_argument("--stats-out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-stats-h200.json")
     args = ap.parse_args()
     console = Console()
     if args.plot_only:
@@ -281,7 +281,7 @@ def main() -> None:
         for D in args.D:
             time_shape(args.B, args.H, T, D, variants, record)
     if args.stats:
-        stats = {"benchmark": "kernel-stats", "device": props.name, "torch": torch.__version__,
+        stats = {"benchmark": "kernels-stats", "device": props.name, "torch": torch.__version__,
                  "triton": triton.__version__, "tiles": result["tiles"].get("64"),
                  "request": "StatsRequest(): colsum, count, entropy, rows (+ slot for slot modes)",
                  "baseline": "the faster of SDPA with enable_gqa and SDPA on pre-expanded k, v; causal bf16 forward",
