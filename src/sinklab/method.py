@@ -34,6 +34,8 @@ METHOD_MODULES = (
     "sinklab.exploit.cache.presses.knorm",
     "sinklab.exploit.cache.presses.h2o",
     "sinklab.exploit.stream_eval",
+    "sinklab.exploit.redistribute.act",
+    "sinklab.exploit.redistribute.zerotuning",
 )
 
 
