@@ -358,7 +358,7 @@ MIN_FOLDS = 3
 BOOTSTRAP = 1000
 
 
-def _sklearn():
+def require_sklearn():
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -454,7 +454,7 @@ class Probe:
 
 def fit_probe(X: np.ndarray, y: Sequence[int], names: list[str], folds: int = 5, seed: int = 0) -> tuple[Probe, dict]:
     """Fit the L1 probe on all of (X, y) and measure it by cross-validation: (probe, {auroc, ci_low, ci_high})."""
-    _sklearn()
+    require_sklearn()
     y = check_labels(y, folds)
     result = bootstrap_auroc(y, cross_validated_scores(X, y, folds, seed), seed=seed)
     pipe = _estimator(y, seed).fit(X, y)
@@ -565,7 +565,7 @@ def detect(
     ``{"prompt", "answer", "label"}``), all with the same cross-validation folds."""
     from sinklab.provenance import run_provenance
 
-    _sklearn()
+    require_sklearn()
     y = check_labels([r["label"] for r in records], folds)
     features = sink_features(
         model, tokenizer, records, top_k=top_k, eps=eps, batch_size=batch_size, max_tokens=max_tokens,
