@@ -1,6 +1,6 @@
 """sinklab's command line: one module per command, all registered on one typer app."""
 
-from sinklab.cli import detect, explain, models, scan, stream, train  # noqa: F401  (each import registers its command)
+from sinklab.cli import calibrate, detect, explain, models, scan, stream, train  # noqa: F401  (each registers a command)
 from sinklab.cli._app import app
 
 
