@@ -30,6 +30,7 @@ KINDS = ("measure", "exploit", "remove")
 # a new method is one module here plus its class (it is found by its ``name``)
 METHOD_MODULES = (
     "sinklab.measure.engine",
+    "sinklab.measure.detect",
     "sinklab.remove.variant",
     "sinklab.exploit.cache.presses.knorm",
     "sinklab.exploit.cache.presses.h2o",

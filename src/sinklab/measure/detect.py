@@ -14,13 +14,13 @@ least ``min_queries`` valid queries see (default: a quarter of the queries, at m
     diag_log_attn             mean over queries of log A_ii = s_ii - lse_i (the "attention score" of LLM-Check,
                               Sriramanan et al. 2024): a non-sink attention feature
     rest_mass                 mean mass_j over the seen keys outside the top k: non-sink
-and per layer ``massive``: the largest |hidden| after the block (Sun et al. 2024, ``engine.residual_stats``);
+and per layer ``massive``: the largest |hidden| after the block over the measured tokens (Sun et al. 2024);
 per input ``loglik``: mean log p(token) of the scored tokens.
 
 Inputs are texts (every query counts) or ``{"prompt", "answer"}`` pairs. For a pair the prompt runs first into a
-KV cache and the answer then runs as the only queries against all prompt + answer keys, so every attention
-statistic is that of the answer's queries (keys: the whole input); ``massive`` covers both passes and ``loglik`` the
-answer's tokens. Batches are left-padded (answers right-padded); padding never counts.
+KV cache (with no method attached: plain SDPA) and the answer then runs, observed, as the only queries against all
+prompt + answer keys, so every statistic is that of the answer's queries (keys: the whole input), ``massive`` and
+``loglik`` those of the answer's tokens. Batches are left-padded (answers right-padded); padding never counts.
 
 ``fit_probe(X, y)`` is SinkProbe's protocol: standardised features, L1-regularised logistic regression (C chosen by
 an inner cross-validation), ROC-AUC of out-of-fold scores with a bootstrap 95 % interval. ``detect(...)`` measures
@@ -41,7 +41,7 @@ import torch
 from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import AttentionCall, ModelSites, ModelView
 from sinklab.measure import metrics
-from sinklab.measure.engine import release_freed_memory, residual_stats
+from sinklab.measure.engine import release_freed_memory
 from sinklab.method import Method
 from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
 from sinklab.progress import Progress
@@ -67,7 +67,6 @@ class SinkFeatures(Method):
     ...     model.base_model(input_ids=ids, attention_mask=mask)
     >>> feats.take()["first_mass"]     # [B, L, H]; clears for the next pass
 
-    ``collect`` False skips the attention features of a pass (a pair's prompt pass) but keeps ``massive``.
     """
 
     kind = "measure"
@@ -75,7 +74,6 @@ class SinkFeatures(Method):
     top_k: int = 4
     eps: float = 0.3
     min_queries: int | None = None
-    collect: bool = True
     _layers: dict = field(default_factory=dict, init=False, repr=False)
     _pending: dict = field(default_factory=dict, init=False, repr=False)
     _massive: dict = field(default_factory=dict, init=False, repr=False)
@@ -104,8 +102,6 @@ class SinkFeatures(Method):
         return out
 
     def _keep_qkv(self, qkv, call: AttentionCall) -> None:
-        if not self.collect:
-            return
         q, k, v = qkv  # q [B, H, T, D], k/v [B, Hkv, S, D]
         T, S = q.shape[2], k.shape[2]
         group = q.shape[1] // k.shape[1]
@@ -117,8 +113,6 @@ class SinkFeatures(Method):
         self._pending[call.layer] = (diag, vnorm)
 
     def _reduce(self, stats: AttentionStats, call: AttentionCall) -> None:
-        if not self.collect:
-            return
         diag, vnorm = self._pending.pop(call.layer)
         B, H, S = stats.colsum.shape
         T = diag.shape[-1]
@@ -160,9 +154,10 @@ class SinkFeatures(Method):
         def hook(hidden: torch.Tensor, call: AttentionCall) -> None:
             padding = call.key_padding
             valid = None if padding is None else padding[:, -hidden.shape[1] :]
-            peak = residual_stats(hidden, valid, k=1).max_abs.cpu()  # [B]
-            before = self._massive.get(layer)
-            self._massive[layer] = peak if before is None else torch.maximum(before, peak)
+            mag = hidden.detach().abs()  # [B, T, d]
+            if valid is not None:
+                mag = mag.masked_fill(~valid[:, :, None], 0.0)  # padding never counts
+            self._massive[layer] = mag.amax((1, 2)).float().cpu()  # [B]
             release_freed_memory(hidden.device)
 
         return hook
@@ -273,12 +268,13 @@ def _run_batch(model, method: SinkFeatures, pairs, tokenizer, max_tokens: int) -
     prompts = [tokenizer(p, verbose=False)["input_ids"][:max_tokens] for p, _ in pairs]
     ids, mask = _padded(prompts, pad_id, left=True)  # [B, P]
     positions = (mask.cumsum(1) - 1).clamp_min(0)
-    if pairs[0][1] is None:  # texts: one pass, every query counts
-        method.collect = True
-        hidden = base(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), use_cache=False
-        )
-        hidden = hidden.last_hidden_state
+    if pairs[0][1] is None:  # texts: one observed pass, every query counts
+        with method(model):
+            out = base(
+                input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                use_cache=False,
+            )  # fmt: skip
+        hidden = out.last_hidden_state
         logp = token_logprobs(model, hidden[:, :-1], ids[:, 1:])  # [B, P - 1]
         scored = mask[:, 1:] * mask[:, :-1]
         tokens = mask.sum(1)
@@ -293,19 +289,18 @@ def _run_batch(model, method: SinkFeatures, pairs, tokenizer, max_tokens: int) -
         answer_ids, answer_mask = _padded(answers, pad_id, left=False)  # [B, A]
         cache = DynamicCache(config=model.config)
         cache_kw = {ModelView(base).cache_keyword: cache, "use_cache": True}
-        method.collect = False
-        prompt_out = base(
+        prompt_out = base(  # not observed
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), **cache_kw
         )
         full_mask = torch.cat([mask, answer_mask], 1)  # [B, P + A]
         full_positions = (full_mask.cumsum(1) - 1).clamp_min(0)[:, ids.shape[1] :]
-        method.collect = True
-        hidden = base(
-            input_ids=answer_ids.to(device),
-            attention_mask=full_mask.to(device),
-            position_ids=full_positions.to(device),
-            **cache_kw,
-        ).last_hidden_state
+        with method(model):
+            hidden = base(
+                input_ids=answer_ids.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=full_positions.to(device),
+                **cache_kw,
+            ).last_hidden_state
         # answer token t is predicted from the hidden state before it (the prompt's last one for t = 0)
         hidden = torch.cat([prompt_out.last_hidden_state[:, -1:], hidden[:, :-1]], 1)  # [B, A, d]
         logp = token_logprobs(model, hidden, answer_ids)
@@ -342,7 +337,7 @@ def sink_features(
     layers = [info.layer for info in view.require_attention()]
     method = SinkFeatures(top_k=top_k, eps=eps, min_queries=min_queries)
     parts: list[dict[str, torch.Tensor]] = []
-    with Progress(disable=not progress) as bar, method(model):
+    with Progress(disable=not progress) as bar:
         task = bar.add_task("sink features", total=len(pairs))
         for start in range(0, len(pairs), batch_size):
             group = pairs[start : start + batch_size]
@@ -391,7 +386,7 @@ def _estimator(train_labels: np.ndarray, seed: int):
 
     inner = int(min(3, np.bincount(train_labels, minlength=2).min()))
     lr = LogisticRegressionCV(
-        Cs=np.logspace(-2, 1, 8).tolist(),
+        Cs=np.logspace(-2, 1, 6).tolist(),
         cv=inner,
         l1_ratios=(1.0,),
         solver="liblinear",
@@ -403,18 +398,24 @@ def _estimator(train_labels: np.ndarray, seed: int):
     return make_pipeline(StandardScaler(), lr)
 
 
+def auroc(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each row of labels/scores [..., N] by the Mann-Whitney rank sum (ties count half):
+    AUC = (sum of positives' ranks - n1 (n1 + 1) / 2) / (n1 n0); NaN for a row holding one class."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores, axis=-1)
+    n1 = y.sum(-1)
+    n0 = y.shape[-1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * y).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
 def bootstrap_auroc(y: np.ndarray, scores: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> dict:
     """ROC-AUC and its percentile bootstrap 95 % interval (resamples holding one class are skipped)."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(seed)
-    aucs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() != y[idx].max():
-            aucs.append(roc_auc_score(y[idx], scores[idx]))
-    low, high = np.percentile(aucs, [2.5, 97.5])
-    return {"auroc": float(roc_auc_score(y, scores)), "ci_low": float(low), "ci_high": float(high)}
+    idx = np.random.default_rng(seed).integers(0, len(y), (n, len(y)))  # [n, N] resampled examples
+    aucs = auroc(y[idx], scores[idx])
+    low, high = np.nanpercentile(aucs, [2.5, 97.5])
+    return {"auroc": float(auroc(y, scores)), "ci_low": float(low), "ci_high": float(high)}
 
 
 def cross_validated_scores(X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
