@@ -42,6 +42,7 @@ from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import AttentionCall, ModelSites, ModelView
 from sinklab.measure import metrics
 from sinklab.measure.engine import release_freed_memory
+from sinklab.measure.scan import _batches
 from sinklab.method import Method
 from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
 from sinklab.progress import Progress
@@ -66,7 +67,6 @@ class SinkFeatures(Method):
     >>> with SinkFeatures(top_k=4)(model) as feats:
     ...     model.base_model(input_ids=ids, attention_mask=mask)
     >>> feats.take()["first_mass"]     # [B, L, H]; clears for the next pass
-
     """
 
     kind = "measure"
@@ -234,14 +234,8 @@ def _as_pairs(inputs) -> list[tuple[str, str | None]]:
 
 
 def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, W] ids and [B, W] 0/1 mask, padded on the left or the right."""
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        sl = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, sl] = torch.tensor(seq, dtype=torch.long)
-        mask[row, sl] = 1
+    """[B, W] ids and [B, W] 0/1 mask of one batch, padded on the left or the right (scan's batching rule)."""
+    _, ids, mask = next(_batches(seqs, len(seqs), pad_id, left_pad=left))
     return ids, mask
 
 
