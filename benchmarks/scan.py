@@ -13,7 +13,7 @@ CUDA (``--device cuda``): a random-init model shaped like Llama-3.2-1B (16 layer
 Prints a table, then one JSON line; saves benchmarks/results/scan-<hardware>.json.
 
     python benchmarks/scan.py [--lengths 512,1024,...] [--hardware cpu2]
-    python benchmarks/scan.py --device cuda --lengths 8192,32768,65536,131072 --hardware h200
+    python benchmarks/scan.py --device cuda --lengths 8192,32768,65536,131072 --hardware h200 [--profile 32768]
 """
 
 from __future__ import annotations
@@ -175,6 +175,12 @@ def cuda_main(args) -> None:
             row["memory_ratio"] = row["scan_peak_gb"] / row["plain_peak_gb"]
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.profile:  # where scan's time goes beyond the plain forward, by CUDA kernel
+        ids = torch.randint(10, 120000, (1, args.profile), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            scan(model, tok, ids, max_tokens=args.profile, progress=False, keep_pattern=0)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
     table = "T        plain s   scan s   time    plain GB  scan GB  memory\n"
     for r in rows:
         if "time_ratio" in r:
@@ -205,6 +211,7 @@ def main() -> None:
     parser.add_argument("--hardware", default="cpu2")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "T"))
+    parser.add_argument("--profile", type=int, default=0, metavar="T", help="CUDA: profile one scan at T tokens")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]))))

@@ -56,10 +56,17 @@ def _lower_median(values: torch.Tensor) -> torch.Tensor:
     attention)."""
     flat = values.reshape(-1)
     k = (flat.numel() + 1) // 2
-    if flat.dtype in (torch.bfloat16, torch.float16):
-        bits = flat.view(torch.int16).to(torch.int32) & 0x7FFF  # sign bit clear for |x|
-        index = torch.searchsorted(torch.bincount(bits, minlength=1 << 15).cumsum(0), k)
-        return index.to(torch.int16).view(flat.dtype).float()
+    if flat.dtype in (torch.bfloat16, torch.float16):  # two 8-bit histograms, no host sync
+        bits = flat.view(torch.int16) & 0x7FFF  # sign bit clear for |x|
+        high, low = bits >> 8, bits & 0xFF
+        # weighted counts run CUDA's on-chip histogram (the unweighted one took 4 ms for 6.7e7 values on an H200);
+        # float64 counts are exact to 2^53
+        below = torch.bincount(high, weights=torch.ones_like(high, dtype=torch.float64), minlength=128).cumsum(0)
+        b = torch.searchsorted(below, torch.tensor([float(k)], dtype=torch.float64, device=flat.device))  # [1]
+        rank = k - torch.where(b > 0, below[(b - 1).clamp_min(0)], 0.0)  # the median's rank inside bin b
+        inside = torch.bincount(low, weights=(high == b).double(), minlength=256).cumsum(0)
+        c = torch.searchsorted(inside, rank)
+        return ((b << 8) | c).to(torch.int16).view(flat.dtype).float()[0]
     if flat.dtype == torch.float32:
         top = (flat.view(torch.int32) & 0x7FFFFFFF) >> 15  # [N] the top 16 magnitude bits
         below = torch.bincount(top, minlength=1 << 16).cumsum(0)
@@ -94,7 +101,12 @@ def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TO
         real = x[b] if valid is None else x[b][valid[b]]
         median.append(_lower_median(mag[b] if valid is None else mag[b][valid[b]]))
         kurtosis.append(_kurtosis(real))
-    top_mag, top_idx = mag.reshape(B, T * d).topk(min(k, T * d), dim=1)
+    # the k largest entries lie in the k tokens with the largest maxima: select among those k x d entries only
+    k = min(k, T * d)
+    tokens = mag.amax(dim=2).topk(min(k, T), dim=1).indices.sort(dim=1).values  # [B, k'] in position order
+    candidates = mag.gather(1, tokens[:, :, None].expand(-1, -1, d)).reshape(B, -1)  # [B, k' * d]
+    top_mag, pick = candidates.topk(k, dim=1)
+    top_idx = tokens.gather(1, pick // d) * d + pick % d  # flat index pos * d + dim
     top_value = x.reshape(B, T * d).gather(1, top_idx).float()
     return ResidualStats(
         max_abs=top_mag[:, 0].float(),

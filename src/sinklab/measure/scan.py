@@ -187,29 +187,37 @@ class _Accumulator:
         first = metrics.first_positions(padding, B)
         self.sequences += B
         self.tokens += int(mask.sum())
-        best = torch.zeros(B, ids.shape[1], dtype=torch.float64)
-        heads = torch.zeros(B, ids.shape[1], dtype=torch.long)
+        best = heads = None  # [B, S] on the statistics' device: only per-key reductions come back to the host
         layers_hit: dict[tuple[int, int], list[int]] = defaultdict(list)
         for layer in range(self.L):
             self._add_residual(obs, layer, ids, first, decode)
+        per_head: dict[str, list[torch.Tensor]] = defaultdict(list)  # [H] sums over the batch, moved in one copy
+        hits = []
         for layer, stats in obs.attention.items():
             self.attention_layers.add(layer)
-            self.alpha[layer] += metrics.first_token_mass(stats, first).double().cpu().sum(0)
+            first_dev = first.to(stats.colsum.device)
+            per_head["alpha"].append(metrics.first_token_mass(stats, first_dev).double().sum(0))
             if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
-                self.has_slot = True
-                self.slot[layer] += metrics.mean_slot_mass(stats).double().cpu().sum(0)
-            self.entropy[layer] += metrics.mean_entropy(stats).double().cpu().sum(0)
-            mass = metrics.mean_received(stats).double().cpu()  # [B, H, S]
-            eligible = metrics.eligible_keys(stats, self.min_queries).cpu()  # [B, S]
-            mass = mass.masked_fill(~eligible[:, None, :], 0.0)
+                per_head["slot"].append(metrics.mean_slot_mass(stats).double().sum(0))
+            per_head["entropy"].append(metrics.mean_entropy(stats).double().sum(0))
+            mass = metrics.mean_received(stats).double()  # [B, H, S]
+            mass = mass.masked_fill(~metrics.eligible_keys(stats, self.min_queries)[:, None, :], 0.0)
             other = mass.clone()
-            other[torch.arange(B), :, first] = 0.0
-            self.other[layer] += other.amax(dim=2).sum(0)
+            other[torch.arange(B, device=mass.device), :, first_dev] = 0.0
+            per_head["other"].append(other.amax(dim=2).sum(0))
             above = metrics.is_sink(mass, self.sink_threshold)  # [B, H, S]
-            heads += above.sum(1)
-            best = torch.maximum(best, mass.amax(1))
-            for b, pos in (above.any(1)).nonzero().tolist():
-                layers_hit[(b, pos)].append(layer)
+            heads = above.sum(1) if heads is None else heads + above.sum(1)
+            best = mass.amax(1) if best is None else torch.maximum(best, mass.amax(1))
+            hits.append(above.any(1))  # [B, S]
+        layers = list(obs.attention)
+        for name, values in per_head.items():
+            total = getattr(self, name)
+            total[layers] += torch.stack(values).cpu()
+        self.has_slot = self.has_slot or bool(per_head.get("slot"))
+        if best is not None:
+            best, heads = best.cpu(), heads.cpu()
+            for i, b, pos in torch.stack(hits).nonzero().tolist():  # [n, 3]: layer slot, sequence, key
+                layers_hit[(b, pos)].append(layers[i])
         for (b, pos), hit_layers in layers_hit.items():
             rel = pos - int(first[b])
             token = decode(int(ids[b, pos]))
