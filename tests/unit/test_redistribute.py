@@ -132,3 +132,15 @@ def test_load_method_refusals(tmp_path):
     for name, match in (("a.json", "unknown method"), ("b.json", "unknown parameter"), ("c.json", "cannot read")):
         with pytest.raises(SinklabInputError, match=match):
             load_method(tmp_path / name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
+def test_zerotuning_runs_on_the_triton_kernels():
+    """bf16 on CUDA: the first-token column comes from the Triton kernel and the model-level result is the twin's."""
+    model, tok = load("tiny-llama")
+    model = model.cuda().to(torch.bfloat16)
+    ids = tok(TEXTS[:1], return_tensors="pt")["input_ids"].cuda()
+    before = attention_calls()
+    got = _logits(model, {"input_ids": ids}, ZeroTuning(gamma=2.0)).float()
+    assert attention_calls() - before == {"softmax/triton": 3}
+    assert_close(got, _logits(model, {"input_ids": ids}, ZeroTuningNaive(gamma=2.0)).float(), torch.bfloat16)
