@@ -9,6 +9,7 @@ from sinklab.exploit.redistribute.act import reweight
 from sinklab.exploit.redistribute.naive import ACTNaive, ZeroTuningNaive
 from sinklab.exploit.redistribute.zerotuning import correct
 from sinklab.hf import sites
+from sinklab.method import Method
 from sinklab.models import load
 from sinklab.models.tiny import tiny_arch
 from sinklab.ops import attention, attention_calls
@@ -94,6 +95,19 @@ def test_zerotuning_never_replaces_the_attention_computation():
     _logits(model, enc, ZeroTuning(heads={0: [0], 2: [1]}))
     calls = attention_calls() - before
     assert calls == {"softmax/chunked": 3}  # CPU: one call per layer, no naive pass (CUDA: softmax/triton)
+
+
+def test_zerotuning_composes_with_another_statistics_request():
+    class AskColumns(Method):
+        def install(self, model_sites):
+            model_sites.ask(self, StatsRequest(colsum=False, entropy=False, columns=(1, 2)))
+
+    model, tok = load("tiny-llama")
+    tok.padding_side = "left"  # row 1's first real token sits after columns another owner asked for
+    enc = tok(TEXTS, return_tensors="pt", padding=True)
+    alone = _logits(model, enc, ZeroTuning(gamma=2.0))
+    with AskColumns()(model):
+        assert torch.equal(_logits(model, enc, ZeroTuning(gamma=2.0)), alone)
 
 
 def test_json_round_trip(tmp_path):
