@@ -3,12 +3,28 @@
 model, tokenizer = sinklab.load("smollm2-135m")
 result = sinklab.scan(model, tokenizer, texts)      # where the sinks are, how strong
 result.save("out/")                                 # metrics.json, heads.csv, plots, report.html
+
+The names below are imported on first use (PEP 562), so ``import sinklab.errors`` or the CLI's start-up does not
+load torch and transformers before it needs them.
 """
 
+import importlib
+
 from sinklab.errors import SinklabInputError
-from sinklab.measure import Observer, ScanResult, scan
-from sinklab.measure.probes import ExplainResult, explain
-from sinklab.models import load
 
 __version__ = "0.1.0"
+_LAZY = {
+    "ExplainResult": "sinklab.measure.probes",
+    "Observer": "sinklab.measure",
+    "ScanResult": "sinklab.measure",
+    "explain": "sinklab.measure.probes",
+    "load": "sinklab.models",
+    "scan": "sinklab.measure",
+}
 __all__ = ["ExplainResult", "Observer", "ScanResult", "SinklabInputError", "explain", "load", "scan"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sinklab' has no attribute {name!r}")
