@@ -48,6 +48,8 @@ def test_injection_task_balanced_and_equal_length(tmp_path):
     result = runner.invoke(app, ["detect", "task", "injection", "--num-examples", "10", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert len(out.read_text().splitlines()) == 10
+    result = runner.invoke(app, ["detect", "task", "injection", "--out", str(tmp_path / "no" / "x.jsonl")])
+    assert result.exit_code == 2 and "existing directory" in result.output
 
 
 BAD = {

@@ -60,8 +60,8 @@ def task_command(
 
     if name not in TASKS:
         raise SinklabInputError(f"unknown task {name!r}; accepted: {', '.join(TASKS)}")
-    if out.exists() and out.is_dir():
-        raise SinklabInputError(f"--out {out} is a directory; give a .jsonl file")
+    if out.is_dir() or not out.absolute().parent.is_dir():
+        raise SinklabInputError(f"--out {out} must be a .jsonl file in an existing directory")
     if name == "injection":
         records = detection.injection_task(num_examples, seed=seed)
     else:
