@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sinklab.remove import IDENTITY_VARIANTS, patch, unpatch
+from sinklab.remove import identity_variants, patch, unpatch
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
 
@@ -18,7 +18,7 @@ def reference(smollm2):
         return ids, model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("variant", IDENTITY_VARIANTS)
+@pytest.mark.parametrize("variant", identity_variants())
 def test_identity_patch_keeps_smollm2_logits(smollm2, reference, variant):
     model, _ = smollm2
     ids, ref = reference
