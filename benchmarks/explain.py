@@ -44,7 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import sinklab
     from sinklab.data import read_texts, token_sequences
-    from sinklab.measure.probes.explain import PROBES
+    from sinklab.measure.probes.runner import PROBES
 
     model, tok = sinklab.load(MODEL)
     seqs = token_sequences(tok, read_texts(None), args.tokens, 1, exact=True)

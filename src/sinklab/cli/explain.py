@@ -61,7 +61,7 @@ def explain_command(
 ) -> None:
     """Test the no-op, outlier-circuit, implicit-bias, anchoring and emergence explanations of attention sinks."""
     from sinklab.measure.probes import explain
-    from sinklab.measure.probes.explain import MIN_TOKENS, parse_probes
+    from sinklab.measure.probes.runner import MIN_TOKENS, parse_probes
 
     names = parse_probes(probes)
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=MIN_TOKENS)

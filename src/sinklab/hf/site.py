@@ -29,6 +29,7 @@ applied to the weights, as eager attention does (it runs the chunked path).
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -379,8 +380,14 @@ class ModelSites:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-        AttentionInterface.register(self.name, self._entry)
+        sites_ref = weakref.ref(self)  # the global registry must not keep a dropped model alive
+
+        def entry(module, query, key, value, attention_mask, **kwargs):
+            return sites_ref()._entry(module, query, key, value, attention_mask, **kwargs)
+
+        AttentionInterface.register(self.name, entry)
         AttentionMaskInterface.register(self.name, sdpa_mask)
+        self._finalizer = weakref.finalize(self, _unregister, self.name)  # a model dropped while patched
         self._previous_impl = self.model.config._attn_implementation
         self.model.set_attn_implementation(self.name)
         self._handles.append(self.model.register_forward_pre_hook(self._start, with_kwargs=True))
@@ -397,15 +404,11 @@ class ModelSites:
                 self._handles.append(mlp.register_forward_pre_hook(self._input_hook(i), with_kwargs=True))
 
     def _uninstall(self) -> None:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface
-
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self.model.set_attn_implementation(self._previous_impl)
-        AttentionInterface._global_mapping.pop(self.name, None)
-        AttentionMaskInterface._global_mapping.pop(self.name, None)
+        self._finalizer()
         self.padding = None
 
     def _start(self, module, args, kwargs):
@@ -453,6 +456,15 @@ class ModelSites:
             return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
 
         return hook
+
+
+def _unregister(name: str) -> None:
+    """Remove the attention function and mask entry registered under ``name``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface._global_mapping.pop(name, None)
+    AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 def sites(model: nn.Module) -> ModelSites:

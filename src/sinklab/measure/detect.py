@@ -42,7 +42,7 @@ from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import AttentionCall, ModelSites, ModelView
 from sinklab.measure import metrics
 from sinklab.measure.engine import release_freed_memory
-from sinklab.measure.scan import _batches
+from sinklab.measure.scanner import _batches
 from sinklab.method import Method
 from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
 from sinklab.progress import Progress

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sinklab.measure import metrics
 from sinklab.measure.engine import AttentionContext, Observer, ResidualStats
-from sinklab.measure.scan import is_causal
+from sinklab.measure.scanner import is_causal
 
 SINK = 0
 Hooks = dict[str, list[Callable]]

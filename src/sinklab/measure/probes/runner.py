@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sinklab.data import BosMode
-from sinklab.errors import SinklabInputError
+from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.measure import metrics
 from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, record, rounded
 from sinklab.measure.probes.anchor import AnchorProbe
@@ -23,7 +23,7 @@ from sinklab.measure.probes.context import NO_LOSS, ProbeContext
 from sinklab.measure.probes.emergence import EmergenceProbe
 from sinklab.measure.probes.noop import NoopProbe
 from sinklab.measure.probes.outlier import OutlierProbe
-from sinklab.measure.scan import as_sequences, check_length, is_causal, token_decoder
+from sinklab.measure.scanner import as_sequences, check_length, is_causal, token_decoder
 from sinklab.models import check_model, check_token_ids
 from sinklab.progress import Progress
 from sinklab.provenance import describe_texts, run_provenance
@@ -116,8 +116,7 @@ def explain(
     causal LM head, interventions report sink rates and no loss.
     """
     names = parse_probes(probes)
-    if not 0.0 < eps < 1.0:
-        raise SinklabInputError(f"eps must lie in (0, 1), got {eps}")
+    check_fraction("eps", eps)
     check_model(model, tokenizer)
     seqs = as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos)
     check_token_ids(model, seqs)
