@@ -8,9 +8,9 @@ from sinklab.measure.probes._common import ProbeNotApplicable
 from sinklab.measure.probes.anchor import AnchorProbe
 from sinklab.measure.probes.bias import BiasProbe
 from sinklab.measure.probes.emergence import EmergenceProbe
-from sinklab.measure.probes.runner import PROBES, ExplainResult, explain
 from sinklab.measure.probes.noop import NoopProbe
 from sinklab.measure.probes.outlier import OutlierProbe
+from sinklab.measure.probes.runner import PROBES, ExplainResult, explain
 
 __all__ = [
     "PROBES",
