@@ -244,7 +244,7 @@ def test_split_mask_follows_each_mask_and_its_changes():
     assert split_mask(a, 20, 20, True, None, "cpu")[2].sum(-1).tolist() == [20, 15]
     assert split_mask(b, 20, 20, True, None, "cpu")[2].sum(-1).tolist() == [17, 20]
     b[0, 0, 10, 0] = True  # changed in place: no longer causal & padding
-    causal_flag, window, padding, mask = split_mask(b, 20, 20, True, None, "cpu")
+    causal_flag, _, padding, mask = split_mask(b, 20, 20, True, None, "cpu")
     assert causal_flag is False and padding is None and torch.equal(mask, b)
     windowed = causal.triu(-7).expand(1, 1, 20, 20)
     assert split_mask(windowed, 20, 20, True, 8, "cpu")[:3] == (True, 8, None)

@@ -82,7 +82,7 @@ def test_identity_patch_leaves_outputs(arch):
 
 
 def test_own_sinks_refuse_other_variants():
-    model, tok = tiny_arch("gpt_oss")
+    model, _ = tiny_arch("gpt_oss")
     patch(model, "softpick")
     with pytest.raises(SinklabInputError, match="s_aux"):
         model(input_ids=torch.tensor([[5, 6, 7]]))
@@ -131,7 +131,7 @@ def test_registration_lives_and_dies_with_the_methods():
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    model, tok = tiny_arch("llama")
+    model, _ = tiny_arch("llama")
     before = model.config._attn_implementation
     name = sites(model).name
     with Observer(model):
