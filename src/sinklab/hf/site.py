@@ -64,6 +64,7 @@ class AttentionCall:
     scale: float = 1.0
     softcap: float | None = None
     dropout: float = 0.0  # attention dropout on the weights (training mode only)
+    sinks: torch.Tensor | None = None  # [H] the model's own sink logits (gpt-oss ``s_aux``)
     query: torch.Tensor | None = None
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
@@ -72,6 +73,33 @@ class AttentionCall:
     site: AttentionSite | None = None
     rows: tuple[int, int] | None = None
     keys: tuple[int, int] | None = None
+
+    def attend(self, **kw):
+        """This call's attention through ``sinklab.ops.attention``: the site's variant (the model's own sink logits
+        as the "sink" variant), the call's mask, scale, window and softcap, plus ``kw`` (``stats=``, edits, ``impl=``).
+        Methods that need the attention computed again (a statistics pass first) call this too."""
+        variant, params, _ = self.site.variant()
+        if self.sinks is not None:  # gpt-oss: a learned sink logit per head, exactly the "sink" variant
+            if variant != "softmax":
+                raise SinklabInputError(
+                    f"layer {self.layer} has its own sink logits (s_aux); variant {variant!r} cannot be combined "
+                    "with them (accepted on such models: softmax, gated)"
+                )
+            variant, params = "sink", {"sink": self.sinks.to(self.query.dtype)}
+        return ops_attention(
+            self.query,
+            self.key,
+            self.value,
+            variant=variant,
+            causal=self.causal,
+            attn_mask=self.attn_mask,
+            key_padding=self.key_padding,
+            scale=self.scale,
+            window=self.window,
+            softcap=self.softcap,
+            **kw,
+            **params,
+        )
 
 
 @dataclass
@@ -153,7 +181,7 @@ class AttentionSite:
         causal, window, padding, mask = split_mask(attention_mask, T, S, causal, window, query.device)
         query, key, value = _compute_dtype(query, key, value)
         call = AttentionCall(
-            self.layer, causal, window, padding, mask, scale, softcap, dropout, hidden=self.hidden, site=self
+            self.layer, causal, window, padding, mask, scale, softcap, dropout, sinks, hidden=self.hidden, site=self
         )
         self.hidden = None
         if self.sites.padding is None or self.layer == self.sites.first_layer:
@@ -169,9 +197,9 @@ class AttentionSite:
             out = fn(call)
             if out is not None:
                 break
-        variant, params, spec = self.variant()
+        spec = self.sites.variant
         if out is None:
-            out = self._attend(call, variant, params, sinks)
+            out = self._attend(call)
         elif sinks is not None:
             raise SinklabInputError(
                 f"layer {self.layer} has its own sink logits (s_aux); an attention override cannot take them"
@@ -183,33 +211,15 @@ class AttentionSite:
             out = spec.finish(out, call)
         return out.transpose(1, 2).contiguous()  # [B, T, H, D]
 
-    def _attend(self, call: AttentionCall, variant: str, params: dict, sinks) -> torch.Tensor:
-        if sinks is not None:  # gpt-oss: a learned sink logit per head, exactly the "sink" variant
-            if variant != "softmax":
-                raise SinklabInputError(
-                    f"layer {self.layer} has its own sink logits (s_aux); variant {variant!r} cannot be combined "
-                    "with them (accepted on such models: softmax, gated)"
-                )
-            variant, params = "sink", {"sink": sinks.to(call.query.dtype)}
+    def _attend(self, call: AttentionCall) -> torch.Tensor:
         request = self.sites.request(self.layer)
         logit_hooks, weight_hooks = self.hooks("logits"), self.hooks("weights")
         if call.dropout:  # as eager attention: dropout on the weights, after every edit (forces the chunked path)
             weight_hooks = [*weight_hooks, lambda w, ctx: nn.functional.dropout(w, call.dropout, training=True)]
-        result = ops_attention(
-            call.query,
-            call.key,
-            call.value,
-            variant=variant,
-            causal=call.causal,
-            attn_mask=call.attn_mask,
-            key_padding=call.key_padding,
-            scale=call.scale,
-            window=call.window,
-            softcap=call.softcap,
+        result = call.attend(
             stats=request,
             edit_logits=_chain(logit_hooks, call) if logit_hooks else None,
             edit_weights=_chain(weight_hooks, call) if weight_hooks else None,
-            **params,
         )
         if request is None:
             return result
