@@ -25,7 +25,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.remove.train import TrainConfig, plot_curves, train
+from sinklab.remove.train import TrainConfig, train
+from sinklab.report.train import training_curves
 
 # run name -> TrainConfig overrides (the baseline: softmax, weight decay 0.1, BOS at every sequence start)
 RUNS: dict[str, dict] = {
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     call["wall_seconds"] = time.perf_counter() - started
     for directory in dirs:
         (directory / out.name).write_text(json.dumps(record, indent=1))
-        plot_curves(record["runs"], directory / out.name.replace(".json", ".png"))
+        training_curves(record["runs"], directory / out.name.replace(".json", ".png"))
     Console(width=160).print(_table(record["table"]))
     summary = {"benchmark": "train_study", "hardware": hardware, "table": record["table"]}
     summary.update({k: call[k] for k in ("failed", "skipped") if k in call})

@@ -154,10 +154,11 @@ def eval_stream_command(
     from rich.table import Table
 
     from sinklab.data import read_texts
-    from sinklab.exploit.stream import check_stream_args, eval_stream, parse_policies, parse_sweep, plot_stream
+    from sinklab.exploit.stream import check_stream_args, eval_stream, parse_policies, parse_sweep
     from sinklab.models import load
     from sinklab.progress import Progress
     from sinklab.provenance import run_provenance
+    from sinklab.report.stream import stream_plots
 
     names = parse_policies(policies)
     sweep_sinks = parse_sweep(sweep)
@@ -203,7 +204,7 @@ def eval_stream_command(
     }
     with staged_output(out) as tmp:
         (tmp / "stream.json").write_text(json.dumps(record, indent=2))
-        plot_stream(result, tmp, sinks, window)
+        stream_plots(result, tmp, sinks, window)
     table = Table(title=f"eval-stream {model}: {tokens} tokens, {sinks} sinks + window {window} (evict {evict})")
     for col in ("policy", "ppl", "ppl after window", "peak MB", "tokens/s", "scored"):
         table.add_column(col)

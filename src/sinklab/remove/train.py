@@ -419,42 +419,13 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 # -- output --------------------------------------------------------------------------------------------------------
-def plot_curves(runs: list[dict], path: str | Path) -> None:
-    """Validation loss, Sink_1, first-token mass, max |activation| and kurtosis against step, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [
-        ("val_loss", "validation loss", False),
-        ("sink_rate", "Sink_1^0.3 (T=64)", False),
-        ("first_token_mass_mean", "first-token mass (mean over heads)", False),
-        ("max_activation", "max |residual activation|", True),
-        ("kurtosis", "residual kurtosis (max over layers)", True),
-    ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
-    for ax, (key, title, log) in zip(axes, panels, strict=True):
-        ax.set_prop_cycle(color=colors)
-        for run in runs:
-            steps = [row["step"] for row in run["history"]]
-            ax.plot(steps, [row[key] for row in run["history"]], marker=".", label=run["name"])
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        if log:
-            ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def save(result: TrainResult, out: str | Path) -> Path:
     """Write ``train.json`` and ``curves.png`` into ``out`` all at once (``sinklab.report.files.staged_output``)."""
     out = Path(out)
     record = result.to_dict()
     with staged_output(out) as tmp:
         (tmp / "train.json").write_text(json.dumps(record, indent=1))
-        plot_curves([record], tmp / "curves.png")
+        from sinklab.report.train import training_curves
+
+        training_curves([record], tmp / "curves.png")
     return out
