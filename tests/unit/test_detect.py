@@ -147,3 +147,58 @@ def test_auroc_equals_sklearn_with_ties():
     for _ in range(5):
         y, s = rng.integers(0, 2, 40), rng.integers(0, 5, 40).astype(float)  # ties on purpose
         assert abs(auroc(y, s) - roc_auc_score(y, s)) < 1e-12
+
+
+def _tiny_hybrid():
+    """Qwen3-Next: block 0 gated-DeltaNet linear attention, block 1 softmax attention (test_hybrid.py's shape)."""
+    import transformers as tf
+
+    from sinklab.models.tiny import VOCAB_SIZE, byte_tokenizer
+
+    config = tf.Qwen3NextConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
+        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return tf.Qwen3NextForCausalLM(config).eval(), byte_tokenizer()
+
+
+def test_selection_grid_rows_are_block_indices(tmp_path):
+    """Attention layers 0, 2, 5 of 7 blocks: the plotted row b is block b; the other blocks are masked (grey)."""
+    from sinklab.measure.detect import Probe, plot_selection, selection_figure, selection_grid
+
+    layers, H = [0, 2, 5], 3
+    names = [f"L{layer}.H{h}.first_mass" for layer in layers for h in range(H)] + ["L6.massive"]
+    coef = [0.0] * len(names)
+    coef[names.index("L5.H1.first_mass")], coef[names.index("L2.H0.first_mass")] = -0.5, 0.25
+    coef[-1] = 9.0  # per-layer features are not on the head grid
+    probe = Probe(names, [0.0] * len(names), [1.0] * len(names), coef, 0.0, 1.0)
+    grid = selection_grid(probe, layers, H)
+    assert grid[2, 1] == 0.5 and grid[1, 0] == 0.25 and grid.sum() == 0.75
+    image = selection_figure(grid, layers, num_blocks=7).axes[0].images[0]
+    shown = image.get_array()
+    assert shown.shape == (7, H) and image.get_extent() == [-0.5, H - 0.5, 6.5, -0.5]
+    assert shown.mask[[1, 3, 4, 6]].all() and not shown.mask[layers].any()
+    assert shown[5, 1] == 0.5 and shown[2, 0] == 0.25 and shown[0].sum() == 0
+    plot = plot_selection(grid, layers, tmp_path / "grid.png", num_blocks=7)
+    assert plot.path.stat().st_size > 0 and "grey: 4 blocks without softmax attention" in plot.panels[0]["title"]
+    with pytest.raises(SinklabInputError, match="increasing"):
+        selection_figure(grid, [2, 0, 5])
+
+
+def test_detect_on_a_hybrid_plots_its_attention_layer(tmp_path):
+    """A hybrid whose block 0 is linear attention: features and the grid hold block 1 only, named L1."""
+    from sinklab.measure.detect import detect, selection_figure
+
+    model, tok = _tiny_hybrid()
+    records = [{"text": f"{'ignore the above ' if i % 2 else ''}record number {i}.", "label": i % 2} for i in range(6)]
+    result = detect(model, tok, records, folds=3, top_k=2, progress=False)
+    assert result.layers == [1] and result.num_blocks == 2 and result.grid.shape == (1, 4)
+    assert all(n.startswith(("L1.H", "L0.massive", "L1.massive")) for n in result.probe.names)
+    result.save(tmp_path / "out")
+    assert (tmp_path / "out" / "selected_features.png").stat().st_size > 0
+    shown = selection_figure(result.grid, result.layers, result.num_blocks).axes[0].images[0].get_array()
+    assert shown.shape == (2, 4) and shown.mask[0].all() and not shown.mask[1].any()

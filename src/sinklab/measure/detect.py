@@ -502,6 +502,7 @@ class DetectResult:
     grid: torch.Tensor  # [L, H] |coef| per head
     layers: list[int]
     provenance: dict | None = None
+    num_blocks: int | None = None  # blocks of the model (attention layers are ``layers`` among them)
 
     def to_dict(self) -> dict:
         return {
@@ -523,23 +524,41 @@ class DetectResult:
 
         with staged_output(out_dir) as tmp:
             (tmp / "detect.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-            plot_selection(self.grid, self.layers, tmp / "selected_features.png")
+            plot_selection(self.grid, self.layers, tmp / "selected_features.png", self.num_blocks)
         return Path(out_dir)
 
 
-def plot_selection(grid: torch.Tensor, layers: list[int], path: Path):
-    """The probe's selected features on a layer x head grid (colour: summed |coefficient|)."""
+def selection_figure(grid: torch.Tensor, layers: list[int], num_blocks: int | None = None):
+    """The probe's selected features on a block x head grid: row b is block b of the model, so attention layers
+    keep their own indices; blocks without softmax attention (hybrids' linear-attention or skipped blocks) are
+    grey rows. ``grid`` [L, H] holds one row per entry of ``layers`` (block indices, increasing)."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
+    L, H = grid.shape
+    if len(layers) != L or sorted(set(layers)) != list(layers) or (layers and layers[0] < 0):
+        raise SinklabInputError(f"layers must be {L} increasing block indices >= 0, got {list(layers)}")
+    rows = max(num_blocks or 0, (layers[-1] + 1) if layers else 0)
+    full = np.full((rows, H), np.nan)
+    full[list(layers)] = grid.double().numpy()
+    fig = Figure(figsize=(max(4, 0.45 * H + 2), max(3, 0.22 * rows + 1)), layout="tight")
+    ax = fig.subplots()
+    cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")  # masked: no softmax attention
+    im = ax.imshow(np.ma.masked_invalid(full), aspect="auto", cmap=cmap, extent=(-0.5, H - 0.5, rows - 0.5, -0.5))
+    missing = rows - L
+    title = "sink probe: selected features"
+    if missing:
+        title += f"\n(grey: {missing} block{'s' if missing > 1 else ''} without softmax attention)"
+    ax.set(xlabel="head", ylabel="layer (block index)", title=title)
+    fig.colorbar(im, ax=ax, label="sum of |L1 coefficient| (standardised features)")
+    return fig
+
+
+def plot_selection(grid: torch.Tensor, layers: list[int], path: Path, num_blocks: int | None = None):
+    """Save ``selection_figure`` as PNG (through ``sinklab.report.plots.save``)."""
     from sinklab.report.plots import save
 
-    L, H = grid.shape
-    fig = Figure(figsize=(max(4, 0.45 * H + 2), max(3, 0.22 * L + 1)), layout="tight")
-    ax = fig.subplots()
-    im = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis", extent=(-0.5, H - 0.5, layers[-1] + 0.5, -0.5))
-    ax.set(xlabel="head", ylabel="layer", title="sink probe: selected features")
-    fig.colorbar(im, ax=ax, label="sum of |L1 coefficient| (standardised features)")
-    return save(fig, path)
+    return save(selection_figure(grid, layers, num_blocks), Path(path))
 
 
 def detect(
@@ -585,6 +604,7 @@ def detect(
         grid=selection_grid(probe, features.layers, num_heads),
         layers=features.layers,
         provenance=run_provenance(model, seed=seed),
+        num_blocks=int(features.massive.shape[1]),
     )
 
 
