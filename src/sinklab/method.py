@@ -34,6 +34,7 @@ METHOD_MODULES = (
     "sinklab.remove.variant",
     "sinklab.exploit.cache.presses.knorm",
     "sinklab.exploit.cache.presses.h2o",
+    "sinklab.exploit.cache.quant",
     "sinklab.exploit.stream_eval",
     "sinklab.exploit.redistribute.act",
     "sinklab.exploit.redistribute.zerotuning",

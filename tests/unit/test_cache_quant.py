@@ -6,7 +6,9 @@ import torch
 from sinklab.errors import SinklabInputError
 from sinklab.exploit.cache import QuantizedSinkCache
 from sinklab.exploit.cache.naive import quantize_dequantize
+from sinklab.hf import ModelView
 from sinklab.models import load
+from sinklab.models.tiny import tiny_arch
 from sinklab.testing import assert_close, rel_err
 
 
@@ -87,3 +89,33 @@ def test_channel_keys_are_quantized_per_channel_in_token_blocks(bits, sinks):
     r = (11 - sinks) % 4  # tokens of the incomplete last block: kept exact until it fills
     assert r > 0 and torch.equal(got_k[:, :, 11 - r :], k[:, :, 11 - r :])
     assert rel_err(got_k[:, :, : 11 - r], k[:, :, : 11 - r]) > 0
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma3", "qwen2", "mistral"])
+@pytest.mark.parametrize("policy", ["dense", "int4", "int4-sinks", "int8-sinks"])
+def test_parallel_quantized_policy_equals_token_by_token_decoding(name, policy):
+    """QuantizedKVAttention in one forward = decoding one token at a time with QuantizedSinkCache (fp32), and the
+    computed peak bytes = what the decoded cache held (GQA, Gemma-3's sliding layers, Mistral's window)."""
+    from sinklab.exploit.stream import parallel_nll, stream_nll
+
+    model, _ = load(name) if name.startswith("tiny-") else tiny_arch(name)
+    ids = torch.randint(3, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    decoded = stream_nll(model, ids, policy, 3, 8)
+    parallel = parallel_nll(model, ids, policy, 3, 8)
+    assert parallel.extra["scored"] == "parallel"
+    assert abs(decoded.nll - parallel.nll).max() < 1e-4
+    assert parallel.peak_bytes == decoded.peak_bytes
+    if policy != "dense" and any(info.kind == "full" for info in ModelView(model).attention):  # Mistral: none
+        dense = parallel_nll(model, ids, "dense", 3, 8)
+        assert abs(dense.nll - parallel.nll).max() > 1e-4  # it really quantizes
+
+
+def test_quantized_kv_attention_refuses_bad_groups():
+    from sinklab.exploit.cache.quant import QuantizedKVAttention
+
+    model, _ = load("tiny-llama")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with QuantizedKVAttention(4, 0, group_size=5)(model), pytest.raises(SinklabInputError, match="group size"):
+        model(input_ids=ids, use_cache=False)
+    with pytest.raises(SinklabInputError, match="bits"):
+        QuantizedKVAttention(3)
