@@ -23,6 +23,7 @@ import math
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -332,10 +333,92 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+@dataclass
+class LoopResult:
+    """What ``training_loop`` saw: one history row per evaluation (rank 0), the last step's loss (averaged over
+    ranks) and its parts, the seconds spent in steps, and the ``sinklab.ops.attention`` dispatches of the steps."""
+
+    history: list[dict]
+    train_loss: float
+    train_parts: dict[str, float]
+    train_time: float
+    attention_calls: dict[str, int]
+
+
+def training_loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    batch: Callable[[int], torch.Tensor],
+    loss: Callable[[nn.Module, torch.Tensor], torch.Tensor | tuple[torch.Tensor, dict]],
+    lr: Callable[[int], float],
+    evaluate: Callable[[int], dict],
+    eval_every: int,
+    grad_clip: float,
+    tokens_per_step: int,
+    description: str,
+    info: Callable[[dict], str] = lambda row: "",
+    rank: int = 0,
+    world: int = 1,
+) -> LoopResult:
+    """The optimisation loop ``sinklab train`` and ``sinklab adapt`` share.
+
+    For step = 0 .. steps-1: set every group's learning rate to ``lr(step)`` times the group's ``lr_scale`` (1 by
+    default), take ``batch(step)`` (this rank's token ids), ``loss(model, ids)`` under bf16 autocast on CUDA (a
+    tensor, or ``(tensor, parts)`` with named scalar parts logged as ``train_<name>``), backward, clip the gradient
+    norm of the optimised parameters to ``grad_clip``, step. ``model`` may be wrapped in DDP (torchrun: gradients
+    are averaged by DDP, the reported loss by an all-reduce). On rank 0 at step 0, every ``eval_every`` steps and
+    after the last step, ``evaluate(step)`` adds its metrics to a history row {step, tokens, train_loss, ...};
+    ``info(row)`` is shown beside the progress bar.
+    """
+    from sinklab.progress import Progress
+
+    device = next(model.parameters()).device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    history: list[dict] = []
+    train_loss, parts = float("nan"), {}
+    train_time = 0.0
+    dispatched = Counter()  # what the training steps' attention ran (evaluations run fp32 and may fall back)
+    with Progress(disable=rank != 0) as progress:
+        bar = progress.add_task(description, total=steps, info="")
+        for step in range(steps + 1):
+            if step % eval_every == 0 or step == steps:
+                if rank == 0:
+                    row = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss}
+                    row.update({f"train_{k}": v for k, v in parts.items()})
+                    row.update(evaluate(step))
+                    history.append(row)
+                    progress.update(bar, info=info(row))
+                if step == steps:
+                    break
+            tick, before = time.perf_counter(), attention_calls()
+            for group in optimizer.param_groups:
+                group["lr"] = lr(step) * group.get("lr_scale", 1.0)
+            ids = batch(step).to(device)
+            with _autocast(device):
+                value = loss(model, ids)
+            value, named = value if isinstance(value, tuple) else (value, {})
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+            reported = torch.stack(
+                [value.detach().float(), *(torch.as_tensor(v).float().to(device) for v in named.values())]
+            )
+            if world > 1:
+                torch.distributed.all_reduce(reported, op=torch.distributed.ReduceOp.AVG)
+            train_loss, *rest = reported.tolist()
+            parts = dict(zip(named, rest, strict=True))
+            train_time += time.perf_counter() - tick
+            dispatched += attention_calls() - before
+            progress.update(bar, advance=1)
+    return LoopResult(history, train_loss, parts, train_time, dict(dispatched))
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one configuration; on rank 0, write ``config.out/train.json`` and plots when ``out`` is set."""
     from sinklab.models import resolve_device
-    from sinklab.progress import Progress
     from sinklab.provenance import digest, run_provenance
 
     config = config.resolved()
@@ -371,38 +454,24 @@ def train(config: TrainConfig) -> TrainResult:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = _optimizer(raw, config, fused=device.type == "cuda")
     params = sum(p.numel() for p in raw.parameters())
-    history: list[dict] = []
-    train_loss = float("nan")
-    started, train_time = time.perf_counter(), 0.0
-    dispatched = Counter()  # what the training steps' attention ran (evaluations run fp32 and may fall back)
-    with Progress(disable=rank != 0) as progress:
-        bar = progress.add_task(f"train {config.name}", total=config.steps, info="")
-        for step in range(config.steps + 1):
-            if step % config.eval_every == 0 or step == config.steps:
-                if rank == 0:
-                    row = {"step": step, "tokens": step * config.batch_size * world * body, "train_loss": train_loss}
-                    row.update(evaluate(raw, tokenizer, val, metric, config))
-                    history.append(row)
-                    progress.update(bar, info=f"val {row['val_loss']:.3f} sink {row['sink_rate']:.1%}")
-                if step == config.steps:
-                    break
-            tick, before = time.perf_counter(), attention_calls()
-            for group in optimizer.param_groups:
-                group["lr"] = _lr(step, config)
-            ids = train_data.step(step, config.batch_size, rank, world).to(device)
-            with _autocast(device):
-                loss = _loss(model, ids, len(prefix))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(raw.parameters(), config.grad_clip)
-            optimizer.step()
-            reported = loss.detach()
-            if world > 1:
-                torch.distributed.all_reduce(reported, op=torch.distributed.ReduceOp.AVG)
-            train_loss = reported.item()
-            train_time += time.perf_counter() - tick
-            dispatched += attention_calls() - before
-            progress.update(bar, advance=1)
+    started = time.perf_counter()
+    loop = training_loop(
+        model,
+        optimizer,
+        steps=config.steps,
+        batch=lambda step: train_data.step(step, config.batch_size, rank, world),
+        loss=lambda net, ids: _loss(net, ids, len(prefix)),
+        lr=lambda step: _lr(step, config),
+        evaluate=lambda step: evaluate(raw, tokenizer, val, metric, config),
+        eval_every=config.eval_every,
+        grad_clip=config.grad_clip,
+        tokens_per_step=config.batch_size * world * body,
+        description=f"train {config.name}",
+        info=lambda row: f"val {row['val_loss']:.3f} sink {row['sink_rate']:.1%}",
+        rank=rank,
+        world=world,
+    )
+    history, train_loss, train_time, dispatched = loop.history, loop.train_loss, loop.train_time, loop.attention_calls
     final = dict(history[-1]) if rank == 0 else {"train_loss": train_loss}  # the loss is averaged over ranks
     if rank == 0 and config.quant_eval:
         final.update(quantized_perplexity(raw, val, config))
@@ -410,7 +479,7 @@ def train(config: TrainConfig) -> TrainResult:
     final["wall_seconds"] = time.perf_counter() - started
     texts = {"corpus": config.corpus or "embedded byte corpus", "train_tokens_sha256": digest(corpus.train)}
     provenance = run_provenance(raw, texts=texts, bos=config.bos, seed=config.seed)
-    result = TrainResult(config, history, final, params, tokens_per_second, dict(dispatched), raw, provenance)
+    result = TrainResult(config, history, final, params, tokens_per_second, dispatched, raw, provenance)
     if rank == 0 and config.out is not None:
         save(result, config.out)
     if world > 1:
