@@ -19,14 +19,17 @@ Prints a table, then one JSON line; saves benchmarks/results/scan-<hardware>.jso
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -143,6 +146,7 @@ def cuda_main(args) -> None:
             return scan(model, tok, ids, max_tokens=T, progress=False, keep_pattern=0)
 
         row = {"tokens": T}
+        repeats = 5 if T <= 32768 else 1  # the median of several runs where one run is short
         try:
             with torch.no_grad():
                 for name, fn in (("plain", plain), ("scan", scanned)):
@@ -152,13 +156,17 @@ def cuda_main(args) -> None:
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
                     before = attention_calls()
-                    start = time.perf_counter()
-                    result = fn()
-                    torch.cuda.synchronize()
-                    row[f"{name}_s"] = time.perf_counter() - start
+                    times = []
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        result = fn()
+                        torch.cuda.synchronize()
+                        times.append(time.perf_counter() - start)
+                    row[f"{name}_s"] = statistics.median(times)
+                    row[f"{name}_runs"] = len(times)
                     row[f"{name}_peak_gb"] = (torch.cuda.max_memory_allocated() - base) / 2**30 + base / 2**30
                     if name == "scan":
-                        row["attention_calls"] = dict(attention_calls() - before)
+                        row["attention_calls"] = {k: v // repeats for k, v in (attention_calls() - before).items()}
                 if check is None:
                     reference = _chunked_scan(scan, model, tok, ids)
                     check = {
@@ -175,6 +183,18 @@ def cuda_main(args) -> None:
             row["memory_ratio"] = row["scan_peak_gb"] / row["plain_peak_gb"]
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.sync_check:  # operations that make the host wait for the GPU during one scan, by source line
+        ids = torch.randint(10, 120000, (1, lengths[0]), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            scan(model, tok, ids, max_tokens=lengths[0], progress=False, keep_pattern=0)
+            torch.cuda.set_sync_debug_mode("default")
+        where = collections.Counter(
+            f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+        )
+        sync_points = {"tokens": lengths[0], "total": sum(where.values()), "by_line": dict(where.most_common())}
+        print(json.dumps({"sync_points": sync_points}), flush=True)
     if args.profile:  # where scan's time goes beyond the plain forward, by CUDA kernel
         ids = torch.randint(10, 120000, (1, args.profile), generator=torch.Generator().manual_seed(0))
         with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
@@ -197,6 +217,7 @@ def cuda_main(args) -> None:
         "versions": {"torch": torch.__version__, "gpu": torch.cuda.get_device_name()},
         "goals": {"time_ratio_max": 2.0, "memory_ratio_max": 1.2},
         "check_vs_chunked": check,
+        "sync_points": sync_points if args.sync_check else None,
         "rows": rows,
     }
     out = Path(os.environ.get("OUT", RESULTS))
@@ -211,6 +232,7 @@ def main() -> None:
     parser.add_argument("--hardware", default="cpu2")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "T"))
+    parser.add_argument("--sync-check", action="store_true", help="CUDA: list host synchronizations of one scan")
     parser.add_argument("--profile", type=int, default=0, metavar="T", help="CUDA: profile one scan at T tokens")
     args = parser.parse_args()
     if args.worker:

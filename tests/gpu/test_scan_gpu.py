@@ -33,3 +33,22 @@ def test_observer_on_patched_cuda_model(variant):
             observed = model(input_ids=ids).logits
     assert_close(observed, reference, torch.float32)
     assert obs.attention[0].colsum.is_cuda
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_median_on_cuda_is_exact_and_never_synchronizes(dtype):
+    """The byte-histogram kernels give torch.median's value of |x| on CUDA with no host synchronization."""
+    from sinklab.measure.engine import residual_stats
+
+    g = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(2, 3000, 64, generator=g) * torch.logspace(-4, 3, 64)).to(dtype).cuda()
+    hidden[0, 0, 5] = 3000.0
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = residual_stats(hidden, None)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for b in range(2):
+        assert float(stats.median_abs[b]) == float(hidden[b].abs().float().median())
+    assert float(stats.max_abs[0]) == 3000.0

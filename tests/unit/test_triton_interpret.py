@@ -1,5 +1,5 @@
 """Every Triton kernel under Triton's interpreter on the CPU, against the naive definitions: forward, every gradient
-and every statistic of each kernel mode.
+and every statistic of each kernel mode, and the byte histograms of the half-precision median.
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the kernels run in one subprocess (this file
 with ``--worker``) that prints one JSON line per case; the tests below assert on those lines. Small shapes
@@ -52,6 +52,27 @@ def _worker() -> None:
             print(json.dumps({"case": f"{variant}/{name}", "dtype": dtype, "errors": errs}), flush=True)
             errs = kernel_cases.check_stats(variant, case)
             print(json.dumps({"case": f"{variant}/{name}/stats", "dtype": dtype, "errors": errs}), flush=True)
+    _histogram_cases()
+
+
+def _histogram_cases() -> None:
+    """The byte-histogram kernels against torch.bincount (counts must be equal: error = mismatched bins)."""
+    import torch
+
+    from sinklab.ops._triton.histogram import BLOCK, byte_histogram
+
+    for dtype, n in (("float16", 3 * BLOCK + 17), ("bfloat16", 1000)):
+        x = torch.randn(n, dtype=torch.float32).mul(torch.logspace(-3, 4, n)).to(getattr(torch, dtype))
+        bits = x.view(torch.int16)
+        magnitude = bits.int() & 0x7FFF
+        high = torch.bincount(magnitude >> 8, minlength=128)
+        b = torch.searchsorted(high.cumsum(0), n // 2)  # a well-populated bin
+        low = torch.bincount((magnitude & 0xFF)[(magnitude >> 8) == b], minlength=256)
+        errs = {
+            "high": float((byte_histogram(bits) != high).sum()),
+            "low": float((byte_histogram(bits, b) != low).sum()),
+        }
+        print(json.dumps({"case": f"histogram/{dtype}", "dtype": "float32", "errors": errs}), flush=True)
 
 
 def test_every_kernel_matches_naive_under_the_interpreter():
@@ -64,6 +85,7 @@ def test_every_kernel_matches_naive_under_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["case"]: r for r in map(json.loads, proc.stdout.splitlines()) if "case" in r}
     expected = {f"{v}/{name}{part}" for name, _, _ in SHAPES for v in VARIANTS for part in ("", "/stats")}
+    expected |= {"histogram/float16", "histogram/bfloat16"}
     assert set(results) == expected, f"missing cases: {sorted(expected - set(results))}"
     bad = {
         case: {k: e for k, e in r["errors"].items() if math.isnan(e) or e > TOL[r["dtype"]]}

@@ -63,22 +63,39 @@ def _histogram(values: torch.Tensor, bins: int, where: torch.Tensor | None = Non
     return total
 
 
+def _byte_histogram(bits: torch.Tensor, high: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts of the high magnitude byte of half-precision bit patterns ``bits`` (int16 [N]) -> [128], or of the
+    low byte among those whose high byte is ``high`` (0-d tensor) -> [256]. On CUDA the Triton kernels of
+    ``ops._triton.histogram`` (no host synchronization, unlike ``torch.bincount``); elsewhere ``torch.bincount``."""
+    if bits.is_cuda:
+        try:
+            from sinklab.ops._triton.histogram import byte_histogram
+        except ImportError:
+            pass
+        else:
+            return byte_histogram(bits, high)
+    magnitude = bits & 0x7FFF
+    if high is None:
+        return _histogram(magnitude >> 8, 128)
+    return _histogram(magnitude & 0xFF, 256, (magnitude >> 8) == high)
+
+
 def _lower_median(values: torch.Tensor) -> torch.Tensor:
     """torch.median's convention (the lower of the two middle values) of non-negative values, exactly, by counting
-    instead of sorting: non-negative floats are ordered as their bit patterns. Half precision: one histogram over
-    its 2^15 magnitudes. float32: a histogram of the top 16 bits, then a selection among the few values of the bin
-    that holds the median (a selection over 10^8 CUDA values, or 10^6 CPU ones, costs more than a layer's
-    attention)."""
+    instead of sorting: non-negative floats are ordered as their bit patterns. Half precision: a histogram of the
+    high byte of its 15 magnitude bits, then one of the low byte inside the bin that holds the median, all on the
+    device (no host synchronization). float32: a histogram of the top 16 bits, then a selection among the few
+    values of the bin that holds the median (a selection over 10^8 CUDA values, or 10^6 CPU ones, costs more than
+    a layer's attention)."""
     flat = values.reshape(-1)
     k = (flat.numel() + 1) // 2
-    if flat.dtype in (torch.bfloat16, torch.float16):  # two 8-bit histograms, no host sync
-        bits = flat.view(torch.int16) & 0x7FFF  # sign bit clear for |x|
-        high, low = bits >> 8, bits & 0xFF
-        below = _histogram(high, 128).cumsum(0)  # [128] values whose high bits are <= the bin
-        b = torch.searchsorted(below, torch.tensor([k], device=flat.device))  # [1] the bin holding the median
-        rank = k - torch.where(b > 0, below[(b - 1).clamp_min(0)], 0)  # the median's rank inside bin b
-        c = torch.searchsorted(_histogram(low, 256, high == b).cumsum(0), rank)
-        return ((b << 8) | c).to(torch.int16).view(flat.dtype).float()[0]
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        bits = flat.view(torch.int16)
+        below = _byte_histogram(bits).cumsum(0)  # [128] values whose high byte is <= the bin
+        b = (below < k).sum()  # the bin holding the k-th smallest (searchsorted, left)
+        rank = k - torch.where(b > 0, below[(b - 1).clamp_min(0)], 0)  # its rank inside bin b
+        c = (_byte_histogram(bits, b).cumsum(0) < rank).sum()
+        return ((b << 8) | c).to(torch.int16).view(flat.dtype).float()
     if flat.dtype == torch.float32:
         top = (flat.view(torch.int32) & 0x7FFFFFFF) >> 15  # [N] the top 16 magnitude bits
         below = torch.bincount(top, minlength=1 << 16).cumsum(0)

@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -23,8 +23,9 @@ from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import ModelView
 from sinklab.hf.arch import layer_types
 from sinklab.measure import metrics
-from sinklab.measure.engine import Observer
+from sinklab.measure.engine import Observer, ResidualStats
 from sinklab.models import check_model, check_token_ids
+from sinklab.ops.stats import AttentionStats
 from sinklab.progress import Progress
 from sinklab.provenance import describe_texts, run_provenance
 
@@ -187,38 +188,26 @@ class _Accumulator:
         first = metrics.first_positions(padding, B)
         self.sequences += B
         self.tokens += int(mask.sum())
-        best = heads = None  # [B, S] on the statistics' device: only per-key reductions come back to the host
-        layers_hit: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for layer in range(self.L):
-            self._add_residual(obs, layer, ids, first, decode)
-        per_head: dict[str, list[torch.Tensor]] = defaultdict(list)  # [H] sums over the batch, moved in one copy
-        hits = []
+        self._add_residual(obs, ids, first, decode)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # layers whose statistics stack (same shapes, slot or not)
         for layer, stats in obs.attention.items():
-            self.attention_layers.add(layer)
-            first_dev = first.to(stats.colsum.device)
-            per_head["alpha"].append(metrics.first_token_mass(stats, first_dev).double().sum(0))
-            if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
-                per_head["slot"].append(metrics.mean_slot_mass(stats).double().sum(0))
-            per_head["entropy"].append(metrics.mean_entropy(stats).double().sum(0))
-            mass = metrics.mean_received(stats).double()  # [B, H, S]
-            mass = mass.masked_fill(~metrics.eligible_keys(stats, self.min_queries)[:, None, :], 0.0)
-            other = mass.clone()
-            other[torch.arange(B, device=mass.device), :, first_dev] = 0.0
-            per_head["other"].append(other.amax(dim=2).sum(0))
-            above = metrics.is_sink(mass, self.sink_threshold)  # [B, H, S]
-            heads = above.sum(1) if heads is None else heads + above.sum(1)
-            best = mass.amax(1) if best is None else torch.maximum(best, mass.amax(1))
-            hits.append(above.any(1))  # [B, S]
-        layers = list(obs.attention)
-        for name, values in per_head.items():
-            total = getattr(self, name)
-            total[layers] += torch.stack(values).cpu()
-        self.has_slot = self.has_slot or bool(per_head.get("slot"))
-        if best is not None:
-            best, heads = best.cpu(), heads.cpu()
-            for i, b, pos in torch.stack(hits).nonzero().tolist():  # [n, 3]: layer slot, sequence, key
-                layers_hit[(b, pos)].append(layers[i])
-        for (b, pos), hit_layers in layers_hit.items():
+            groups[(tuple(stats.colsum.shape), stats.slot is None)].append(layer)
+        best = heads = None  # [B, S]: max mass over layers and heads, number of (layer, head) pairs above threshold
+        hit_layers: list[int] = []
+        hits = []
+        for layers in groups.values():
+            g_best, g_heads, g_hits = self._add_layers([obs.attention[i] for i in layers], layers, first)
+            best = g_best if best is None else torch.maximum(best, g_best)
+            heads = g_heads if heads is None else heads + g_heads
+            hits.append(g_hits)
+            hit_layers += layers
+        if best is None:
+            return
+        best, heads = best.cpu(), heads.cpu()
+        layers_hit: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, b, pos in torch.cat(hits).nonzero().tolist():  # [n, 3]: layer slot, sequence, key
+            layers_hit[(b, pos)].append(hit_layers[i])
+        for (b, pos), found in sorted(layers_hit.items()):
             rel = pos - int(first[b])
             token = decode(int(ids[b, pos]))
             # the first token is one sink whatever its text; later keys are grouped by position and text
@@ -230,7 +219,36 @@ class _Accumulator:
             entry["mass"] += float(best[b, pos])
             entry["heads"] = max(entry["heads"], int(heads[b, pos]))
             entry["sequences"] += 1
-            entry["layers"].update(hit_layers)
+            entry["layers"].update(found)
+
+    def _add_layers(self, group: list[AttentionStats], layers: list[int], first: torch.Tensor):
+        """Per-head sums of G layers of equal shapes at once: their statistics are stacked along the batch axis
+        ([G * B, ...]), so the metric functions run once per group, not once per layer. Returns the group's
+        per-key max mass [B, S], sink-head count [B, S] and hits [G, B, S]."""
+        G = len(group)
+        stats = AttentionStats(
+            **{
+                name: torch.cat([getattr(s, name) for s in group])
+                for name in ("colsum", "count", "entropy", "rows", "slot")
+                if getattr(group[0], name) is not None
+            }
+        )
+        B = stats.colsum.shape[0] // G
+        first = first.to(stats.colsum.device).repeat(G)  # [G * B]
+        self.attention_layers.update(layers)
+        per_head = {"alpha": metrics.first_token_mass(stats, first), "entropy": metrics.mean_entropy(stats)}
+        if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
+            per_head["slot"] = metrics.mean_slot_mass(stats)
+            self.has_slot = True
+        mass = metrics.mean_received(stats).double()  # [G * B, H, S]
+        mass = mass.masked_fill(~metrics.eligible_keys(stats, self.min_queries)[:, None, :], 0.0)
+        other = mass.clone()
+        other[torch.arange(G * B, device=mass.device), :, first] = 0.0
+        per_head["other"] = other.amax(dim=2)
+        for name, value in per_head.items():  # [G * B, H] -> sums over the batch, one copy
+            getattr(self, name)[layers] += value.double().unflatten(0, (G, B)).sum(1).cpu()
+        above = metrics.is_sink(mass, self.sink_threshold).unflatten(0, (G, B))  # [G, B, H, S]
+        return mass.unflatten(0, (G, B)).amax(dim=(0, 2)), above.sum(dim=(0, 2)), above.any(2)
 
     def per_attention_layer(self, values: torch.Tensor) -> torch.Tensor:
         """[L, H] values with NaN rows for blocks without softmax attention (a hybrid's linear layers)."""
@@ -238,18 +256,22 @@ class _Accumulator:
         values[[i for i in range(self.L) if i not in self.attention_layers]] = float("nan")
         return values
 
-    def _add_residual(self, obs: Observer, layer: int, ids, first, decode) -> None:
-        res = obs.residual.get(layer)
-        if res is None:
+    def _add_residual(self, obs: Observer, ids, first, decode) -> None:
+        """Residual magnitudes of every layer, moved to the host in one copy per statistic (not one per layer)."""
+        layers = sorted(obs.residual)
+        if not layers:
             return
-        self.layer_max[layer] = max(float(self.layer_max[layer]), float(res.max_abs.max()))
-        self.layer_median[layer] += float(res.median_abs.double().sum())
-        self.layer_kurtosis[layer] += float(res.kurtosis.double().sum())
-        self.dim_max[layer] = torch.maximum(self.dim_max[layer], res.dim_max.double().amax(0).cpu())
-        massive = metrics.massive_entries(res.top_value, res.median_abs[:, None])
-        for b, k in massive.nonzero().tolist():
-            pos, dim = int(res.top_pos[b, k]), int(res.top_dim[b, k])
-            value, median = float(res.top_value[b, k]), float(res.median_abs[b])
+        res = {f.name: torch.stack([getattr(obs.residual[i], f.name) for i in layers]) for f in fields(ResidualStats)}
+        res = {name: value.cpu() for name, value in res.items()}  # [L', B, ...]
+        self.layer_max[layers] = torch.maximum(self.layer_max[layers], res["max_abs"].double().amax(1))
+        self.layer_median[layers] += res["median_abs"].double().sum(1)
+        self.layer_kurtosis[layers] += res["kurtosis"].double().sum(1)
+        self.dim_max[layers] = torch.maximum(self.dim_max[layers], res["dim_max"].double().amax(1))
+        massive = metrics.massive_entries(res["top_value"], res["median_abs"][:, :, None])  # [L', B, k]
+        for i, b, k in massive.nonzero().tolist():
+            layer = layers[i]
+            pos, dim = int(res["top_pos"][i, b, k]), int(res["top_dim"][i, b, k])
+            value, median = float(res["top_value"][i, b, k]), float(res["median_abs"][i, b])
             rel = pos - int(first[b])
             entry = self.massive.setdefault(
                 (layer, rel, int(ids[b, pos]), dim),
