@@ -1,10 +1,13 @@
 """What every probe shares: one observed forward pass, the baseline record at the sink, and the sink edits.
 
-All probes run one sequence at a time (batch 1, no padding), so the sink is position ``SINK = 0``: Gu et al.'s
-first token (k = 1). Everything goes through ``sinklab.measure.engine.Observer`` and its stable hook names.
+All probes run sequences without padding (one at a time, or equal-length batches), so the sink is position
+``SINK = 0``: Gu et al.'s first token (k = 1). Everything goes through the model's attention sites
+(``sinklab.hf``) and their stable hook names.
 
-- ``forward``: one pass -> per-token next-token cross-entropy (causal LMs only), the mean mass every key receives
-  per (layer, head) (``metrics.mean_received``), and the largest |h| at the sink after each layer.
+- ``forward`` / ``forward_batch``: one pass -> per-token next-token cross-entropy (causal LMs only), the first
+  token's mass alpha_1 per (layer, head), on request the mean mass every key receives (``metrics.mean_received``),
+  and the largest |h| at the sink after each layer. ``PassObserver`` says what it reads and how: the fused fast
+  path (PyTorch's CPU attention kernel and its row logsumexp) or its twin, the site's own attention with statistics.
 - ``Recorder``: the baseline hooks that keep, per layer, what the probes measure at the sink (attention column
   A_{t,0}, value and key geometry, module outputs at the sink, the MLP input at the sink, norm-weighted shares).
 - ``sink_edit``: replace the sink's contribution A_{t,0} v_0 to chosen heads' outputs by a replacement (zero: the
@@ -16,14 +19,17 @@ from __future__ import annotations
 import inspect
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
+from sinklab.hf import AttentionCall
 from sinklab.measure import metrics
-from sinklab.measure.engine import AttentionContext, Observer, ResidualStats
+from sinklab.measure.engine import ResidualStats, release_freed_memory, residual_stats
 from sinklab.measure.scanner import is_causal
+from sinklab.method import Method
+from sinklab.ops.stats import StatsRequest, key_counts
 
 SINK = 0
 Hooks = dict[str, list[Callable]]
@@ -72,25 +78,32 @@ def min_queries(length: int) -> int:
 class Pass:
     """One observed forward pass over one sequence.
 
-    token_loss [T-1]: CE of predicting token t+1 at position t (None without an LM head); mass [L, H, T]: mean
-    attention each key receives (Gu et al.'s alpha_k for key k); eligible [T]: keys seen by enough queries;
-    sink_max [L]: max |h| at the sink after each layer; residual: the Observer's per-layer residual statistics.
+    token_loss [T-1]: CE of predicting token t+1 at position t (None without an LM head); alpha [L, H]: first-token
+    mass alpha_1 (Gu et al. 2024); sink_max [L]: max |h| at the sink after each layer. Passes run with ``mass``
+    also have mass [L, H, T]: mean attention each key receives (Gu et al.'s alpha_k for key k) and eligible [T]: keys
+    seen by enough queries; the baseline has residual: the per-layer residual statistics (``ResidualStats``).
     """
 
     ids: list[int]
     token_loss: torch.Tensor | None
-    mass: torch.Tensor
-    eligible: torch.Tensor
+    alpha: torch.Tensor
     sink_max: torch.Tensor
+    mass: torch.Tensor | None = None
+    eligible: torch.Tensor | None = None
     residual: dict[int, ResidualStats] = field(default_factory=dict)
 
-    @property
-    def alpha(self) -> torch.Tensor:
-        """[L, H] first-token mass alpha_1."""
-        return self.mass[:, :, SINK]
+    def key_mass(self, position: int) -> torch.Tensor:
+        """[L, H] mean mass key ``position`` receives (alpha_1 at the sink)."""
+        if position == SINK:
+            return self.alpha
+        if self.mass is None:
+            raise ValueError("this pass kept the first token's mass only; run it with mass=True")
+        return self.mass[:, :, position]
 
     def sink_heads(self, eps: float) -> torch.Tensor:
         """[T] number of (layer, head) pairs in which each eligible key receives mean mass > eps."""
+        if self.mass is None:
+            raise ValueError("this pass kept the first token's mass only; run it with mass=True")
         return (metrics.is_sink(self.mass, eps) & self.eligible).sum(dim=(0, 1))
 
     def top_sink(self, eps: float) -> tuple[int | None, int]:
@@ -106,33 +119,243 @@ class Pass:
         return float(self.token_loss[start:stop].double().mean())
 
 
-@torch.no_grad()
-def forward(model, ids: list[int], hooks: Hooks | None = None, *, residual: bool = False) -> Pass:
-    """Run ``model`` on one sequence inside an ``Observer`` with ``hooks``; see ``Pass``."""
-    num_layers = model.config.num_hidden_layers
-    device = next(model.parameters()).device
-    sink_max = torch.zeros(num_layers, dtype=torch.float64)
+def _flash_cpu():
+    """PyTorch's fused CPU attention kernel, which also returns each row's logsumexp (None where absent)."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
-    def record_max(layer):
-        def fn(hidden, ctx):
-            sink_max[layer] = float(hidden[0, SINK].detach().abs().max())
+
+def fused_applies(call: AttentionCall) -> bool:
+    """Whether the fused kernel computes ``call`` exactly as the site would: float32 on the CPU, softmax of the
+    model's own (no variant, no learned sink logits, no softcap, no dropout), and no mask beyond the causal rule
+    (no padding, no other mask, a window that hides nothing) over as many keys as queries."""
+    q, k = call.query, call.key
+    return (
+        _flash_cpu() is not None
+        and q.device.type == "cpu"
+        and q.dtype == k.dtype == call.value.dtype == torch.float32
+        and call.site.sites.variant is None
+        and call.sinks is None
+        and call.softcap is None
+        and not call.dropout
+        and call.attn_mask is None
+        and call.key_padding is None
+        and (call.window is None or call.window >= k.shape[2])
+        and q.shape[2] == k.shape[2]
+    )
+
+
+def sink_column(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:
+    """[B, H, T] float64 A_{t,0} = exp(scale q_t . k_0 - lse_t) from the rows' logsumexp lse [B, H, T] (every query
+    sees the first key: causal or full attention, no padding); q [B, H, T, D], k [B, Hkv, S, D]."""
+    k0 = k[:, :, SINK].repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, D]
+    scores = scale * torch.einsum("bhtd,bhd->bht", q.double(), k0.double())
+    return (scores - lse.double()).exp()
+
+
+def fused_colsum(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
+    """[B, H, S] float64 colsum_j = sum_{t sees j} A_{t,j} by the fused kernel on the transposed problem.
+
+    colsum_j = sum_t exp(scale q_t . k_j - lse_t) = exp(LSE_j) of an attention whose queries are [k_j, 1] and whose
+    keys are [q_t, -lse_t / scale]; causal (t >= j) becomes the usual rule once the sequence is reversed. Runs in
+    float32 like the forward kernel; its output (a zero value) is thrown away.
+    """
+    B, H = q.shape[:2]
+    rows = torch.cat([k.repeat_interleave(H // k.shape[1], dim=1), k.new_ones(B, H, k.shape[2], 1)], dim=-1)
+    cols = torch.cat([q, (-lse / scale)[..., None].to(q.dtype)], dim=-1)
+    if causal:
+        rows, cols = rows.flip(2), cols.flip(2)
+    _, lse_t = _flash_cpu()(rows, cols, torch.zeros_like(cols), 0.0, causal, scale=scale)
+    return (lse_t.flip(2) if causal else lse_t).double().exp()
+
+
+class PassObserver(Method):
+    """What one probe pass reads of every attention call, per layer (batch of B sequences):
+
+    col [B, H, T] float64: the sink's column A_{t,0}; alpha [B, H]: its mean over the queries that may attend it;
+    count [B, S]: those queries per key; with ``mass``: mass [B, H, S], the mean each key receives; with ``share``:
+    den [B, H, T] = sum_j A_{t,j} ||v_j|| (the norm-weighted denominator of Kobayashi et al. 2020); sink_max [B, L]:
+    max |h| at the sink after each layer; with ``residual``: the Observer's ``ResidualStats`` of each layer.
+
+    ``fused`` (the fast path): where ``fused_applies``, an ``attn.compute`` hook runs PyTorch's fused CPU kernel, which
+    returns the rows' logsumexp, and derives A_{t,0} from it (``sink_column``), the column sums from the same kernel
+    on the transposed problem (``fused_colsum``) and ``den`` from one extra value dimension ||v_j||. Its twin, and
+    the path for every other call: the site's own attention (the chunked pass on the CPU, the Triton kernels on
+    CUDA) with ``StatsRequest(colsum, columns=(0,))`` and, for ``den``, a weights hook. The fused path is taken only
+    while no other method is attached to the model. Not a registered method: probes build it per pass.
+    """
+
+    kind = "measure"
+
+    def __init__(
+        self,
+        num_layers: int,
+        hooks: Hooks | None = None,
+        *,
+        mass: bool = False,
+        share: bool = False,
+        residual: bool = False,
+        fused: bool = True,
+        batch: int = 1,
+    ):
+        self.num_layers, self.want_mass, self.want_share, self.want_residual = num_layers, mass, share, residual
+        self.fused = fused
+        self.user_hooks = hooks or {}
+        self.col: dict[int, torch.Tensor] = {}
+        self.alpha: dict[int, torch.Tensor] = {}
+        self.count: dict[int, torch.Tensor] = {}
+        self.mass: dict[int, torch.Tensor] = {}
+        self.den: dict[int, torch.Tensor] = {}
+        self.residual: dict[int, ResidualStats] = {}
+        self.fused_layers: set[int] = set()
+        self.sink_max = torch.zeros(batch, num_layers, dtype=torch.float64)
+        self._vnorm: dict[int, torch.Tensor] = {}
+        self._alone = False
+
+    def install(self, model_sites) -> None:
+        self._alone = len(model_sites.owners) == 1  # only then may a compute hook replace the site's attention
+        for name, fns in self.user_hooks.items():
+            for fn in fns:
+                model_sites.add(self, name, fn)
+        model_sites.ask(self, StatsRequest(colsum=True, entropy=False, columns=(SINK,)))
+        for site in model_sites.attention:
+            if self.want_share:
+                model_sites.add(self, f"{site.name}.qkv", self._value_norms(site.layer))
+                model_sites.add(self, f"{site.name}.weights", self._share(site.layer))
+            model_sites.add(self, f"{site.name}.compute", self._compute)
+            model_sites.add(self, f"{site.name}.stats", self._stats)
+        for i in range(self.num_layers):
+            model_sites.add(self, f"layers.{i}.resid_post", self._resid(i))
+
+    # -- the site's own path (the twin) ---------------------------------------------------------------------------
+    def _value_norms(self, layer: int):
+        def fn(qkv, call):
+            q, _, v = qkv
+            kv = head_map(q.shape[1], v.shape[1]).to(v.device)
+            self._vnorm[layer] = v.detach().double().norm(dim=-1)[:, kv]  # [B, H, S]
+            self.den[layer] = torch.ones(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float64, device=q.device)
 
         return fn
 
-    taps = {f"layers.{i}.resid_post": [record_max(i)] for i in range(num_layers)}
-    x = torch.tensor([ids], device=device)
-    token_loss = None
-    with Observer(model, hooks=merge_hooks(hooks or {}, taps), residual=residual) as obs:
+    def _share(self, layer: int):
+        def fn(probs, call):  # [B, H, R, K] whole rows
+            (r0, r1), (lo, hi) = call.rows, call.keys
+            if lo <= SINK < hi:
+                vn = self._vnorm[layer][:, :, lo:hi]  # [B, H, K]
+                self.den[layer][:, :, r0:r1] = (probs.double() * vn[:, :, None, :]).sum(-1)
+
+        return fn
+
+    def _stats(self, stats, call: AttentionCall) -> None:
+        mass = metrics.mean_received(stats).double()  # [B, H, S]
+        self.col[call.layer] = stats.columns[..., 0].double()
+        self.count[call.layer] = stats.count
+        self.alpha[call.layer] = mass[:, :, SINK]
+        if self.want_mass:
+            self.mass[call.layer] = mass
+
+    # -- the fused path -----------------------------------------------------------------------------------------------
+    def _compute(self, call: AttentionCall) -> torch.Tensor | None:
+        if not (self.fused and self._alone and fused_applies(call)):
+            return None
+        q, k, v = call.query, call.key, call.value
+        B, H, T, D = q.shape
+        flash = _flash_cpu()
+        if self.want_share:  # one extra value dimension carries ||v_j||; q and k get a zero one (same head size)
+            pad = [q.new_zeros(B, H, T, 1), k.new_zeros(*k.shape[:3], 1)]
+            wide, lse = flash(
+                torch.cat([q, pad[0]], -1),
+                torch.cat([k, pad[1]], -1),
+                torch.cat([v, v.norm(dim=-1, keepdim=True)], -1),
+                0.0,
+                call.causal,
+                scale=call.scale,
+            )
+            out, self.den[call.layer] = wide[..., :D], wide[..., D].double()
+        else:
+            out, lse = flash(q, k, v, 0.0, call.causal, scale=call.scale)
+        col = sink_column(q, k, lse, call.scale)
+        count = key_counts(T, T, causal=call.causal, window=None, key_padding=None, batch=B, device=q.device)
+        self.col[call.layer], self.count[call.layer] = col, count
+        self.alpha[call.layer] = col.sum(-1) / count[:, None, SINK].clamp_min(1)
+        if self.want_mass:
+            self.mass[call.layer] = fused_colsum(q, k, lse, call.scale, call.causal) / count[:, None, :].clamp_min(1)
+        self.fused_layers.add(call.layer)
+        return out
+
+    def _resid(self, layer: int):
+        def fn(hidden, call: AttentionCall) -> None:
+            self.sink_max[:, layer] = hidden[:, SINK].detach().abs().amax(-1).double().cpu()
+            if self.want_residual:
+                padding = call.key_padding
+                valid = None if padding is None else padding[:, -hidden.shape[1] :]
+                self.residual[layer] = residual_stats(hidden, valid)
+
+        return fn
+
+
+HookSpec = Hooks | Callable[[PassObserver], Hooks] | None
+
+
+@torch.no_grad()
+def forward_batch(
+    model,
+    batch: list[list[int]],
+    hooks: HookSpec = None,
+    *,
+    mass: bool = False,
+    share: bool = False,
+    residual: bool = False,
+    fused: bool = True,
+) -> list[Pass]:
+    """Run ``model`` on equal-length sequences (one batch, no padding) with ``hooks`` (a dict, or a function of the
+    pass's ``PassObserver`` for hooks that read the sink's column); one ``Pass`` per sequence. ``mass``: every key's
+    mass (else alpha_1 only); ``share``: the norm-weighted denominators; ``residual``: residual statistics;
+    ``fused``: the fast path (see ``PassObserver``)."""
+    if len({len(ids) for ids in batch}) != 1:
+        raise ValueError("a batch needs sequences of one length")
+    num_layers = model.config.num_hidden_layers
+    device = next(model.parameters()).device
+    obs = PassObserver(num_layers, mass=mass, share=share, residual=residual, fused=fused, batch=len(batch))
+    obs.user_hooks = hooks(obs) if callable(hooks) else (hooks or {})
+    x = torch.tensor(batch, device=device)
+    token_loss: list[torch.Tensor | None] = [None] * len(batch)
+    with obs(model):
         if has_lm_head(model):
-            logits = model(input_ids=x, **_forward_kwargs(model)).logits[0]
-            token_loss = F.cross_entropy(logits[:-1].float(), x[0, 1:], reduction="none").cpu()
+            logits = model(input_ids=x, **_forward_kwargs(model)).logits
+            token_loss = [
+                F.cross_entropy(logits[b, :-1].float(), x[b, 1:], reduction="none").cpu() for b in range(len(batch))
+            ]
+            del logits
         else:
             model(input_ids=x, attention_mask=torch.ones_like(x), **_forward_kwargs(model))
-        stats = [obs.attention[i] for i in range(num_layers)]
-        mass = torch.stack([metrics.mean_received(s)[0].double().cpu() for s in stats])  # [L, H, T]
-        eligible = metrics.eligible_keys(stats[0], min_queries(len(ids)))[0].cpu()
-        res = dict(obs.residual)
-    return Pass(ids, token_loss, mass, eligible, sink_max, res)
+    release_freed_memory(device)
+    layers = range(num_layers)
+    alpha = torch.stack([obs.alpha[i].cpu() for i in layers], dim=1)  # [B, L, H]
+    all_mass = torch.stack([obs.mass[i].cpu() for i in layers], dim=1) if mass else None  # [B, L, H, T]
+    eligible = (obs.count[0] >= min_queries(x.shape[1])).cpu()  # [B, T] (the first layer's counts, as scan)
+    res = [{i: _row(r, b) for i, r in obs.residual.items()} for b in range(len(batch))]
+    return [
+        Pass(
+            ids,
+            token_loss[b],
+            alpha[b],
+            obs.sink_max[b].clone(),
+            None if all_mass is None else all_mass[b],
+            eligible[b] if mass else None,
+            res[b],
+        )
+        for b, ids in enumerate(batch)
+    ]
+
+
+def _row(stats: ResidualStats, b: int) -> ResidualStats:
+    """Sequence ``b`` of batched residual statistics, kept as a batch of one."""
+    return ResidualStats(*(getattr(stats, f.name)[b : b + 1] for f in fields(stats)))
+
+
+def forward(model, ids: list[int], hooks: HookSpec = None, **kw) -> Pass:
+    """``forward_batch`` on one sequence."""
+    return forward_batch(model, [ids], hooks, **kw)[0]
 
 
 @dataclass
@@ -161,64 +384,21 @@ class LayerRecord:
     resid_mid: torch.Tensor | None = None
 
 
-class _SinkTap:
-    """Per layer: the sink's value vectors (qkv hook) and its attention column A_{t,0} (weights hook)."""
-
-    def __init__(self, num_layers: int):
-        self.num_layers = num_layers
-        self.v_sink: dict[int, torch.Tensor] = {}  # [B, Hkv, D]
-        self.col: dict[int, torch.Tensor] = {}  # [B, H, T]
-
-    def qkv(self, layer: int):
-        def fn(qkv, ctx: AttentionContext):
-            q, _, v = qkv
-            self.v_sink[layer] = v[:, :, SINK].detach()
-            self.col[layer] = torch.zeros(q.shape[0], q.shape[1], q.shape[2], dtype=torch.float64, device=q.device)
-
-        return fn
-
-    def weights(self, layer: int):
-        def fn(probs, ctx: AttentionContext):  # probs [B, H, R, K]
-            (r0, r1), (lo, hi) = ctx.rows, ctx.keys
-            if lo <= SINK < hi:
-                self.col[layer][:, :, r0:r1] = probs[..., SINK - lo].double()
-
-        return fn
-
-    def hooks(self) -> Hooks:
-        hooks: Hooks = defaultdict(list)
-        for i in range(self.num_layers):
-            hooks[f"layers.{i}.attn.qkv"].append(self.qkv(i))
-            hooks[f"layers.{i}.attn.weights"].append(self.weights(i))
-        return hooks
-
-    def contribution(self, layer: int, kv: torch.Tensor) -> torch.Tensor:
-        """[B, H, T, D] the sink's contribution A_{t,0} v_0 to every head's output."""
-        v = self.v_sink[layer][:, kv.to(self.v_sink[layer].device)]  # [B, H, D]
-        return self.col[layer][..., None] * v[:, :, None, :].double()
-
-
-class Recorder(_SinkTap):
-    """Baseline hooks: fill one ``LayerRecord`` per layer for the sequence being run (see ``LayerRecord``)."""
+class Recorder:
+    """Baseline hooks: fill one ``LayerRecord`` per layer for the sequence being run (see ``LayerRecord``); the
+    sink's column and the share's denominators come from the pass's ``PassObserver``."""
 
     def __init__(self, model):
-        super().__init__(model.config.num_hidden_layers)
+        self.num_layers = model.config.num_hidden_layers
         self.kv = kv_heads(model)
         self.layers = [LayerRecord() for _ in range(self.num_layers)]
-        self._vnorm_h: dict[int, torch.Tensor] = {}
-        self._share: dict[int, torch.Tensor] = {}
 
-    def qkv(self, layer: int):
-        tap = super().qkv(layer)
-
+    def _qkv(self, layer: int):
         def fn(qkv, ctx):
-            tap(qkv, ctx)
             q, k, v = (t[0].detach().double() for t in qkv)  # q [H, T, D], k, v [Hkv, T, D]
             rec = self.layers[layer]
             rec.v_sink = v[:, SINK].cpu()
             rec.vnorm = v.norm(dim=-1).cpu()
-            self._vnorm_h[layer] = v.norm(dim=-1)[self.kv.to(v.device)]  # [H, T]
-            self._share[layer] = torch.zeros(q.shape[0], dtype=torch.float64, device=q.device)
             q_unit = F.normalize(q, dim=-1)
             q_mean = F.normalize(q_unit.mean(dim=1), dim=-1)  # [H, D] the query cone's axis
             keys = k[self.kv.to(k.device)]  # [H, T, D]
@@ -228,30 +408,16 @@ class Recorder(_SinkTap):
 
         return fn
 
-    def weights(self, layer: int):
-        tap = super().weights(layer)
-
-        def fn(probs, ctx):
-            tap(probs, ctx)
-            r0, (lo, hi) = ctx.rows[0], ctx.keys
-            if not lo <= SINK < hi:
-                return
-            vn = self._vnorm_h[layer][:, lo:hi]  # [H, K]
-            p = probs[0].double()  # [H, R, K]
-            total = (p * vn[:, None, :]).sum(-1)  # [H, R]
-            share = p[..., SINK - lo] * vn[:, SINK - lo, None] / total.clamp_min(1e-30)
-            first = max(r0, SINK + 1)
-            self._share[layer] += share[:, first - r0 :].sum(-1)
-
-        return fn
-
-    def _out(self, layer: int):
+    def _out(self, obs: PassObserver, layer: int):
         def fn(out, ctx):  # [B, H, T, D]
             rec = self.layers[layer]
             T = out.shape[2]
+            col = obs.col[layer][0]  # [H, T]
+            v0 = rec.vnorm[self.kv, SINK].to(col.device)  # [H] ||v_0|| of each query head's KV head
+            share = col * v0[:, None] / obs.den[layer][0].clamp_min(1e-30)  # [H, T]
             rec.out_norm = out[0, :, SINK + 1 :].detach().double().norm(dim=-1).mean(dim=-1).cpu()
-            rec.share = (self._share[layer] / max(1, T - SINK - 1)).cpu()
-            rec.col = self.col[layer][0].cpu()
+            rec.share = (share[:, SINK + 1 :].sum(-1) / max(1, T - SINK - 1)).cpu()
+            rec.col = col.cpu()
 
         return fn
 
@@ -263,10 +429,11 @@ class Recorder(_SinkTap):
 
         return fn
 
-    def hooks(self) -> Hooks:
-        hooks = super().hooks()
+    def hooks(self, obs: PassObserver) -> Hooks:
+        hooks: Hooks = defaultdict(list)
         for i in range(self.num_layers):
-            hooks[f"layers.{i}.attn.out"].append(self._out(i))
+            hooks[f"layers.{i}.attn.qkv"].append(self._qkv(i))
+            hooks[f"layers.{i}.attn.out"].append(self._out(obs, i))
             hooks[f"layers.{i}.attn_block"].append(self._at_sink(i, "attn"))
             hooks[f"layers.{i}.mlp"].append(self._at_sink(i, "mlp"))
             hooks[f"layers.{i}.mlp_in"].append(self._at_sink(i, "mlp_in"))
@@ -282,10 +449,11 @@ class Baseline:
     layers: list[LayerRecord]
 
 
-def record(model, ids: list[int]) -> Baseline:
-    """Run the baseline pass of one sequence with the ``Recorder`` attached."""
+def record(model, ids: list[int], *, residual: bool = True, fused: bool = True) -> Baseline:
+    """Run the baseline pass of one sequence with the ``Recorder`` attached (every key's mass, the norm-weighted
+    shares, and with ``residual`` the residual statistics)."""
     rec = Recorder(model)
-    run = forward(model, ids, rec.hooks(), residual=True)
+    run = forward(model, ids, rec.hooks, mass=True, share=True, residual=residual, fused=fused)
     return Baseline(run, rec.layers)
 
 
@@ -294,33 +462,34 @@ def sink_edit(
     heads: torch.Tensor,
     replacement: torch.Tensor | None = None,
     first_query: int = SINK,
-) -> Hooks:
+) -> Callable[[PassObserver], Hooks]:
     """Hooks that replace the sink's contribution A_{t,0} v_0 by ``replacement`` in the chosen heads.
 
     ``heads`` [L, H] bool; ``replacement`` [L, H, D] (None = zero: the same as zeroing the sink's value vectors
-    for those heads); queries t < ``first_query`` keep their output. o'_t = o_t - A_{t,0} v_0 + b.
+    for those heads); queries t < ``first_query`` keep their output. o'_t = o_t - A_{t,0} v_0 + b. A function of
+    the pass's ``PassObserver``, which holds A_{t,0}.
     """
     kv = kv_heads(model)
-    tap = _SinkTap(model.config.num_hidden_layers)
-    hooks = tap.hooks()
 
-    def out_hook(layer: int):
-        def fn(out, ctx):  # [B, H, T, D]
-            chosen = heads[layer].to(out.device)
-            if not bool(chosen.any()):
-                return None
-            delta = -tap.contribution(layer, kv)  # [B, H, T, D]
-            if replacement is not None:
-                delta = delta + replacement[layer].to(out.device, torch.float64)[None, :, None, :]
-            delta[:, :, :first_query] = 0.0
-            delta = delta * chosen[None, :, None, None]
-            return out + delta.to(out.dtype)
+    def build(obs: PassObserver) -> Hooks:
+        def out_hook(layer: int):
+            def fn(out, call):  # [B, H, T, D]
+                chosen = heads[layer].to(out.device)
+                if not bool(chosen.any()):
+                    return None
+                v0 = call.value[:, :, SINK][:, kv.to(out.device)].double()  # [B, H, D]
+                delta = -(obs.col[layer][..., None] * v0[:, :, None, :])  # [B, H, T, D]
+                if replacement is not None:
+                    delta = delta + replacement[layer].to(out.device, torch.float64)[None, :, None, :]
+                delta[:, :, :first_query] = 0.0
+                delta = delta * chosen[None, :, None, None]
+                return out + delta.to(out.dtype)
 
-        return fn
+            return fn
 
-    for i in range(model.config.num_hidden_layers):
-        hooks[f"layers.{i}.attn.out"].append(out_hook(i))
-    return hooks
+        return {f"layers.{i}.attn.out": [out_hook(i)] for i in range(model.config.num_hidden_layers)}
+
+    return build
 
 
 def aligned_delta(base: Pass, new: Pass, base_slice: slice, new_slice: slice) -> dict:

@@ -50,6 +50,10 @@ class AnchorProbe:
     name: ClassVar[str] = "anchor"
     passes: ClassVar[tuple[str, ...]] = ("drop_first", "move_first")
 
+    def steps(self, ctx: ProbeContext) -> int:
+        """Forward passes ``run`` will make (none for sequences too short to move the first token)."""
+        return 0 if min(map(len, ctx.sequences)) < MIN_LENGTH else ctx.pending(self.passes)
+
     def measure(self, ctx: ProbeContext) -> dict:
         L = ctx.num_layers
         sink = torch.stack([torch.stack([r.resid for r in b.layers]) for b in ctx.baselines])  # [N, L, d]
@@ -103,8 +107,10 @@ class AnchorProbe:
             result["interventions"] = {"skipped": f"sequences shorter than {MIN_LENGTH} tokens"}
             return result
         m = min(self.move_to, shortest // 4)
-        drop = ctx.intervene("drop_first", lambda i: None, edit=lambda ids: ids[1:])
-        move = ctx.intervene("move_first", lambda i: None, edit=lambda ids: ids[1 : m + 1] + ids[:1] + ids[m + 1 :])
+        drop = ctx.intervene("drop_first", lambda i: None, edit=lambda ids: ids[1:], mass=True)
+        move = ctx.intervene(
+            "move_first", lambda i: None, edit=lambda ids: ids[1 : m + 1] + ids[:1] + ids[m + 1 :], mass=True
+        )
         base = [b.run for b in ctx.baselines]
         result["interventions"] = {
             "baseline": {**self._sinks(ctx, base), "sink_rate": ctx.sink_rate(base)},

@@ -47,6 +47,10 @@ class BiasProbe:
     name: ClassVar[str] = "bias"
     passes: ClassVar[tuple[str, ...]] = ("mean_sink", "zero_sink")
 
+    def steps(self, ctx: ProbeContext) -> int:
+        """Forward passes ``run`` will make (those another probe has not made yet)."""
+        return ctx.pending(self.passes)
+
     def run(self, ctx: ProbeContext) -> dict:
         kv = kv_heads(ctx.model)
         L = ctx.num_layers

@@ -8,13 +8,15 @@ from dataclasses import dataclass, field
 import torch
 
 from sinklab.measure import metrics
-from sinklab.measure.probes._common import Baseline, Hooks, Pass, forward
+from sinklab.measure.probes._common import Baseline, HookSpec, Pass, forward, forward_batch
 
 
 @dataclass
 class ProbeContext:
     """Shared by the probes of one ``explain`` run. ``intervene`` caches passes by name, so two probes that ask for
-    the same intervention (noop and bias both zero the sink) pay for it once."""
+    the same intervention (noop and bias both zero the sink) pay for it once. ``fused``: passes take the fast path
+    (``sinklab.measure.probes._common.PassObserver``); False runs its twin. ``advance(n)`` moves the progress of
+    the probe that is running by n passes."""
 
     model: object
     tokenizer: object
@@ -24,8 +26,9 @@ class ProbeContext:
     causal: bool
     lm: bool
     decode: Callable[[int], str]
-    advance: Callable[[], None] = lambda: None
+    advance: Callable[[int], None] = lambda n=1: None
     seed: int = 0
+    fused: bool = True
     _cache: dict[str, list[Pass]] = field(default_factory=dict)
 
     @property
@@ -36,23 +39,35 @@ class ProbeContext:
     def num_heads(self) -> int:
         return self.model.config.num_attention_heads
 
-    def run(self, ids: list[int], hooks: Hooks | None = None) -> Pass:
-        """One observed pass (advances the progress bar)."""
-        result = forward(self.model, ids, hooks)
-        self.advance()
+    def run(self, ids: list[int], hooks: HookSpec = None, *, mass: bool = False) -> Pass:
+        """One observed pass (advances the progress by one); ``mass``: every key's mass, not only alpha_1."""
+        result = forward(self.model, ids, hooks, mass=mass, fused=self.fused)
+        self.advance(1)
         return result
+
+    def run_batch(self, batch: list[list[int]]) -> list[Pass]:
+        """One unmodified pass over equal-length sequences (advances the progress by one)."""
+        result = forward_batch(self.model, batch, fused=self.fused)
+        self.advance(1)
+        return result
+
+    def pending(self, names: tuple[str, ...] | list[str]) -> int:
+        """Passes ``intervene`` will run for these names (one per sequence for each name not cached yet)."""
+        return len(self.sequences) * len({n for n in names if n not in self._cache})
 
     def intervene(
         self,
         name: str,
-        hooks_for: Callable[[int], Hooks | None],
+        hooks_for: Callable[[int], HookSpec],
         edit: Callable[[list[int]], list[int]] | None = None,
+        *,
+        mass: bool = False,
     ) -> list[Pass]:
         """One pass per sequence with ``hooks_for(sequence index)`` (and the input changed by ``edit``), cached
-        under ``name``."""
+        under ``name``; ``mass`` as in ``run``."""
         if name not in self._cache:
             self._cache[name] = [
-                self.run(edit(ids) if edit else ids, hooks_for(i)) for i, ids in enumerate(self.sequences)
+                self.run(edit(ids) if edit else ids, hooks_for(i), mass=mass) for i, ids in enumerate(self.sequences)
             ]
         return self._cache[name]
 
@@ -62,7 +77,7 @@ class ProbeContext:
 
     def sink_rate(self, passes: list[Pass], position: int = 0) -> float:
         """Gu et al.'s Sink^eps of key ``position``, alpha averaged over sequences first (as ``scan`` does)."""
-        alpha = torch.stack([p.mass[:, :, position] for p in passes]).mean(0)
+        alpha = torch.stack([p.key_mass(position) for p in passes]).mean(0)
         return metrics.sink_rate(alpha, self.eps)
 
     def effect(self, passes: list[Pass]) -> dict:

@@ -55,8 +55,21 @@ class EmergenceProbe:
     name: ClassVar[str] = "emergence"
     passes: ClassVar[tuple[str, ...]] = ()
 
-    def extra_passes(self, ctx: ProbeContext) -> int:
-        return 3 * len(self.inputs(ctx)["natural"]) if ctx.causal else 0
+    def check(self, ctx: ProbeContext) -> dict[str, list[list[int]]]:
+        """The inputs (``inputs``), or ProbeNotApplicable for an encoder or sequences shorter than ``length``."""
+        if not ctx.causal:
+            raise ProbeNotApplicable(
+                "emergence: Gu et al.'s Table 1 setting is for causal LMs; in an encoder every query sees every key, "
+                "so the first token is not special"
+            )
+        inputs = self.inputs(ctx)
+        if not inputs["natural"]:
+            raise ProbeNotApplicable(f"emergence: needs sequences of at least {self.length} tokens")
+        return inputs
+
+    def steps(self, ctx: ProbeContext) -> int:
+        """Forward passes ``run`` will make: one batch per kind of input."""
+        return len(self.check(ctx))
 
     def inputs(self, ctx: ProbeContext) -> dict[str, list[list[int]]]:
         bos = ctx.tokenizer.bos_token_id if adds_bos(ctx.tokenizer) else None
@@ -79,17 +92,10 @@ class EmergenceProbe:
         return {"natural": natural, "random": random, "repeated": repeated}
 
     def run(self, ctx: ProbeContext) -> dict:
-        if not ctx.causal:
-            raise ProbeNotApplicable(
-                "emergence: Gu et al.'s Table 1 setting is for causal LMs; in an encoder every query sees every key, "
-                "so the first token is not special"
-            )
-        inputs = self.inputs(ctx)
-        if not inputs["natural"]:
-            raise ProbeNotApplicable(f"emergence: needs sequences of at least {self.length} tokens")
+        inputs = self.check(ctx)
         kinds = {}
         for kind, seqs in inputs.items():
-            passes = [ctx.run(ids) for ids in seqs]
+            passes = ctx.run_batch(seqs)  # equal lengths, no padding: one batch per kind
             alpha = torch.stack([p.alpha for p in passes]).mean(0)
             kinds[kind] = {
                 "sink_rate": ctx.sink_rate(passes),

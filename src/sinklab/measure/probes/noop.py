@@ -37,6 +37,14 @@ class NoopProbe:
     name: ClassVar[str] = "noop"
     passes: ClassVar[tuple[str, ...]] = ("zero_sink", "zero_sink_dormant", "zero_middle")
 
+    def planned(self, ctx: ProbeContext) -> tuple[str, ...]:
+        """The passes ``run`` makes: the dormant-head edit only where there are dormant heads."""
+        return ("zero_sink", "zero_middle") + (("zero_sink_dormant",) if self.measure(ctx)["dormant"].any() else ())
+
+    def steps(self, ctx: ProbeContext) -> int:
+        """Forward passes ``run`` will make (those another probe has not made yet)."""
+        return ctx.pending(self.planned(ctx))
+
     def measure(self, ctx: ProbeContext) -> dict[str, torch.Tensor]:
         kv = kv_heads(ctx.model)
         ratio, share, out_ratio = [], [], []

@@ -127,12 +127,22 @@ class OutlierProbe:
     name: ClassVar[str] = "outlier"
     passes: ClassVar[tuple[str, ...]] = ("clamp_massive", "clamp_massive_all_layers")
 
-    def run(self, ctx: ProbeContext) -> dict:
+    @staticmethod
+    def check(ctx: ProbeContext) -> None:
+        """ProbeNotApplicable where the blocks have no hookable MLP and attention module."""
         if any(rec.mlp is None or rec.attn is None for rec in ctx.baselines[0].layers):
             raise ProbeNotApplicable(
                 "outlier: the blocks have no `mlp` and attention module the engine can hook (BERT-style blocks), so "
                 "the attention-vs-MLP attribution does not apply"
             )
+
+    def steps(self, ctx: ProbeContext) -> int:
+        """Forward passes ``run`` will make (ProbeNotApplicable where it does not apply)."""
+        self.check(ctx)
+        return ctx.pending(self.passes)
+
+    def run(self, ctx: ProbeContext) -> dict:
+        self.check(ctx)
         blocks = find_layers(ctx.model)
         found = [locate(b) for b in ctx.baselines]
         layer = Counter(f["layer"] for f in found).most_common(1)[0][0]

@@ -2,12 +2,18 @@
 measured quantity and an intervention (its effect on next-token loss and on Gu et al.'s sink rate).
 
 One baseline pass per sequence records what every probe measures (``Recorder``); each intervention is one more
-pass per sequence, shared by name between probes. Sequences run one at a time (batch 1), so the sink is position 0.
+pass per sequence, shared by name between probes, that reads only what its probe reports (alpha_1, loss, and every
+key's mass only where the sink may move). Sequences run one at a time (batch 1), so the sink is position 0; the
+emergence probe's short windows run as one batch per kind of input. Passes take the fused fast path where it
+applies (``sinklab.measure.probes._common.PassObserver``; ``fused=False`` runs its twin). Progress: one bar (or,
+off a terminal, periodic lines) per stage, the baseline passes and then each probe, counting its forward passes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +87,25 @@ class ExplainResult:
         return write_explain_report(self, Path(out_dir))
 
 
+@contextmanager
+def _stage(progress: bool, console: Console, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """One progress display for one stage (the baseline, or a probe) counting its ``total`` forward passes; yields
+    ``advance(n)``. Off a terminal ``sinklab.progress`` prints the start, periodic lines and the final count; on one,
+    the bar goes when the stage ends and a line with the count and the time stays."""
+    start = time.perf_counter()
+    done = [0]
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            done[0] += n
+            bar.advance(task, n)
+
+        yield advance
+    if progress and console.is_terminal:
+        console.print(f"sinklab: {description}: {done[0]}/{total} passes in {time.perf_counter() - start:.1f} s")
+
+
 def parse_probes(probes) -> list[str]:
     """Probe names from a list or a comma-separated string; unknown names raise ``SinklabInputError``."""
     names = [p.strip() for p in probes.split(",")] if isinstance(probes, str) else [str(p).strip() for p in probes]
@@ -107,13 +132,15 @@ def explain(
     seed: int = 0,
     allow_beyond_positions: bool = False,
     progress: bool = True,
+    fused: bool = True,
 ) -> ExplainResult:
     """Run the probes (``noop``, ``outlier``, ``bias``, ``anchor``, ``emergence``) on ``model``.
 
     ``texts_or_ids`` as in ``sinklab.scan`` (strings split into ``max_tokens``-token sequences, at most
     ``num_texts``; token-id lists; None for the embedded corpus). A probe that does not apply to the model (an
     encoder, a block without an MLP) is listed in ``not_applicable`` with the reason; the others run. Without a
-    causal LM head, interventions report sink rates and no loss.
+    causal LM head, interventions report sink rates and no loss. ``fused=False`` runs every pass on the site's own
+    attention path (the twin of the fast path; the same numbers within float32 rounding, several times slower).
     """
     names = parse_probes(probes)
     check_fraction("eps", eps)
@@ -127,36 +154,35 @@ def explain(
     cfg = model.config
     chosen = [PROBES[n]() for n in names]
     console = Console(stderr=True)
-    with Progress(disable=not progress) as bar:
-        ctx = ProbeContext(
-            model=model,
-            tokenizer=tokenizer,
-            sequences=seqs,
-            baselines=[],
-            eps=eps,
-            causal=is_causal(model),
-            lm=has_lm_head(model),
-            decode=token_decoder(tokenizer),
-            seed=seed,
-        )
-        shared = {p for probe in chosen for p in probe.passes}
-        extra = sum(probe.extra_passes(ctx) for probe in chosen if hasattr(probe, "extra_passes"))
-        task = bar.add_task(
-            f"explain {model_name or type(model).__name__}", total=len(seqs) * (1 + len(shared)) + extra
-        )
-        ctx.advance = lambda: bar.advance(task)
+    label = model_name or type(model).__name__
+    ctx = ProbeContext(
+        model=model,
+        tokenizer=tokenizer,
+        sequences=seqs,
+        baselines=[],
+        eps=eps,
+        causal=is_causal(model),
+        lm=has_lm_head(model),
+        decode=token_decoder(tokenizer),
+        seed=seed,
+        fused=fused,
+    )
+    residual = "outlier" in names  # only the outlier probe reads the residual statistics
+    with _stage(progress, console, f"explain {label}: baseline", len(seqs)) as advance:
         for ids in seqs:
-            ctx.baselines.append(record(model, ids))
-            ctx.advance()
-        sections, skipped = {}, {}
-        for probe in chosen:
-            bar.update(task, description=f"explain: {probe.name}")
-            try:
+            ctx.baselines.append(record(model, ids, residual=residual, fused=fused))
+            advance(1)
+    sections, skipped = {}, {}
+    for probe in chosen:
+        try:
+            steps = probe.steps(ctx)
+            with _stage(progress, console, f"explain {label}: {probe.name}", steps) as advance:
+                ctx.advance = advance
                 sections[probe.name] = probe.run(ctx)
-            except ProbeNotApplicable as exc:
-                skipped[probe.name] = str(exc)
-                if progress:
-                    console.print(f"[yellow]sinklab: probe {probe.name} does not apply:[/] {exc}")
+        except ProbeNotApplicable as exc:
+            skipped[probe.name] = str(exc)
+            if progress:
+                console.print(f"[yellow]sinklab: probe {probe.name} does not apply:[/] {exc}")
     if not sections:
         raise SinklabInputError(f"no requested probe applies to this model: {'; '.join(skipped.values())}")
     base = [b.run for b in ctx.baselines]
