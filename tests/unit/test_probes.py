@@ -4,6 +4,7 @@ activation, a content-anchored sink, uniform attention (Gu et al.'s alpha_1 = H_
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ from sinklab.cli import app
 from sinklab.errors import SinklabInputError
 from sinklab.measure.engine import Observer, find_layers
 from sinklab.measure.probes import explain
-from sinklab.measure.probes._common import SINK, forward, record, sink_edit, zero_values
+from sinklab.measure.probes._common import (
+    SINK,
+    forward,
+    fused_colsum,
+    record,
+    sink_column,
+    sink_edit,
+    zero_values,
+)
 from sinklab.measure.probes.outlier import written
 from sinklab.models.tiny import tiny_bert, tiny_gemma3, tiny_llama
 
@@ -238,3 +247,102 @@ def test_cli_bad_input_gives_one_line_and_no_output(tmp_path):
     assert result.exit_code == 2
     assert "accepted: noop, outlier" in result.output
     assert not out.exists()
+
+
+# -- the fused fast path against its twin (the site's own attention with statistics) -----------------------------
+
+
+def _numbers(x, path=""):
+    """Every number of a nested probes.json section as (path, value)."""
+    if isinstance(x, dict):
+        return [n for k, v in x.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(x, list):
+        return [n for i, v in enumerate(x) for n in _numbers(v, f"{path}[{i}]")]
+    return [(path, x)]
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3, tiny_bert])
+def test_fused_explain_equals_its_twin(build):
+    """Every number and flag of probes.json is the same with the fused path and with the site's chunked path
+    (fp32, 1e-5); gemma3 mixes both (its sliding-window layers take the twin), bert is an encoder."""
+    model, tok = build(seed=1)
+    kw = {"max_tokens": 70, "num_texts": 2}
+    fast = run(model, tok, "noop,outlier,bias,anchor,emergence", **kw).to_dict()
+    slow = run(model, tok, "noop,outlier,bias,anchor,emergence", fused=False, **kw).to_dict()
+    for key in ("seconds", "provenance"):
+        fast.pop(key), slow.pop(key)
+    a, b = _numbers(fast), _numbers(slow)
+    assert [p for p, _ in a] == [p for p, _ in b]
+    for (path, x), (_, y) in zip(a, b, strict=True):
+        if isinstance(x, float) and isinstance(y, float):
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(y)) or (x != x and y != y), path
+        else:
+            assert x == y, path
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
+def test_fused_pass_reads_what_the_twin_reads(build):
+    """Baseline record through the fused kernel (every layer fused) = through the chunked path (no layer fused):
+    alpha_1, every key's mass, A_t0, norm-weighted shares and the loss, fp32 1e-5."""
+    model, tok = build(seed=4)
+    ids = tok(TEXT[0])["input_ids"][:50]
+    seen = []
+    fast, slow = record(model, ids), record(model, ids, fused=False)
+    with_obs = forward(model, ids, lambda obs: seen.append(obs) or {}, mass=True)
+    assert seen[0].fused_layers == set(range(model.config.num_hidden_layers))
+    assert rel(with_obs.mass, fast.run.mass) < 1e-6
+    assert rel(fast.run.alpha, slow.run.alpha) < 1e-5 and rel(fast.run.mass, slow.run.mass) < 1e-5
+    assert torch.equal(fast.run.eligible, slow.run.eligible)
+    if fast.run.token_loss is not None:
+        assert rel(fast.run.token_loss, slow.run.token_loss) < 1e-5
+    for f, s in zip(fast.layers, slow.layers, strict=True):
+        assert rel(f.col, s.col) < 1e-5 and rel(f.share, s.share) < 1e-5 and rel(f.resid, s.resid) < 1e-5
+
+
+def test_fused_pass_leaves_the_model_output_unchanged():
+    """Observing through the fused path: the per-token loss equals the plain model's (fp32 1e-5)."""
+    model, tok = tiny_llama(seed=5)
+    ids = tok(TEXT[0])["input_ids"][:60]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=x, use_cache=False).logits[0]
+    plain = torch.nn.functional.cross_entropy(logits[:-1], x[0, 1:], reduction="none")
+    assert rel(forward(model, ids, mass=True, share=True).token_loss, plain) < 1e-5
+    assert rel(forward(model, ids).token_loss, plain) < 1e-5
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_colsum_and_sink_column_equal_the_definition(causal):
+    """Column sums from the transposed fused problem and A_t0 from the row logsumexp = the naive T x T softmax."""
+    gen = torch.Generator().manual_seed(0)
+    B, H, Hkv, T, Dh, scale = 2, 4, 2, 37, 8, 0.35
+    q, k = torch.randn(B, H, T, Dh, generator=gen), torch.randn(B, Hkv, T, Dh, generator=gen)
+    keys = k.repeat_interleave(H // Hkv, dim=1)
+    scores = scale * q.double() @ keys.double().transpose(-1, -2)
+    if causal:
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
+    probs = scores.softmax(-1)
+    lse = torch.logsumexp(scores, -1).float()
+    assert rel(fused_colsum(q, k, lse, scale, causal), probs.sum(2)) < 1e-5
+    assert rel(sink_column(q, k, lse, scale), probs[..., 0]) < 1e-5
+
+
+def test_explain_progress_counts_end_at_their_totals(capsys):
+    """Off a terminal: one progress stage per probe (and one for the baseline), each count ends at its total, and
+    the totals add up to the forward passes the model really ran."""
+    model, tok = tiny_llama(seed=1)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        run(model, tok, "noop,outlier,bias,anchor,emergence", max_tokens=70, num_texts=2, progress=True)
+    finally:
+        handle.remove()
+    final = {}
+    for line in capsys.readouterr().err.splitlines():
+        found = re.match(r"sinklab: explain (.+?): +\d+% \((\d+)/(\d+)\)", line)
+        if found:
+            final[found[1]] = (int(found[2]), int(found[3]))
+    stages = ["baseline", "noop", "outlier", "bias", "anchor", "emergence"]
+    assert sorted(final) == sorted(f"LlamaForCausalLM: {s}" for s in stages)
+    assert all(done == total > 0 for done, total in final.values()), final
+    assert sum(total for _, total in final.values()) == len(calls)
