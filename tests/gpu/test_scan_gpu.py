@@ -43,6 +43,7 @@ def test_half_median_on_cuda_is_exact_and_never_synchronizes(dtype):
     g = torch.Generator().manual_seed(0)
     hidden = (torch.randn(2, 3000, 64, generator=g) * torch.logspace(-4, 3, 64)).to(dtype).cuda()
     hidden[0, 0, 5] = 3000.0
+    residual_stats(hidden, None)  # compiles the kernels (compilation may synchronize; a steady call must not)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -51,4 +52,4 @@ def test_half_median_on_cuda_is_exact_and_never_synchronizes(dtype):
         torch.cuda.set_sync_debug_mode("default")
     for b in range(2):
         assert float(stats.median_abs[b]) == float(hidden[b].abs().float().median())
-    assert float(stats.max_abs[0]) == 3000.0
+    assert float(stats.max_abs[0]) == float(hidden[0].abs().max())

@@ -93,7 +93,8 @@ def _lower_median(values: torch.Tensor) -> torch.Tensor:
         bits = flat.view(torch.int16)
         below = _byte_histogram(bits).cumsum(0)  # [128] values whose high byte is <= the bin
         b = (below < k).sum()  # the bin holding the k-th smallest (searchsorted, left)
-        rank = k - torch.where(b > 0, below[(b - 1).clamp_min(0)], 0)  # its rank inside bin b
+        before = below.gather(0, (b - 1).clamp_min(0).reshape(1))[0]  # gather: a 0-d index would read b back
+        rank = k - torch.where(b > 0, before, 0)  # its rank inside bin b
         c = (_byte_histogram(bits, b).cumsum(0) < rank).sum()
         return ((b << 8) | c).to(torch.int16).view(flat.dtype).float()
     if flat.dtype == torch.float32:
