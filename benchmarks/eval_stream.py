@@ -2,9 +2,12 @@
 passkey retention.
 
 Part ``eval`` runs exactly what ``sinklab eval-stream`` runs (4096 tokens of the embedded corpus, 4 sinks + window
-256 in the reference convention: a token sees 4 sinks + 256 recent + itself; dense/window/sink by the exact
-parallel evaluator, int4/int4-sinks decoded token by token, recompute on 32 positions, the 0/1/2/4/8 sinks sweep)
-and saves benchmarks/results/stream-<hardware>.json plus its two plots.
+256 in the reference convention: a token sees 4 sinks + 256 recent + itself; dense/window/sink and int4/int4-sinks
+by the exact parallel evaluators, recompute on 32 positions, the 0/1/2/4/8 sinks sweep) and saves
+benchmarks/results/stream-<hardware>.json plus its two plots.
+Part ``presses`` runs the eviction presses, which decode token by token (knorm, h2o with H2O's accumulated score,
+h2o-norm with kvpress's per-query-normalised score; budget 4 + 256, the 4 sinks protected) against dense and sink on
+``--press-tokens`` (2048) tokens, and saves benchmarks/results/stream-presses-<hardware>.json.
 Part ``speed`` times the parallel evaluator for dense + window + sink on 4096 tokens against one plain forward over
 the same tokens (goal <= 3x) and against token-by-token decoding (goal >= 20x). Decoding 4096 tokens three times
 takes ~15 min, so it decodes a ``--decode-prefix`` (512) and extrapolates its per-token time to 4096 tokens
@@ -16,7 +19,8 @@ a passkey that has left the window is gone, sinks or not. Saves benchmarks/resul
 
     python benchmarks/eval_stream.py --parts speed                          # ~6 min on 2 shared cores
     OMP_NUM_THREADS=1 python benchmarks/eval_stream.py --parts passkey      # ~5 min on 2 shared cores
-    python benchmarks/eval_stream.py --parts eval                           # ~20 min on 2 shared cores
+    python benchmarks/eval_stream.py --parts eval                           # ~3 min on 2 cores
+    python benchmarks/eval_stream.py --parts presses                        # ~15 min on 2 cores (decoding)
 
 Prints a rich table, then ONE JSON line.
 """
@@ -45,22 +49,44 @@ from sinklab.models import load
 RESULTS = Path(__file__).parent / "results"
 
 
-def run_eval(hardware: str) -> dict:
+def _eval_stream(name: str, args: list[str]) -> tuple[dict, Path]:
+    """Run ``sinklab eval-stream`` as a user does; its record and (temporary) output directory."""
     from typer.testing import CliRunner
 
     from sinklab.cli import app
 
-    out = RESULTS / f".stream-{hardware}"
-    args = ["eval-stream", "--model", "smollm2-135m", "--tokens", "4096", "--window", "256", "--sinks", "4"]
-    args += ["--policies", "dense,window,sink,recompute,int4,int4-sinks", "--recompute-points", "32"]
-    args += ["--sweep", "0,1,2,4,8", "--out", str(out)]
-    res = CliRunner().invoke(app, args)
+    out = RESULTS / f".{name}"
+    res = CliRunner().invoke(app, ["eval-stream", "--model", "smollm2-135m", *args, "--out", str(out)])
     if res.exit_code:
         raise SystemExit(res.output)
     record = json.loads((out / "stream.json").read_text())
-    (RESULTS / f"stream-{hardware}.json").write_text(json.dumps(record, indent=2))
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2))
+    return record, out
+
+
+def run_eval(hardware: str) -> dict:
+    args = ["--tokens", "4096", "--window", "256", "--sinks", "4", "--recompute-points", "32", "--sweep", "0,1,2,4,8"]
+    record, out = _eval_stream(
+        f"stream-{hardware}", [*args, "--policies", "dense,window,sink,recompute,int4,int4-sinks"]
+    )
     for png in ("ppl_vs_position", "sinks_sweep"):
         (out / f"{png}.png").replace(RESULTS / f"stream-{hardware}-{png}.png")
+    shutil.rmtree(out)
+    return record
+
+
+def run_presses(hardware: str, num_tokens: int) -> dict:
+    args = [
+        "--tokens",
+        str(num_tokens),
+        "--window",
+        "256",
+        "--sinks",
+        "4",
+        "--policies",
+        "dense,sink,knorm,h2o,h2o-norm",
+    ]
+    record, out = _eval_stream(f"stream-presses-{hardware}", args)
     shutil.rmtree(out)
     return record
 
@@ -197,7 +223,8 @@ def run_passkey(hardware: str, depths: list[float], num_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="speed,eval,passkey")
+    parser.add_argument("--parts", default="speed,eval,passkey,presses")
+    parser.add_argument("--press-tokens", type=int, default=2048, help="presses part: tokens decoded")
     parser.add_argument("--hardware", default="cpu2")
     parser.add_argument("--depths", default="0.05,0.25,0.5,0.75,0.95")
     parser.add_argument("--passkey-tokens", type=int, default=1000)
@@ -218,6 +245,9 @@ def main() -> None:
         record = run_eval(args.hardware)
         summary["eval"] = {name: row["ppl"] for name, row in record["policies"].items()}
         summary["sweep"] = record["sweep"]
+    if "presses" in args.parts:
+        record = run_presses(args.hardware, args.press_tokens)
+        summary["presses"] = {name: row["ppl"] for name, row in record["policies"].items()}
     summary["wall_s"] = time.time() - start
     print(json.dumps(summary))
 

@@ -25,6 +25,7 @@ from sinklab.ops._triton.tiles import (
     load_rows,
     load_vec,
     query_blocks,
+    row_scores,
     segment,
     tile_mask,
 )
@@ -184,12 +185,9 @@ def attn_bwd_dq(
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 k = load_rows(k_base, offs_n, skt, offs_d, S, SEG != 1)
                 v = load_rows(v_base, offs_n, svt, offs_d, S, SEG != 1)
-                s = tl.dot(q, tl.trans(k)) * qk_scale  # [BM, BN]
-                if SEG != 1 or HAS_PAD:
-                    keep = load_keep(kpm_base, offs_n, S, HAS_PAD, SEG != 1)
-                    ok = tile_mask(offs_m[:, None], offs_n[None, :], keep[None, :], T, S, OFF, W, CAUSAL, HAS_WINDOW,
-                                   HAS_PAD, SEG != 1)  # fmt: skip
-                    s = tl.where(ok, s, float("-inf"))
+                s = row_scores(
+                    q, k, qk_scale, kpm_base, offs_m, offs_n, T, S, OFF, W, CAUSAL, HAS_WINDOW, HAS_PAD, SEG != 1
+                )  # fmt: skip  [BM, BN]
                 dp = tl.dot(do, tl.trans(v))
                 if FAMILY == SOFTMAX:
                     ds = tl.math.exp2(s - lse[:, None]) * (dp - delta[:, None])

@@ -27,10 +27,9 @@ from sinklab.ops._triton.tiles import (
     SOFTMAX,
     SOFTPICK,
     key_blocks,
-    load_keep,
     load_rows,
+    row_scores,
     segment,
-    tile_mask,
 )
 
 
@@ -94,12 +93,9 @@ def attn_fwd(
             for start_n in range(lo, end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
                 k = load_rows(k_base, offs_n, skt, offs_d, S, SEG != 1)
-                s = tl.dot(q, tl.trans(k)) * qk_scale  # [BM, BN]
-                if SEG != 1 or HAS_PAD:
-                    keep = load_keep(kpm_base, offs_n, S, HAS_PAD, SEG != 1)
-                    ok = tile_mask(offs_m[:, None], offs_n[None, :], keep[None, :], T, S, OFF, W, CAUSAL, HAS_WINDOW,
-                                   HAS_PAD, SEG != 1)  # fmt: skip
-                    s = tl.where(ok, s, float("-inf"))
+                s = row_scores(
+                    q, k, qk_scale, kpm_base, offs_m, offs_n, T, S, OFF, W, CAUSAL, HAS_WINDOW, HAS_PAD, SEG != 1
+                )  # fmt: skip  [BM, BN]
                 if PASS != LSE_PASS:
                     v = load_rows(v_base, offs_n, svt, offs_d, S, SEG != 1)
                 if FAMILY == SOFTMAX:
@@ -123,8 +119,8 @@ def attn_fwd(
                     d = tl.math.exp2(s - m_new[:, None]) - e0[:, None]
                     num = tl.where(s > 0, d, 0.0)
                     den = tl.abs(d)
-                    if SEG != 1 or HAS_PAD:
-                        den = tl.where(ok, den, 0.0)
+                    if SEG != 1 or HAS_PAD:  # a masked key (score -inf) adds nothing to the denominator
+                        den = tl.where(s != float("-inf"), den, 0.0)
                     alpha = tl.math.exp2(m_i - m_new)
                     l_i = l_i * alpha + tl.sum(den, 1)
                     acc = acc * alpha[:, None]
@@ -135,8 +131,8 @@ def attn_fwd(
                     y = (p1 - p0) * p + p0
                     if PASS == OUT_PASS:
                         a = tl.minimum(tl.maximum(y, 0.0), 1.0)
-                        if SEG != 1 or HAS_PAD:
-                            a = tl.where(ok, a, 0.0)
+                        if SEG != 1 or HAS_PAD:  # clip(gamma) > 0 must not reach a masked key
+                            a = tl.where(s != float("-inf"), a, 0.0)
                         acc = tl.dot(a.to(v.dtype), v, acc)
                     else:  # DELTA_PASS
                         dp = tl.dot(do, tl.trans(v))

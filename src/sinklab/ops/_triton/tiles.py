@@ -159,3 +159,17 @@ def tile_mask(r, j, keep, T, S, OFF, W, CAUSAL: tl.constexpr, HAS_WINDOW: tl.con
     else:
         ok = keep & (r >= 0)
     return ok
+
+
+@triton.jit
+def row_scores(q, k, qk_scale, kpm_base, offs_m, offs_n, T, S, OFF, W, CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """Base-2 scores [BM, BN] of a query block against a key block, -inf where a query may not attend (the
+    forward and dQ passes, query-major). Interior tiles without padding (not MASKED, not HAS_PAD) skip the mask."""
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED or HAS_PAD:
+        keep = load_keep(kpm_base, offs_n, S, HAS_PAD, MASKED)
+        ok = tile_mask(offs_m[:, None], offs_n[None, :], keep[None, :], T, S, OFF, W, CAUSAL, HAS_WINDOW, HAS_PAD,
+                       MASKED)  # fmt: skip
+        s = tl.where(ok, s, float("-inf"))
+    return s
