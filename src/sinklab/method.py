@@ -38,6 +38,7 @@ METHOD_MODULES = (
     "sinklab.exploit.stream_eval",
     "sinklab.exploit.redistribute.act",
     "sinklab.exploit.redistribute.zerotuning",
+    "sinklab.exploit.prefix.slots",
 )
 
 
