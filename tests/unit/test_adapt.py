@@ -102,7 +102,7 @@ def test_penalties_are_logged_and_push_the_first_token_mass_down():
     mass = {}
     for weight in (1e-9, 100.0):  # 1e-9: logged, without effect
         model, tok = tiny_arch("llama")
-        config = AdaptConfig(variant="sink", tokens=4 * 64 * 8, param_lr=2.0, beta=0.0,
+        config = AdaptConfig(variant="sink", tokens=4 * 64 * 8, slot_logit=-4.0, param_lr=2.0, beta=0.0,
                              mass_penalty=weight, act_penalty=1e-9, eval_every=8, **SMALL)  # fmt: skip
         last = adapt(config, model, tok).history[-1]
         assert math.isfinite(last["train_act"]) and last["train_act"] > 0

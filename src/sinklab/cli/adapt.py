@@ -33,7 +33,7 @@ def adapt_command(
     context: int = typer.Option(256, metavar="N", help="tokens per training sequence"),
     batch_size: int = typer.Option(8, metavar="N", help="sequences per step and process"),
     lr: float = typer.Option(None, metavar="X", help="learning rate of matrices (default by --trainable)"),
-    param_lr: float = typer.Option(5e-2, metavar="X", help="learning rate of the variant's per-head parameters"),
+    param_lr: float = typer.Option(0.2, metavar="X", help="learning rate of the variant's per-head logits"),
     eval_every: int = typer.Option(None, metavar="K", help="evaluate every K steps (default: 4 evaluations)"),
     long_context: int = typer.Option(1024, metavar="N", help="tokens per long held-out sequence"),
     window: int = typer.Option(256, metavar="N", help="streaming window of the quality metrics"),

@@ -22,8 +22,10 @@ the mean attention the first key (BOS) receives, from the attention sites' stati
 ``trainable="attention"`` or ``"all"`` the teacher's base weights move with the student's: the KL term then holds the
 variant's effect, not the drift of the base weights (the cross-entropy holds that).
 
-The identity values -30 of the ``sink`` / ``kv_bias`` slot logit give the slot a weight of about e^-30 and a gradient
-of the same size: it cannot learn. ``slot_logit`` (default -4) starts them where they can; ``None`` keeps -30.
+The identity value -30 of the ``sink`` / ``kv_bias`` slot logit gives the slot a weight of about e^-30 and a gradient
+of the same size, below AdamW's eps = 1e-8: it cannot learn. ``slot_logit`` (default -10: a slot weight of at most
+e^-10 = 4.5e-5 of a row, still near identity, with gradients far above eps) starts it where it can; ``None`` keeps -30.
+The per-head logits (sink, sigmoid bias) learn at ``param_lr``: they have to travel several units in few steps.
 Sigmoid attention has no identity; its per-head bias starts at -log(context) (Ramapuram et al. 2024) and learns.
 
 A checkpoint holds only what changed: the trained tensors (variant parameters, LoRA matrices, or the attention /
@@ -73,7 +75,7 @@ class AdaptConfig:
     tokens: int = 131_072
     init: str = "identity"  # "default": the variant's fresh init (random gates) for the init ablation
     headwise: bool = False  # gated: one gate per head (W_g [d, H]) instead of per channel ([d, H * D])
-    slot_logit: float | None = -4.0  # sink / kv_bias: the slot logit's start; None = the identity value -30
+    slot_logit: float | None = -10.0  # sink / kv_bias: the slot logit's start; None = the identity value -30
     beta: float = 1.0  # weight of KL(teacher || student)
     mass_penalty: float = 0.0  # weight of the mean first-token mass alpha_1
     act_penalty: float = 0.0  # weight of mean over layers of max |x| / d_model of the residual stream
@@ -82,7 +84,7 @@ class AdaptConfig:
     context: int = 256
     batch_size: int = 8
     lr: float | None = None  # matrices (gates, LoRA, projections); default by trainable set: LR
-    param_lr: float = 5e-2  # the variant's per-head parameters (sink logit, key/value bias, sigmoid bias)
+    param_lr: float = 0.2  # the variant's per-head logits ([H]: sink logit, sigmoid bias); [H, D] biases take lr
     warmup: float = 0.1  # share of the steps
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -411,7 +413,8 @@ def _lora_record(peft_model) -> dict | None:
 
 
 def _optimizer(model: nn.Module, config: AdaptConfig, fused: bool) -> torch.optim.Optimizer:
-    """AdamW: matrices at ``lr`` (weight decay on them), the variant's per-head vectors at ``param_lr``."""
+    """AdamW: matrices (and [H, D] key/value biases) at ``lr`` with weight decay, the variant's per-head logits at
+    ``param_lr``."""
     matrices, vectors = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -579,10 +582,16 @@ def _check_model(model: nn.Module, ids: torch.Tensor) -> None:
         model(input_ids=ids)  # the variant's own refusals (e.g. a model with its own sink logits) surface here
 
 
-def adapt(config: AdaptConfig, model: nn.Module | None = None, tokenizer=None) -> AdaptResult:
+def adapt(
+    config: AdaptConfig, model: nn.Module | None = None, tokenizer=None, before: dict | None = None
+) -> AdaptResult:
     """Adapt ``model`` (default: ``sinklab.models.load(config.model)``) to ``config.variant``; on rank 0 write
     ``config.out`` (adapt.json, report.html, curves.png, adapter.safetensors) when it is set. The model is patched
-    and trained in place and returned in the result."""
+    and trained in place and returned in the result. ``before``: the original model's ``measure`` on the same data
+    when already known (a study measures it once); None measures it.
+
+    On CUDA the variant's parameters of a half-precision model are kept in float32 (master weights; the forward runs
+    under bf16 autocast); LoRA matrices are float32 (peft); ``attention`` / ``all`` train the model's own dtype."""
     from sinklab.models import load, resolve_device
     from sinklab.provenance import run_provenance
     from sinklab.report.files import check_output
@@ -607,11 +616,16 @@ def adapt(config: AdaptConfig, model: nn.Module | None = None, tokenizer=None) -
     _check_model(model, probe)
     _check_variant(model, config, probe)
     started = time.perf_counter()
-    before = measure(model, data, config) if rank == 0 else {}
+    if before is None:
+        before = measure(model, data, config) if rank == 0 else {}
 
     torch.manual_seed(config.seed)
     patch(model, config.variant, init=config.init, headwise=config.headwise, **_variant_params(config))
     peft_model = select_trainable(model, config)
+    if device.type == "cuda":
+        for name, p in model.named_parameters():
+            if PREFIX in name and p.dtype in (torch.bfloat16, torch.float16):
+                p.data = p.data.float()
     trained = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     raw, net = model, model
@@ -799,7 +813,7 @@ def load_adapted(path: str | Path, model: nn.Module | None = None, tokenizer=Non
         raise SinklabInputError(f"{path}: the model has no parameter {missing[0]} (was it adapted from another model?)")
     with torch.no_grad():
         for name, tensor in saved.items():
-            params[name].copy_(tensor.to(params[name].dtype))
+            params[name].data = tensor.to(params[name].device)  # in the dtype it was trained in
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval(), tokenizer
