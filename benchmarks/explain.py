@@ -7,8 +7,9 @@ explain run (every probe), then each probe alone with ``--per-probe`` (its own b
 lines on stderr show each stage (the baseline, then each probe) with its count of forward passes.
 
 On a shared machine absolute seconds depend on the load: the ratio to the plain forward measured in the same run is
-the comparable figure, and ``idle_estimate_seconds`` is that ratio times ``--idle-forward`` (the plain forward of
-the same tokens on 2 idle cores, from benchmarks/results/scan-cpu2.json).
+the comparable figure (also in process CPU time, which other jobs inflate less), and ``idle_estimate_seconds`` is
+that ratio times ``--idle-forward`` (the plain forward of the same tokens on 2 idle cores, from
+benchmarks/results/scan-cpu2.json).
 
 Prints a table, then one JSON line; saves benchmarks/results/explain-<hardware>.json.
 
@@ -31,9 +32,12 @@ GOAL_SECONDS = 300
 IDLE_FORWARD_2048 = 4.12  # s, plain forward of 2,048 tokens on 2 idle cores (benchmarks/results/scan-cpu2.json)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def _timed(fn, cpu: list | None = None) -> float:
+    """Wall seconds of ``fn()``; appends its process CPU seconds (every thread) to ``cpu``."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     fn()
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     return time.perf_counter() - start
 
 
@@ -65,11 +69,13 @@ def main() -> None:
             model(input_ids=ids, use_cache=False)
 
     plain()  # warm-up
-    forward_before = _timed(plain)
+    cpu_forward, cpu_explain = [], []
+    forward_before = _timed(plain, cpu_forward)
     holder = {}
-    total = _timed(lambda: holder.update(result=sinklab.explain(model, tok, seqs, model_name=MODEL)))
-    forward_after = _timed(plain)
+    total = _timed(lambda: holder.update(result=sinklab.explain(model, tok, seqs, model_name=MODEL)), cpu_explain)
+    forward_after = _timed(plain, cpu_forward)
     forward = (forward_before + forward_after) / 2
+    cpu_ratio = cpu_explain[0] / (sum(cpu_forward) / 2)
     per_probe = {
         name: _timed(lambda name=name: sinklab.explain(model, tok, seqs, probes=[name], progress=False))
         for name in (PROBES if args.per_probe else ())
@@ -79,6 +85,7 @@ def main() -> None:
     result = holder["result"]
     idle = args.idle_forward or (IDLE_FORWARD_2048 if args.tokens == 2048 else None)
     estimate = None if idle is None else total / forward * idle
+    cpu_estimate = None if idle is None else cpu_ratio * idle
     rows = [("plain forward (mean)", forward), ("explain (all probes)", total)]
     rows += [(f"  {name} alone", seconds) for name, seconds in per_probe.items()]
     rows += [("explain, twin path", twin)] if twin is not None else []
@@ -86,8 +93,10 @@ def main() -> None:
     print(f"{'run':24s} {'seconds':>9s} {'x forward':>10s}")
     for name, seconds in rows:
         print(f"{name:24s} {seconds:9.1f} {seconds / forward:10.1f}")
+    print(f"CPU time (all threads): explain / forward = {cpu_ratio:.1f}")
     if estimate is not None:
         print(f"idle estimate: {total / forward:.1f} x {idle:.2f} s = {estimate:.0f} s (goal < {GOAL_SECONDS} s)")
+        print(f"idle estimate from CPU time: {cpu_ratio:.1f} x {idle:.2f} s = {cpu_estimate:.0f} s")
     record = {
         "benchmark": "explain",
         "model": MODEL,
@@ -105,8 +114,12 @@ def main() -> None:
         "forward_seconds_before_after": [round(forward_before, 2), round(forward_after, 2)],
         "explain_seconds": round(total, 2),
         "explain_over_forward": round(total / forward, 1),
+        "forward_cpu_seconds_before_after": [round(x, 2) for x in cpu_forward],
+        "explain_cpu_seconds": round(cpu_explain[0], 2),
+        "explain_over_forward_cpu": round(cpu_ratio, 1),
         "idle_forward_seconds": idle,
         "idle_estimate_seconds": None if estimate is None else round(estimate, 1),
+        "idle_estimate_seconds_from_cpu_time": None if cpu_estimate is None else round(cpu_estimate, 1),
         "probe_alone_seconds": {k: round(v, 2) for k, v in per_probe.items()},
         "twin_seconds": None if twin is None else round(twin, 2),
         "twin_over_forward": None if twin is None else round(twin / forward, 1),

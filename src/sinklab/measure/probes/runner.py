@@ -103,7 +103,8 @@ def _stage(progress: bool, console: Console, description: str, total: int) -> It
 
         yield advance
     if progress and console.is_terminal:
-        console.print(f"sinklab: {description}: {done[0]}/{total} passes in {time.perf_counter() - start:.1f} s")
+        line = f"sinklab: {description}: {done[0]}/{total} passes in {time.perf_counter() - start:.1f} s"
+        console.print(line, markup=False, highlight=False)
 
 
 def parse_probes(probes) -> list[str]:
