@@ -7,7 +7,7 @@ Ctrl-C during that start-up is one line and exit code 130 too; ``sinklab.cli.app
 import importlib
 import sys
 
-COMMANDS = ("adapt", "calibrate", "detect", "explain", "models", "scan", "stream", "train")  # each module registers one
+COMMANDS = ("adapt", "calibrate", "detect", "explain", "models", "prefix", "scan", "stream", "train")  # one module each
 
 
 def _build_app():
