@@ -54,7 +54,7 @@ from sinklab.errors import SinklabInputError
 from sinklab.hf.site import ModelSites, sites
 from sinklab.method import Method
 from sinklab.ops.stats import StatsRequest
-from sinklab.remove.train import Batches, LoopResult, _distributed, training_loop
+from sinklab.remove.train import Batches, LoopResult, _autocast, _distributed, training_loop
 from sinklab.remove.variant import CONFIG_KEY, PREFIX, patch, patch_variants
 
 TRAINABLE = ("variant", "lora", "attention", "all")
@@ -528,8 +528,9 @@ def measure(model: nn.Module, data: _Data, config: AdaptConfig, teacher=None) ->
     model.eval()
     device = next(model.parameters()).device
     kw = dict(eps=config.eps, window=config.window, num_sinks=config.num_sinks)
-    short = _floats(quality(model, data.short.to(device), parts=("ppl",), **kw))  # ppl brings the sink metrics
-    long = _floats(quality(model, data.long.to(device), **kw))
+    with _autocast(device):  # CUDA: as in training (float32 master weights in a bf16 model need it)
+        short = _floats(quality(model, data.short.to(device), parts=("ppl",), **kw))  # ppl brings the sink metrics
+        long = _floats(quality(model, data.long.to(device), **kw))
     row = {k: long[k] for k in ("ppl", "ppl_w8a8", "ppl_kv4", "ppl_window", "ppl_sinks", "max_abs", "kurtosis")}
     row.update(sink_rate=short["sink_rate"], first_token_mass=short["first_token_mass"])
     row["sink_rate_long"] = long["sink_rate"]
@@ -539,10 +540,11 @@ def measure(model: nn.Module, data: _Data, config: AdaptConfig, teacher=None) ->
         ids = data.val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % data.val.windows)
         ids = ids.to(device)
         targets = _targets(ids, prefix_len)
-        logits = model(input_ids=ids).logits[:, :-1]
+        with _autocast(device):
+            logits = model(input_ids=ids).logits[:, :-1]
         ce.append(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).item())
         if teacher is not None:
-            with teacher():
+            with teacher(), _autocast(device):
                 reference = model(input_ids=ids).logits[:, :-1]
             kl.append(kl_divergence(reference, logits, targets != -100).item())
     row["val_loss"] = float(np.mean(ce))
@@ -590,8 +592,8 @@ def adapt(
     and trained in place and returned in the result. ``before``: the original model's ``measure`` on the same data
     when already known (a study measures it once); None measures it.
 
-    On CUDA the variant's parameters of a half-precision model are kept in float32 (master weights; the forward runs
-    under bf16 autocast); LoRA matrices are float32 (peft); ``attention`` / ``all`` train the model's own dtype."""
+    On CUDA the trained parameters of a half-precision model are kept in float32 (master weights) and every forward,
+    training and measurement alike, runs under bf16 autocast (run a loaded adapted model so too)."""
     from sinklab.models import load, resolve_device
     from sinklab.provenance import run_provenance
     from sinklab.report.files import check_output
@@ -622,9 +624,9 @@ def adapt(
     torch.manual_seed(config.seed)
     patch(model, config.variant, init=config.init, headwise=config.headwise, **_variant_params(config))
     peft_model = select_trainable(model, config)
-    if device.type == "cuda":
-        for name, p in model.named_parameters():
-            if PREFIX in name and p.dtype in (torch.bfloat16, torch.float16):
+    if device.type == "cuda":  # float32 master weights of what trains; forwards run under bf16 autocast
+        for p in model.parameters():
+            if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
                 p.data = p.data.float()
     trained = [p for p in model.parameters() if p.requires_grad]
     total = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
