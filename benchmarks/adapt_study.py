@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import sys
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--window", type=int, default=256)
     parser.add_argument("--corpus", default=None, help="a built corpus (default: data/train-corpus if there)")
     parser.add_argument("--runs", nargs="*", default=None, help=f"subset of: {', '.join(RUNS)}")
-    parser.add_argument("--deadline-s", type=float, default=450.0, help="start no run that would end after this")
+    parser.add_argument("--deadline-s", type=float, default=440.0, help="start no run that would end after this")
     parser.add_argument("--smoke", action="store_true", help="a few steps of a few runs at tiny sizes")
     parser.add_argument("--out", default="benchmarks/results/adapt-h200.json")
     args = parser.parse_args(argv)
@@ -126,6 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise SystemExit(f"unknown run(s) {unknown}; accepted: {', '.join(RUNS)}")
+    skipped = {}
+    if importlib.util.find_spec("peft") is None:  # LoRA needs peft (and accelerate): ship their wheels
+        skipped = {n: "no peft" for n in names if RUNS[n].get("trainable") == "lora"}
+        names = [n for n in names if n not in skipped]
+        print(f"[adapt_study] peft is not installed: skipping {list(skipped)}", flush=True)
     corpus = args.corpus
     if corpus is None and Path("data/train-corpus/meta.json").exists():
         corpus = "data/train-corpus"
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "original": original,
         "rows": [],
         "runs": [],
-        "skipped": [],
+        "skipped": skipped,
         "note": "every run: same base weights, token budget, data order and held-out text; before = the original "
         "model; Sink_1 at T=64, the other metrics at long_context",
         "provenance": run_provenance(base, texts=data.source, bos=common.bos, seed=common.seed),
@@ -168,9 +174,9 @@ def main(argv: list[str] | None = None) -> dict:
     durations: list[float] = []
     for i, name in enumerate(names):
         elapsed = time.perf_counter() - started
-        expected = max(durations) if durations else 0.0
+        expected = sorted(durations)[len(durations) // 2] if durations else 0.0  # median: run 1 pays compilation
         if elapsed + expected > args.deadline_s:
-            record["skipped"] = names[i:]
+            record["skipped"].update({n: "deadline" for n in names[i:]})
             print(f"[adapt_study] {elapsed:.0f} s elapsed, a run takes ~{expected:.0f} s: skipping {names[i:]}")
             break
         print(f"[adapt_study] run {i + 1}/{len(names)} {name} (at {elapsed:.0f} s)", flush=True)

@@ -148,3 +148,13 @@ def test_cli_adapt_writes_results_and_fails_cleanly(tmp_path):
         assert message in result.output and "Traceback" not in result.output
         assert len(result.output.strip().splitlines()) == 1
         assert not bad.exists() and not list(tmp_path.glob(".bad*"))
+
+
+def test_lora_without_peft_is_one_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "peft" else real(name, *a))
+    with pytest.raises(SinklabInputError, match=r"--trainable lora needs peft \(pip install 'sinklab\[adapt\]'\)"):
+        AdaptConfig(trainable="lora").check()
+    AdaptConfig(trainable="variant").check()  # the other sets do not need it

@@ -123,6 +123,8 @@ class AdaptConfig:
                 f"variant {self.variant!r} has no learnable parameters; train it with --trainable lora, attention "
                 "or all (variants with parameters: gated, sink, kv_bias, sigmoid)"
             )
+        if self.trainable == "lora":
+            _require_peft()
         for name in ("context", "batch_size", "eval_batches", "eval_seqs", "long_seqs", "window", "lora_rank"):
             if getattr(self, name) < 1:
                 raise SinklabInputError(
@@ -370,9 +372,20 @@ def _projections(model: nn.Module) -> list[str]:
     return names
 
 
+def _require_peft() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("peft") is None:
+        raise SinklabInputError(
+            "--trainable lora needs peft (pip install 'sinklab[adapt]'); without it: --trainable variant, attention "
+            "or all"
+        )
+
+
 def inject_lora(model: nn.Module, rank: int, alpha: float, targets: list[str]):
     """peft LoRA (Hu et al. 2021: W + (alpha / r) B A, B = 0 at the start) on the ``targets`` modules, injected into
     ``model`` in place; returns the ``PeftModel`` (whose ``disable_adapter`` gives the teacher). No dropout."""
+    _require_peft()
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none", target_modules=list(targets))
