@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
         names = [n for n in names if n not in skipped]
         print(f"[adapt_study] peft is not installed: skipping {list(skipped)}", flush=True)
     corpus = args.corpus
-    if corpus is None and Path("data/train-corpus/meta.json").exists():
-        corpus = "data/train-corpus"
+    meta = Path("data/train-corpus/meta.json")
+    if corpus is None and meta.exists() and json.loads(meta.read_text()).get("tokenizer") == args.model:
+        corpus = "data/train-corpus"  # `make train-corpus`: 10.5M tokens of documentation in smollm2's tokenizer
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else None)
     print(f"[adapt_study] loading {args.model} ({dtype or 'float32'}) on {args.device}", flush=True)
     base, tokenizer = load(args.model, device=args.device, dtype=dtype)
