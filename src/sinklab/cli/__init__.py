@@ -7,7 +7,7 @@ Ctrl-C during that start-up is one line and exit code 130 too; ``sinklab.cli.app
 import importlib
 import sys
 
-COMMANDS = ("adapt", "calibrate", "detect", "explain", "models", "prefix", "scan", "stream", "train")  # one module each
+COMMANDS = ("adapt", "bench", "calibrate", "detect", "explain", "models", "prefix", "scan", "stream", "train")  # each
 
 
 def _build_app():
