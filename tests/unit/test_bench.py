@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sinklab.bench import compare, make_protocol, protocol_hash, run_bench
+from sinklab.bench import compare_runs, make_protocol, protocol_hash, run_bench
 from sinklab.bench import metrics as bm
 from sinklab.bench.methods import cells, parse_factorial, parse_methods
 from sinklab.bench.metrics import COST_KEYS
@@ -213,7 +213,7 @@ def test_written_files_and_compare(runs, tmp_path, corpus):
     assert {f.name for f in (tmp_path / "A").iterdir()} >= {"bench.json", "bench.csv", "report.html"}
     header = (tmp_path / "A" / "bench.csv").read_text().splitlines()[0]
     assert "ppl@32" in header and "method" in header
-    same = compare(tmp_path / "A" / "bench.json", tmp_path / "B" / "bench.json")
+    same = compare_runs(tmp_path / "A" / "bench.json", tmp_path / "B" / "bench.json")
     assert same["changed"] == [] and same["unchanged"] > 0
     other = json.loads((tmp_path / "B" / "bench.json").read_text())
     other["protocol"]["hash"] = "0" * 16

@@ -6,8 +6,8 @@
 
 from __future__ import annotations
 
-from sinklab.bench.compare import compare
+from sinklab.bench.compare import compare_runs
 from sinklab.bench.protocol import VERSION, Protocol, make_protocol, protocol_hash
 from sinklab.bench.runner import run_bench
 
-__all__ = ["VERSION", "Protocol", "compare", "make_protocol", "protocol_hash", "run_bench"]
+__all__ = ["VERSION", "Protocol", "compare_runs", "make_protocol", "protocol_hash", "run_bench"]

@@ -20,7 +20,7 @@ def read_bench(path: str | Path) -> dict:
     return data
 
 
-def compare(a_path: str | Path, b_path: str | Path) -> dict:
+def compare_runs(a_path: str | Path, b_path: str | Path) -> dict:
     """Per (model, method) present in both, each numeric metric of A and B and B - A. Refuses two protocols (or
     corpora) in one line: numbers of different protocols do not compare."""
     a, b = read_bench(a_path), read_bench(b_path)

@@ -38,12 +38,12 @@ def leaderboard(rows: list[dict], length: int, gu: int) -> Table:
 def _compare(paths: list[Path], out: Path) -> None:
     import json
 
-    from sinklab.bench import compare
+    from sinklab.bench import compare_runs
     from sinklab.report.files import staged_output
 
     if len(paths) != 2:
         raise SinklabInputError(f"--compare takes two bench.json files (A then B), got {len(paths)}")
-    result = compare(*paths)
+    result = compare_runs(*paths)
     table = Table(title=f"sinklab bench --compare (protocol {result['protocol']})")
     for col in ("model", "method", "metric", "A", "B", "B - A"):
         table.add_column(col)
