@@ -59,3 +59,23 @@ def test_window_covering_everything_is_dense_attention_with_the_prefix():
     with prefix(model), torch.no_grad():
         dense = model(input_ids=ids, use_cache=False).logits
         assert_close(stream_logits(model, ids, 0, 40), dense)
+
+
+def test_prefix_with_an_int4_cache_is_the_parallel_int4_evaluator_keeping_the_slots():
+    """Decoding with QuantizedSinkCache (no real token kept exact) and the prefix attached = one parallel forward of
+    QuantizedKVAttention with the n prepended slots as its exact first keys: the slots are never quantized."""
+    from sinklab.exploit.cache.quant import QuantizedKVAttention, QuantizedSinkCache
+
+    model = load("tiny-llama")[0]
+    ids = torch.randint(7, 200, (1, 20), generator=torch.Generator().manual_seed(5))
+    prefix = random_prefix(model, 2)
+    with prefix(model):
+        want = decode(model, ids, QuantizedSinkCache(4, 0, group_size=8, model=model))
+        with QuantizedKVAttention(4, 2, 8)(model), torch.no_grad():
+            got = model(input_ids=ids, use_cache=False).logits
+        with QuantizedKVAttention(4, 0, 8)(model), torch.no_grad():
+            slots_quantized = model(input_ids=ids, use_cache=False).logits
+    # as test_cache_quant's twin: a code may flip where a value sits on a rounding edge, so NLL within 1e-4
+    nll = [F.cross_entropy(x[0, :-1], ids[0, 1:], reduction="none") for x in (got, want, slots_quantized)]
+    assert (nll[0] - nll[1]).abs().max() <= 1e-4
+    assert (nll[2] - nll[1]).abs().max() > 1e-3  # quantizing the slots would differ
