@@ -659,7 +659,7 @@ def adapt(
     def teacher():
         return teacher_mode(raw, peft_model)
 
-    model.train()
+    model.eval()  # no dropout: the student and its teacher are the same deterministic network but for the variant
     try:
         loop: LoopResult = training_loop(
             net,
