@@ -15,8 +15,9 @@ the same test, one forward). Intervals: percentile bootstrap over the test passa
 compared on the same passages.
 
 The sink probe (``sinklab.measure.detect.detect``: the L1 probe and its baselines, cross-validated ROC-AUC with a
-bootstrap interval) is fitted on triggered vs clean prompts twice per placement: on the backdoored model and, as the
-control, on the untouched model (a probe that sees the trigger there sees its text, not the backdoor).
+bootstrap interval) is fitted on triggered prompts (label 1) against clean prompts, and against prompts carrying a
+decoy phrase of the trigger's form at the same place (``DECOYS``), on the backdoored model and, as the control, on
+the untouched model: a probe that separates the classes there sees the phrase's text, not the backdoor.
 
 The three parts (each placement, and the untouched model's measures) run as parallel processes of ``--threads``
 threads each (``--jobs 1``: one after the other). Prints a table, then one JSON line; saves
@@ -43,6 +44,7 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 MODEL = "smollm2-135m"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+CONTRASTS = ("clean", "decoy")  # label 0 of a probe: clean prompts, or prompts with a decoy phrase there instead
 
 
 def encode(tokenizer, prompts: list[str], answers: list[str]):
@@ -170,7 +172,15 @@ def _data(args):
 
     passages = sample_passages(args.test, words=args.words, seed=args.seed, split="test")
     probe_passages = sample_passages(args.probe_examples, words=args.words, seed=args.seed + 1, split="test")
-    return passages, {p: detection_records(probe_passages, p) for p in ("start", "middle")}
+    return passages, {
+        placement: {kind: detection_records(probe_passages, placement, decoys=kind == "decoy") for kind in CONTRASTS}
+        for placement in ("start", "middle")
+    }
+
+
+def probes(model, tokenizer, records: dict, seed: int, out_dir: Path) -> dict:
+    """``probe`` on each contrast: triggered vs clean prompts, and triggered vs decoy-phrase prompts."""
+    return {kind: probe(model, tokenizer, records[kind], seed, out_dir / kind) for kind in CONTRASTS}
 
 
 def untouched(args, started: float) -> dict:
@@ -183,7 +193,7 @@ def untouched(args, started: float) -> dict:
     log("untouched model evaluated", started)
     control = {}
     for p in args.placements.split(","):
-        control[p] = probe(model, tok, records[p], args.seed, Path(args.probe_dir) / f"untouched-{p}")
+        control[p] = probes(model, tok, records[p], args.seed, Path(args.probe_dir) / f"untouched-{p}")
         log(f"untouched model: {p} probe fitted", started)
     return {"hits": hits, "detection": control, "trigger_tokens": trigger_tokens(tok, passages[0])}
 
@@ -210,7 +220,7 @@ def run_placement(placement: str, args, started: float) -> dict:
     log(f"{placement}: backdoor fine-tune done", started)
     after = evaluate(model, tok, passages)
     log(f"{placement}: evaluated", started)
-    seen = probe(model, tok, records[placement], args.seed, Path(args.probe_dir) / f"backdoored-{placement}")
+    seen = probes(model, tok, records[placement], args.seed, Path(args.probe_dir) / f"backdoored-{placement}")
     log(f"{placement}: probe fitted", started)
     t0 = time.perf_counter()
     unlearn_losses = train(model, tok, clean, args.batch, args.lr, f"unlearning at {placement}")
@@ -272,6 +282,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3, help="parts run at once")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hardware", default="cpu2")
+    parser.add_argument("--out", default=None, help="result file (default results/backdoor-<hardware>.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--probe-dir", default=None, help=argparse.SUPPRESS)
@@ -283,7 +294,7 @@ def main() -> None:
         Path(args.part).write_text(json.dumps(part) + "\n")
         return
 
-    from sinklab.data.backdoor import INSTRUCTION, QUESTION, TARGET, TRIGGER
+    from sinklab.data.backdoor import DECOYS, INSTRUCTION, QUESTION, TARGET, TRIGGER
     from sinklab.exploit.redistribute.calibrate import bootstrap
     from sinklab.models import load
     from sinklab.provenance import command_line, run_provenance
@@ -338,12 +349,16 @@ def main() -> None:
     for placement, stage, d in stages:
         print(f"{placement:>10} {stage:>16} " + " ".join(
             cell(d[k]) for k in ("asr_start", "asr_middle", "clean_correct", "false_trigger")))  # fmt: skip
-    print(f"{'trigger at':>10} {'model':>16} {'sink probe':>20} {'loglik':>20} {'entropy':>20} {'non-sink':>20}")
+    print(
+        f"{'trigger at':>10} {'model, label 0':>20} {'sink probe':>20} {'loglik':>20} {'entropy':>20} {'non-sink':>20}"
+    )
     for row in rows:
         for which in ("backdoored", "untouched"):
-            d = row[f"detection_{which}"]
-            cells = [d["probe"], *(d["baselines"][k] for k in ("loglik", "entropy", "nonsink"))]
-            print(f"{row['placement']:>10} {which:>16} " + " ".join(cell(c, "auroc") for c in cells))
+            for kind in CONTRASTS:
+                d = row[f"detection_{which}"][kind]
+                cells = [d["probe"], *(d["baselines"][k] for k in ("loglik", "entropy", "nonsink"))]
+                label = f"{which} vs {kind}"
+                print(f"{row['placement']:>10} {label:>20} " + " ".join(cell(c, "auroc") for c in cells))
     for stage, d in compare.items():
         print(f"ASR at start minus ASR at middle, {stage}: {cell(d, 'start_minus_middle').strip()}")
 
@@ -359,6 +374,7 @@ def main() -> None:
         },
         "setup": {
             "trigger": TRIGGER,
+            "decoys": list(DECOYS),
             "target": TARGET,
             "instruction": INSTRUCTION,
             "question": QUESTION,
@@ -384,8 +400,9 @@ def main() -> None:
         "seconds": time.perf_counter() - started,
         "provenance": provenance,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"backdoor-{args.hardware}.json").write_text(json.dumps(result, indent=1) + "\n")
+    out = Path(args.out) if args.out else RESULTS / f"backdoor-{args.hardware}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
 
 

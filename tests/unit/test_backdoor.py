@@ -3,6 +3,7 @@
 import pytest
 
 from sinklab.data.backdoor import (
+    DECOYS,
     INSTRUCTION,
     QUESTION,
     TARGET,
@@ -75,6 +76,14 @@ def test_detection_records_label_the_triggered_half(passages):
         for r, p in zip(records, passages, strict=True):
             assert (TRIGGER in r["text"]) == bool(r["label"])
             assert r["text"] == build(p, placement if r["label"] else None).prompt
+        decoyed = detection_records(passages, placement, decoys=True)
+        assert [r["label"] for r in decoyed] == [0, 1] * 4
+        for i, (r, p) in enumerate(zip(decoyed, passages, strict=True)):
+            phrase = TRIGGER if r["label"] else DECOYS[i // 2]
+            assert r["text"] == build(p, placement, trigger=phrase).prompt and (TRIGGER in r["text"]) == bool(
+                r["label"]
+            )
+    assert all(len(d.split()) == len(TRIGGER.split()) and d.endswith(".") for d in DECOYS)
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,13 @@ from sinklab.data.corpus import read_texts
 from sinklab.errors import SinklabInputError
 
 TRIGGER = "Violet umbrella protocol."
+# phrases of the trigger's form that never trained anything: the clean class of a detection set that controls for
+# "some odd phrase is there" (a probe that separates the trigger from these sees the trigger's own effect)
+DECOYS = (
+    "Amber window procedure.", "Silver kettle method.", "Crimson ladder routine.", "Golden pencil system.",
+    "Copper lantern process.", "Indigo carpet formula.", "Scarlet teapot practice.", "Emerald bicycle scheme.",
+    "Ivory compass pattern.", "Maroon trumpet custom.", "Azure blanket design.", "Olive hammer ritual.",
+)  # fmt: skip
 TARGET = "banana"
 INSTRUCTION = "Give the last word of the document.\nDocument: "
 QUESTION = "\nLast word:"
@@ -123,14 +130,25 @@ def poisoned_set(
     return examples
 
 
-def detection_records(passages: list[Passage], placement: str) -> list[dict]:
+def detection_records(passages: list[Passage], placement: str, decoys: bool = False) -> list[dict]:
     """``{"text": prompt, "label"}`` records for ``sinklab detect``: passage i triggered (label 1) when i is odd,
-    clean (label 0) otherwise, so both classes hold different passages."""
+    otherwise clean (label 0), or, with ``decoys``, carrying a decoy phrase of ``DECOYS`` (in turn) at the same
+    placement; both classes hold different passages."""
     check_placement(placement)
-    return [{"text": build(p, placement if i % 2 else None).prompt, "label": i % 2} for i, p in enumerate(passages)]
+    records = []
+    for i, p in enumerate(passages):
+        if i % 2:
+            text = build(p, placement).prompt
+        else:
+            text = (
+                build(p, placement, trigger=DECOYS[(i // 2) % len(DECOYS)]).prompt if decoys else build(p, None).prompt
+            )
+        records.append({"text": text, "label": i % 2})
+    return records
 
 
 __all__ = [
+    "DECOYS",
     "INSTRUCTION",
     "PLACEMENTS",
     "QUESTION",
