@@ -346,3 +346,20 @@ def test_explain_progress_counts_end_at_their_totals(capsys):
     assert sorted(final) == sorted(f"LlamaForCausalLM: {s}" for s in stages)
     assert all(done == total > 0 for done, total in final.values()), final
     assert sum(total for _, total in final.values()) == len(calls)
+
+
+def test_other_massive_positions_come_in_a_fixed_order():
+    """Ties (each hit in one sequence) are listed by position, then dim: not in a set's order, which depends on the
+    process's string hashing, so the same run gives the same probes.json."""
+    from types import SimpleNamespace
+
+    from sinklab.measure.engine import ResidualStats
+    from sinklab.measure.probes.outlier import _other_massive
+
+    pos, dim = torch.tensor([[9, 3, 7, 5, 0]]), torch.tensor([[2, 1, 1, 4, 1]])
+    value = torch.full((1, 5), 5000.0)
+    stats = ResidualStats(value[:, 0], torch.ones(1), torch.ones(1), value, pos, dim, torch.zeros(1, 8))
+    run = SimpleNamespace(residual={0: stats}, ids=list(range(10)))
+    ctx = SimpleNamespace(baselines=[SimpleNamespace(run=run)], decode=lambda t: f"tok{t}")
+    found = _other_massive(ctx, limit=3)
+    assert [(f["position"], f["dim"]) for f in found] == [(3, 1), (5, 4), (7, 1)]

@@ -214,7 +214,9 @@ class OutlierProbe:
 
 
 def _other_massive(ctx: ProbeContext, limit: int = 10) -> list[dict]:
-    """Massive activations on tokens other than the first (e.g. the first delimiter), counted over sequences."""
+    """Massive activations on tokens other than the first (e.g. the first delimiter), counted over sequences; the
+    ``limit`` most frequent, ties in position order (not in the order of a set of strings, which changes from one
+    process to the next)."""
     hits: Counter = Counter()
     for base in ctx.baselines:
         seen = set()
@@ -225,4 +227,5 @@ def _other_massive(ctx: ProbeContext, limit: int = 10) -> list[dict]:
                 if pos != SINK:
                     seen.add((pos, ctx.decode(base.run.ids[pos]), dim))
         hits.update(seen)
-    return [{"position": p, "token": t, "dim": d, "sequences": c} for (p, t, d), c in hits.most_common(limit)]
+    top = sorted(hits.items(), key=lambda hit: (-hit[1], hit[0][0], hit[0][2]))[:limit]  # ties: by position, dim
+    return [{"position": p, "token": t, "dim": d, "sequences": c} for (p, t, d), c in top]
