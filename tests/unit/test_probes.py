@@ -17,7 +17,6 @@ from sinklab.measure.probes import explain
 from sinklab.measure.probes._common import (
     SINK,
     forward,
-    fused_colsum,
     record,
     sink_column,
     sink_edit,
@@ -25,6 +24,7 @@ from sinklab.measure.probes._common import (
 )
 from sinklab.measure.probes.outlier import written
 from sinklab.models.tiny import tiny_bert, tiny_gemma3, tiny_llama
+from sinklab.ops.colsum import fused
 
 BOS, D = 1, 16
 TEXT = ["The quick brown fox jumps over the lazy dog, and then it sleeps. " * 6]
@@ -312,7 +312,7 @@ def test_fused_pass_leaves_the_model_output_unchanged():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_fused_colsum_and_sink_column_equal_the_definition(causal):
+def test_transposed_colsum_and_sink_column_equal_the_definition(causal):
     """Column sums from the transposed fused problem and A_t0 from the row logsumexp = the naive T x T softmax."""
     gen = torch.Generator().manual_seed(0)
     B, H, Hkv, T, Dh, scale = 2, 4, 2, 37, 8, 0.35
@@ -323,7 +323,7 @@ def test_fused_colsum_and_sink_column_equal_the_definition(causal):
         scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
     probs = scores.softmax(-1)
     lse = torch.logsumexp(scores, -1).float()
-    assert rel(fused_colsum(q, k, lse, scale, causal), probs.sum(2)) < 1e-5
+    assert rel(fused.transposed(q, k, lse, scale, causal)[0].double(), probs.sum(2)) < 1e-5
     assert rel(sink_column(q, k, lse, scale), probs[..., 0]) < 1e-5
 
 

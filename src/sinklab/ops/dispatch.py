@@ -5,8 +5,9 @@ Layout q [B, H, T, D], k/v [B, Hkv, S, D] (GQA: H % Hkv == 0); when S > T the qu
 ``impl``: "naive" (``sinklab.ops.naive``, the definition, materializes T x S), "chunked" (CPU fast paths by family:
 ``_sdpa`` for softmax and slot variants, ``_rows`` for row-wise ones, and the chunked pass of
 ``sinklab.ops.colsum.chunked`` for statistics, softcap and edits), "triton" (``sinklab.ops._triton.flash``, CUDA
-tensors, variants with a ``kernel``), "auto" (triton where it applies, else chunked; also chunked when the kernel
-raises NotImplementedError for a case it does not cover).
+tensors, variants with a ``kernel``), "fused" (softmax with statistics from PyTorch's fused CPU kernel,
+``sinklab.ops.colsum.fused``, where it is exact), "auto" (triton where it applies, then fused, else chunked; also
+when the kernel raises NotImplementedError for a case it does not cover).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from sinklab.ops import naive
 from sinklab.ops._common import check_qkv, default_scale
 from sinklab.ops._rows import rowwise_attention
 from sinklab.ops._sdpa import softmax_with_slot
+from sinklab.ops.colsum import fused
 from sinklab.ops.colsum.chunked import attention_rows
 from sinklab.ops.masks import check_key_padding, mask_spec
 from sinklab.ops.naive import Edit
 from sinklab.ops.stats import AttentionStats, StatsRequest
 from sinklab.ops.variants import Variant, get_variant
 
-IMPLS = ("auto", "naive", "chunked", "triton")
+IMPLS = ("auto", "naive", "chunked", "fused", "triton")
 
 _CALLS: Counter[str] = Counter()  # "<variant>/<impl>" -> calls: which code really ran (auto hides it otherwise)
 
@@ -102,6 +104,16 @@ def attention(
                 f"impl='triton' needs CUDA tensors, the triton package, a variant with a kernel ({spec.name!r}: "
                 f"{spec.kernel}) and no softcap/edit_logits/edit_weights; accepted here: "
                 f"{', '.join(i for i in IMPLS if i != 'triton')}"
+            )
+    if impl in ("auto", "fused"):
+        fits = request is not None and not hooks and spec.name == "softmax"
+        if fits and fused.applies(q, k, v, request, attn_mask=attn_mask, key_padding=key_padding, window=window):
+            record_call(spec.name, "fused")
+            return fused.attention(q, k, v, causal=causal, scale=scale, request=request)
+        if impl == "fused":
+            raise SinklabInputError(
+                "impl='fused' needs float32 CPU softmax attention with statistics (no key columns), as many queries "
+                "as keys, no attn_mask, key padding, window, softcap or edits; accepted here: auto, naive, chunked"
             )
         impl = "chunked"
     record_call(spec.name, impl)

@@ -29,6 +29,7 @@ from sinklab.measure import metrics
 from sinklab.measure.engine import ResidualStats, release_freed_memory, residual_stats
 from sinklab.measure.scanner import is_causal
 from sinklab.method import Method
+from sinklab.ops.colsum import fused
 from sinklab.ops.stats import StatsRequest, key_counts
 
 SINK = 0
@@ -119,29 +120,20 @@ class Pass:
         return float(self.token_loss[start:stop].double().mean())
 
 
-def _flash_cpu():
-    """PyTorch's fused CPU attention kernel, which also returns each row's logsumexp (None where absent)."""
-    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
 def fused_applies(call: AttentionCall) -> bool:
-    """Whether the fused kernel computes ``call`` exactly as the site would: float32 on the CPU, softmax of the
-    model's own (no variant, no learned sink logits, no softcap, no dropout), and no mask beyond the causal rule
-    (no padding, no other mask, a window that hides nothing) over as many keys as queries."""
-    q, k = call.query, call.key
+    """Whether the fused kernel computes ``call`` exactly as the site would: the model's own softmax (no variant, no
+    learned sink logits, no softcap, no dropout) where ``sinklab.ops.colsum.fused`` applies (float32 on the CPU, no
+    mask beyond the causal rule, as many keys as queries)."""
     return (
-        _flash_cpu() is not None
-        and q.device.type == "cpu"
-        and q.dtype == k.dtype == call.value.dtype == torch.float32
-        and call.site.sites.variant is None
+        call.site.sites.variant is None
         and call.sinks is None
         and call.softcap is None
         and not call.dropout
-        and call.attn_mask is None
-        and call.key_padding is None
-        and (call.window is None or call.window >= k.shape[2])
-        and q.shape[2] == k.shape[2]
-    )
+        and fused.applies(
+            call.query, call.key, call.value, StatsRequest(), attn_mask=call.attn_mask, key_padding=call.key_padding,
+            window=call.window,
+        )
+    )  # fmt: skip
 
 
 def sink_column(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> torch.Tensor:
@@ -150,22 +142,6 @@ def sink_column(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: floa
     k0 = k[:, :, SINK].repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, D]
     scores = scale * torch.einsum("bhtd,bhd->bht", q.double(), k0.double())
     return (scores - lse.double()).exp()
-
-
-def fused_colsum(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
-    """[B, H, S] float64 colsum_j = sum_{t sees j} A_{t,j} by the fused kernel on the transposed problem.
-
-    colsum_j = sum_t exp(scale q_t . k_j - lse_t) = exp(LSE_j) of an attention whose queries are [k_j, 1] and whose
-    keys are [q_t, -lse_t / scale]; causal (t >= j) becomes the usual rule once the sequence is reversed. Runs in
-    float32 like the forward kernel; its output (a zero value) is thrown away.
-    """
-    B, H = q.shape[:2]
-    rows = torch.cat([k.repeat_interleave(H // k.shape[1], dim=1), k.new_ones(B, H, k.shape[2], 1)], dim=-1)
-    cols = torch.cat([q, (-lse / scale)[..., None].to(q.dtype)], dim=-1)
-    if causal:
-        rows, cols = rows.flip(2), cols.flip(2)
-    _, lse_t = _flash_cpu()(rows, cols, torch.zeros_like(cols), 0.0, causal, scale=scale)
-    return (lse_t.flip(2) if causal else lse_t).double().exp()
 
 
 class PassObserver(Method):
@@ -178,7 +154,8 @@ class PassObserver(Method):
 
     ``fused`` (the fast path): where ``fused_applies``, an ``attn.compute`` hook runs PyTorch's fused CPU kernel, which
     returns the rows' logsumexp, and derives A_{t,0} from it (``sink_column``), the column sums from the same kernel
-    on the transposed problem (``fused_colsum``) and ``den`` from one extra value dimension ||v_j||. Its twin, and
+    on the transposed problem (``ops.colsum.fused.transposed``) and ``den`` from one extra value dimension ||v_j||.
+    Its twin, and
     the path for every other call: the site's own attention (the chunked pass on the CPU, the Triton kernels on
     CUDA) with ``StatsRequest(colsum, columns=(0,))`` and, for ``den``, a weights hook. The fused path is taken only
     while no other method is attached to the model. Not a registered method: probes build it per pass.
@@ -259,7 +236,7 @@ class PassObserver(Method):
             return None
         q, k, v = call.query, call.key, call.value
         B, H, T, D = q.shape
-        flash = _flash_cpu()
+        flash = fused.cpu_kernel()
         if self.want_share:  # one extra value dimension carries ||v_j||; q and k get a zero one (same head size)
             pad = [q.new_zeros(B, H, T, 1), k.new_zeros(*k.shape[:3], 1)]
             wide, lse = flash(
@@ -278,7 +255,8 @@ class PassObserver(Method):
         self.col[call.layer], self.count[call.layer] = col, count
         self.alpha[call.layer] = col.sum(-1) / count[:, None, SINK].clamp_min(1)
         if self.want_mass:
-            self.mass[call.layer] = fused_colsum(q, k, lse, call.scale, call.causal) / count[:, None, :].clamp_min(1)
+            colsum = fused.transposed(q, k, lse, call.scale, call.causal)[0].double()
+            self.mass[call.layer] = colsum / count[:, None, :].clamp_min(1)
         self.fused_layers.add(call.layer)
         return out
 
