@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from sinklab.bench import compare_runs, make_protocol, protocol_hash, run_bench
 from sinklab.bench import metrics as bm
-from sinklab.bench.methods import cells, parse_factorial, parse_methods
+from sinklab.bench.methods import cell_label, cells, parse_cell, parse_factorial, parse_methods
 from sinklab.bench.metrics import COST_KEYS
 from sinklab.bench.protocol import Protocol
 from sinklab.bench.report import write_bench
@@ -159,6 +159,19 @@ def test_factorial_known_effects_and_cost(tiny, corpus):
     assert cost["tokens_per_s"] > 0 and cost["seconds"] > 0 and cost["peak_memory_bytes"] is None
 
 
+def test_factorial_effects_recover_a_known_design():
+    """log ppl = 1 + 0.3 s - 0.2 k + 0.05 s k (s, k = +-1): effects 2 x the coefficients, the unused factor 0."""
+    rows = []
+    for cell in cells(("sinks", "kv4", "w8a8")):
+        s, k = (1 if cell["sinks"] else -1), (1 if cell["kv4"] else -1)
+        rows.append({"factors": cell, "ppl": math.exp(1 + 0.3 * s - 0.2 * k + 0.05 * s * k)})
+    got = factorial_effects(rows, ("sinks", "kv4", "w8a8"), "ppl")
+    want = {"sinks": 0.6, "kv4": -0.4, "w8a8": 0, "sinksxkv4": 0.1, "sinksxw8a8": 0, "kv4xw8a8": 0, "sinksxkv4xw8a8": 0}
+    assert got == pytest.approx(want, abs=1e-12)
+    for cell in cells(("sinks", "kv4")):
+        assert parse_cell(cell_label(cell), ("sinks", "kv4")) == cell
+
+
 def test_parse_refuses_bad_input():
     with pytest.raises(SinklabInputError, match="accepted"):
         parse_methods("act,telepathy")
@@ -188,6 +201,9 @@ def test_rerun_is_identical_and_rows_are_complete(runs):
     rows = {(r["model"], r["method"]): r for r in first["rows"]}
     assert {"none", "act", "prefix", "kv-quant", "knorm"} <= {m for (name, m) in rows if name == "tiny-llama"}
     assert sum(1 for (name, m) in rows if name == "tiny-llama" and m.startswith("factorial:")) == 4
+    for r in first["rows"]:
+        if r["role"] == "factorial":
+            assert cell_label(r["factors"]) == r["method"]
     assert rows[("tiny-llama", "act")]["ppl_window@32"] is None  # ACT is not applied inside StreamAttention
     assert rows[("tiny-llama", "prefix")]["prefix_mass@32"] > 0
     encoder = rows[("tiny-bert", "none")]

@@ -134,6 +134,15 @@ def cell_label(cell: dict[str, bool]) -> str:
     return "factorial:" + "".join(("+" if on else "-") + f for f, on in cell.items())
 
 
+def parse_cell(label: str, factors: tuple[str, ...]) -> dict[str, bool]:
+    """The inverse of ``cell_label``: ``factorial:-sinks+kv4-w8a8`` -> {"sinks": False, "kv4": True, ...}."""
+    body = label.removeprefix("factorial:")
+    cell = {f: f"+{f}" in body for f in factors}
+    if cell_label(cell) != label:
+        raise SinklabInputError(f"{label!r} is not a cell of the factors {', '.join(factors)}")
+    return cell
+
+
 def build(spec: MethodSpec, model, tokenizer, protocol):
     """The Method object of a model-role spec (attached by the caller), or None for an adapted checkpoint."""
     from sinklab.method import methods

@@ -11,7 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sinklab.bench import metrics
-from sinklab.bench.methods import NOT_IN_STREAM, MethodSpec, applied, build, cell_label, cells, make_prefix
+from sinklab.bench.methods import (
+    NOT_IN_STREAM,
+    MethodSpec,
+    applied,
+    build,
+    cell_label,
+    cells,
+    make_prefix,
+    parse_cell,
+)
 from sinklab.bench.protocol import Protocol, protocol_hash
 from sinklab.errors import SinklabInputError
 
@@ -142,11 +151,9 @@ def run_model(
             start = time.perf_counter()
             row = {"model": name, "method": label, "role": role, "published": False, **job()}
             row["wall_s"] = time.perf_counter() - start
-            if role == "factorial":
-                row["factors"] = dict(
-                    zip(factors, [f in label.removeprefix("factorial:").split("+") for f in factors], strict=True)
-                )
             _save_part(path, protocol, row)
+        if role == "factorial":  # the cell that made the row (parts of an earlier sinklab wrote a wrong one)
+            row["factors"] = parse_cell(label, factors)
         rows.append(row)
     cell_rows = [r for r in rows if r["role"] == "factorial"]
     if cell_rows:
