@@ -236,7 +236,7 @@ def test_written_files_and_compare(runs, tmp_path, corpus):
     (tmp_path / "B" / "bench.json").write_text(json.dumps(other))
     from sinklab.cli import app
 
-    result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "A" / "bench.json"), "--compare",
+    result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "A" / "bench.json"),
                                       str(tmp_path / "B" / "bench.json"), "--out", str(tmp_path / "C")])  # fmt: skip
     assert result.exit_code == 2
     assert "protocols differ" in result.output and len(result.output.strip().splitlines()) == 1

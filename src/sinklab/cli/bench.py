@@ -86,7 +86,9 @@ def bench_command(
     passkey_tokens: int = typer.Option(1024, metavar="N", help="Passkey prompt length."),
     out: Path = out_option("bench", "bench.json, bench.csv, plots, report.html (compare.json with --compare)"),
     resume: bool = typer.Option(False, "--resume", help="Reuse the rows already under DIR/parts (same protocol)."),
-    compare: list[Path] = typer.Option(None, "--compare", metavar="FILE", help="Two bench.json (repeat: A then B)."),
+    compare: tuple[Path, Path] = typer.Option(
+        (None, None), "--compare", metavar="A B", help="Compare two bench.json files (A then B) instead of running."
+    ),
     device: str = DEVICE,
 ) -> None:
     """Run the benchmark protocol (or compare two runs); write bench.json, bench.csv, plots and report.html."""
@@ -95,7 +97,7 @@ def bench_command(
     from sinklab.bench.report import write_bench
     from sinklab.progress import Progress
 
-    if compare:
+    if any(p is not None for p in compare):
         _compare(list(compare), out)
         return
     parse_methods(methods), parse_factorial(factorial)  # refused before any model loads
