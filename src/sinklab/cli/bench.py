@@ -86,8 +86,8 @@ def bench_command(
     passkey_tokens: int = typer.Option(1024, metavar="N", help="Passkey prompt length."),
     out: Path = out_option("bench", "bench.json, bench.csv, plots, report.html (compare.json with --compare)"),
     resume: bool = typer.Option(False, "--resume", help="Reuse the rows already under DIR/parts (same protocol)."),
-    compare: tuple[Path, Path] = typer.Option(
-        (None, None), "--compare", metavar="A B", help="Compare two bench.json files (A then B) instead of running."
+    compare: tuple[Path, Path] | None = typer.Option(
+        None, "--compare", metavar="A B", help="Compare two bench.json files (A then B) instead of running."
     ),
     device: str = DEVICE,
 ) -> None:
@@ -97,7 +97,7 @@ def bench_command(
     from sinklab.bench.report import write_bench
     from sinklab.progress import Progress
 
-    if any(p is not None for p in compare):
+    if compare and any(p is not None for p in compare):
         _compare(list(compare), out)
         return
     parse_methods(methods), parse_factorial(factorial)  # refused before any model loads
