@@ -235,6 +235,10 @@ class AdaptResult:
             "stream_sinks_ppl_before": b["ppl_sinks"],
             "stream_sinks_ppl_after": a["ppl_sinks"],
             "kl_after": a.get("kl"),
+            # exploit.stream_eval.StreamAttention replaces the attention computation with plain softmax: the
+            # streaming perplexities of slot and row-wise variants are measured without the variant (gated's
+            # output gate does apply)
+            "stream_has_variant": c.variant in ("softmax", "gated"),
         }
 
     def to_dict(self) -> dict:
