@@ -118,3 +118,42 @@ def test_stream_attention_refuses_what_it_cannot_score():
     ids = torch.randint(7, 200, (1, 12))
     with pytest.raises(SinklabInputError, match="use_cache=False"), StreamAttention(2, 8)(model):
         model(input_ids=ids, attention_mask=torch.ones(1, 12).index_fill(1, torch.tensor([0]), 0))
+
+
+@pytest.mark.parametrize("variant", ["sink", "softmax1", "kv_bias", "gated"])
+def test_patched_variants_stream_as_they_decode(variant):
+    """A patched model's variant (its slot, or the gate after attention) is part of the parallel evaluation:
+    equal to token-by-token SinkCache decoding of the patched model."""
+    from sinklab.remove import patch
+
+    model, _ = load("tiny-llama")
+    patch(model, variant, init="default")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() <= 2 and p.numel() < 1000:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)  # a slot that matters
+    ids = torch.randint(7, 200, (1, 36), generator=torch.Generator().manual_seed(4))
+    positions = ["absolute"] if variant == "kv_bias" else ["cache", "absolute"]  # kv_bias: refused with "cache"
+    for pos in positions:
+        want = decode(model, ids, SinkCache(2, 9, pos, model=model))
+        got = stream_logits(model, ids, 2, 9, pos)
+        assert (nll(got, ids) - nll(want, ids)).abs().max() <= 1e-4, pos
+    if variant == "kv_bias":
+        with pytest.raises(SinklabInputError, match="positions='absolute'"):
+            stream_logits(model, ids, 2, 9)
+
+
+def test_stream_attention_refuses_rowwise_variants_and_bypassed_methods():
+    from sinklab.exploit.redistribute import ACT
+    from sinklab.measure import Observer
+    from sinklab.remove import patch, unpatch
+
+    model, _ = load("tiny-llama")
+    ids = torch.randint(7, 200, (1, 30), generator=torch.Generator().manual_seed(4))
+    patch(model, "softpick", init="default")
+    with pytest.raises(SinklabInputError, match="exact-decode"):
+        stream_logits(model, ids, 2, 9)
+    unpatch(model)
+    for other in (Observer(), ACT()):
+        with other(model), pytest.raises(SinklabInputError, match="replaces the attention computation"):
+            stream_logits(model, ids, 2, 9)

@@ -193,9 +193,10 @@ class AttentionSite:
         call = _extend_keys(call, key.shape[2] - S, T)
         call.query, call.key, call.value = query, key, value
         out = None
-        for fn in self.hooks("compute"):
+        for owner, fn in self.sites.owned(f"{self.name}.compute"):
             out = fn(call)
             if out is not None:
+                self._check_bypassed(owner)
                 break
         spec = self.sites.variant
         if out is None:
@@ -210,6 +211,22 @@ class AttentionSite:
         if spec is not None and spec.finish is not None:
             out = spec.finish(out, call)
         return out.transpose(1, 2).contiguous()  # [B, T, H, D]
+
+    def _check_bypassed(self, owner: int) -> None:
+        """An attention override skips the logit and weight edits and the statistics other methods asked for:
+        refuse rather than drop them silently."""
+        others = [
+            h
+            for h in ("logits", "weights", "stats")
+            if any(o != owner for o, _ in self.sites.owned(f"{self.name}.{h}"))
+        ]
+        if self.sites.request(self.layer, skip=owner) is not None:
+            others.append("statistics requests")
+        if others:
+            raise SinklabInputError(
+                f"layer {self.layer}: {type(self.sites.owners[owner]).__name__} replaces the attention computation, so the {', '.join(others)} of "
+                f"other attached methods would not run; attach them separately"
+            )
 
     def _attend(self, call: AttentionCall) -> torch.Tensor:
         request = self.sites.request(self.layer)
@@ -359,16 +376,21 @@ class ModelSites:
     def hooks(self, name: str) -> list[Callable]:
         return [f for _, f in self._hooks.get(name, ())]
 
+    def owned(self, name: str) -> list[tuple[int, Callable]]:
+        """(owner id, fn) of every hook under ``name``."""
+        return list(self._hooks.get(name, ()))
+
     def ask(self, owner: object, request: StatsRequest | Callable[[], StatsRequest], layers=None) -> None:
         """Ask for ``request`` (or what a callable returns at each call) in every attention call of ``layers``
         (None: all) while ``owner`` is attached."""
         self._requests[id(owner)] = (request, None if layers is None else frozenset(layers))
 
-    def request(self, layer: int) -> StatsRequest | None:
-        """The merged statistics request of every owner for ``layer`` (None: nobody asks)."""
+    def request(self, layer: int, skip: int | None = None) -> StatsRequest | None:
+        """The merged statistics request of every owner (but ``skip``, an owner id) for ``layer`` (None: nobody
+        asks)."""
         merged = None
-        for request, layers in self._requests.values():
-            if layers is None or layer in layers:
+        for owner, (request, layers) in self._requests.items():
+            if owner != skip and (layers is None or layer in layers):
                 request = request() if callable(request) else request
                 merged = request if merged is None else merged.merge(request)
         return merged
