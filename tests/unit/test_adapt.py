@@ -39,10 +39,14 @@ def test_tiny_run_learns_and_measures_every_metric(tmp_path):
     first, last = result.history[0], result.history[-1]
     assert [row["step"] for row in result.history] == [0, 4, 8, 12, 16]
     assert first["kl"] > 0.05 and last["kl"] < 0.5 * first["kl"]  # learns: the KL to the original falls
+    streaming = ("ppl_window", "ppl_sinks")  # softpick normalises rows its own way: no parallel streaming metric
     for row in (result.before, *result.history):
         for key in METRICS:
-            assert math.isfinite(row[key]), key
-    assert 0 <= last["sink_rate"] <= 1 and last["ppl_window"] > 1
+            if key in streaming and row is not result.before:
+                assert row[key] is None and "exact-decode" in row["stream_unavailable"], key
+            else:
+                assert math.isfinite(row[key]), key
+    assert 0 <= last["sink_rate"] <= 1 and result.before["ppl_window"] > 1
     assert math.isfinite(last["train_ce"]) and math.isfinite(last["train_kl"])
     assert 0 < result.trainable_frac < 0.2 and result.tokens == 16 * 4 * 64
     record = json.loads((out / "adapt.json").read_text())

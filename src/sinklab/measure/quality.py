@@ -12,7 +12,9 @@ methods are attached: a prefix, a patched variant):
   (keep-first-N / IntactKV; keys a method prepends count among them). Exactly token-by-token decoding with
   ``QuantizedSinkCache``.
 - ``ppl_window`` / ``ppl_sinks``: streaming with a cache of ``window`` recent tokens (the reference convention), with
-  0 / ``num_sinks`` sinks kept (``exploit.stream_eval.StreamAttention``, exactly ``SinkCache`` decoding).
+  0 / ``num_sinks`` sinks kept (``exploit.stream_eval.StreamAttention``, exactly ``SinkCache`` decoding, a patched
+  slot variant's slot included); None, with the reason in ``stream_unavailable``, for row-wise variants (softpick,
+  clipped, sigmoid), which only token-by-token decoding evaluates.
 - ``max_abs``: largest |x| of the block outputs over layers and tokens; ``kurtosis``: largest per-layer kurtosis
   (averaged over rows, as ``sinklab scan``); ``sink_rate``: Gu et al.'s Sink_1^eps and ``first_token_mass``: mean
   alpha_1 over softmax layers x heads, both on the first real token (keys prepended by a method are not tokens:
@@ -39,7 +41,7 @@ def _ppl(logits: torch.Tensor, ids: torch.Tensor) -> float:
     return float(math.exp(nll))
 
 
-def _observed(model, ids: torch.Tensor, eps: float) -> dict[str, float]:
+def _observed(model, ids: torch.Tensor, eps: float) -> dict[str, float | None]:
     """One observed forward: perplexity, residual outliers and sink metrics."""
     with Observer(model) as obs:
         logits = model(input_ids=ids, use_cache=False).logits
@@ -81,7 +83,7 @@ def quality(
     kv_group: int | None = None,
     keep_first: int = 0,
     parts: tuple[str, ...] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """The metrics above for ``ids`` [B, T] (unpadded token ids, BOS as the caller wants it); ``parts`` a subset of
     ``PARTS`` (default all; "ppl" brings the outlier and sink metrics). The model is left as it was."""
     from sinklab.exploit.cache.quant import QuantizedKVAttention
@@ -111,8 +113,13 @@ def quality(
                 out["ppl_kv4"] = _ppl(model(input_ids=ids, use_cache=False).logits, ids)
         for name, sinks in (("ppl_window", 0), ("ppl_sinks", num_sinks)):
             if name in parts:
-                with StreamAttention(sinks, window)(model):
-                    out[name] = _ppl(model(input_ids=ids, use_cache=False).logits, ids)
+                try:
+                    with StreamAttention(sinks, window)(model):
+                        out[name] = _ppl(model(input_ids=ids, use_cache=False).logits, ids)
+                except SinklabInputError as err:  # a row-wise variant: no exact parallel evaluation exists
+                    if "exact-decode" not in str(err):
+                        raise
+                    out[name], out["stream_unavailable"] = None, str(err)
     finally:
         model.train(was_training)
     return out

@@ -40,7 +40,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -235,10 +235,6 @@ class AdaptResult:
             "stream_sinks_ppl_before": b["ppl_sinks"],
             "stream_sinks_ppl_after": a["ppl_sinks"],
             "kl_after": a.get("kl"),
-            # exploit.stream_eval.StreamAttention replaces the attention computation with plain softmax: the
-            # streaming perplexities of slot and row-wise variants are measured without the variant (gated's
-            # output gate does apply)
-            "stream_has_variant": c.variant in ("softmax", "gated"),
         }
 
     def to_dict(self) -> dict:
@@ -298,6 +294,17 @@ class _Penalties(Method):
         act = torch.stack([m.mean() for m in self.max_abs]).mean() if self.max_abs else None
         self.alpha, self.max_abs = [], []
         return mass, act
+
+
+def _without(penalties: _Penalties | None, model: nn.Module, fn: Callable):
+    """``fn()`` with the penalty hooks detached: measurements (streaming overrides the attention) need none."""
+    if penalties is None:
+        return fn()
+    penalties.detach()
+    try:
+        return fn()
+    finally:
+        penalties.apply(model)
 
 
 @contextmanager
@@ -551,6 +558,8 @@ def measure(model: nn.Module, data: _Data, config: AdaptConfig, teacher=None) ->
     row = {k: long[k] for k in ("ppl", "ppl_w8a8", "ppl_kv4", "ppl_window", "ppl_sinks", "max_abs", "kurtosis")}
     row.update(sink_rate=short["sink_rate"], first_token_mass=short["first_token_mass"])
     row["sink_rate_long"] = long["sink_rate"]
+    if "stream_unavailable" in long:  # a row-wise variant: no parallel streaming evaluation (quality says why)
+        row["stream_unavailable"] = long["stream_unavailable"]
     ce, kl = [], []
     prefix_len = len(data.val.prefix)
     for i in range(config.eval_batches):
@@ -672,7 +681,7 @@ def adapt(
             batch=lambda step: data.train.step(step, config.batch_size, rank, world),
             loss=lambda m, ids: objective(m, raw, ids, config, prefix_len, peft_model, penalties),
             lr=lambda step: _lr(step, steps, config),
-            evaluate=lambda step: measure(raw, data, config, teacher),
+            evaluate=lambda step: _without(penalties, raw, lambda: measure(raw, data, config, teacher)),
             eval_every=eval_every,
             grad_clip=config.grad_clip,
             tokens_per_step=per_step,
