@@ -66,7 +66,7 @@ def quality_metrics(model, ids: torch.Tensor, protocol, streaming: bool = True) 
     kept = quality(model, ids, keep_first=protocol.keep_first, parts=("ppl_kv4",), **common)
     out[f"ppl_kv4_keep{protocol.keep_first}"] = kept["ppl_kv4"]
     for key in [k for k in out if k.startswith("ppl_")]:
-        out["d_" + key] = out[key] - out["ppl"]
+        out["d_" + key] = None if out[key] is None else out[key] - out["ppl"]  # None: quality says why
     if not streaming:
         out["ppl_window"] = out["ppl_sinks"] = None
     return _suffixed(out, ids.shape[1])

@@ -14,7 +14,8 @@ methods are attached: a prefix, a patched variant):
 - ``ppl_window`` / ``ppl_sinks``: streaming with a cache of ``window`` recent tokens (the reference convention), with
   0 / ``num_sinks`` sinks kept (``exploit.stream_eval.StreamAttention``, exactly ``SinkCache`` decoding, a patched
   slot variant's slot included); None, with the reason in ``stream_unavailable``, for row-wise variants (softpick,
-  clipped, sigmoid), which only token-by-token decoding evaluates.
+  clipped, sigmoid), which only token-by-token decoding evaluates, and under methods that edit attention weights
+  (ACT, ZeroTuning) or read statistics, which the streaming override would skip.
 - ``max_abs``: largest |x| of the block outputs over layers and tokens; ``kurtosis``: largest per-layer kurtosis
   (averaged over rows, as ``sinklab scan``); ``sink_rate``: Gu et al.'s Sink_1^eps and ``first_token_mass``: mean
   alpha_1 over softmax layers x heads, both on the first real token (keys prepended by a method are not tokens:
@@ -116,8 +117,8 @@ def quality(
                 try:
                     with StreamAttention(sinks, window)(model):
                         out[name] = _ppl(model(input_ids=ids, use_cache=False).logits, ids)
-                except SinklabInputError as err:  # a row-wise variant: no exact parallel evaluation exists
-                    if "exact-decode" not in str(err):
+                except SinklabInputError as err:  # a row-wise variant, or a method whose edits streaming would skip
+                    if "exact-decode" not in str(err) and "replaces the attention computation" not in str(err):
                         raise
                     out[name], out["stream_unavailable"] = None, str(err)
     finally:
