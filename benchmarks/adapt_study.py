@@ -68,7 +68,8 @@ def goal(row: dict) -> dict:
         "ppl_within_2pct": row["ppl_after"] <= 1.02 * row["ppl_before"],
         "params_le_1pct": row["trainable_frac"] <= 0.01,
         "tokens_le_50M": row["tokens"] <= 50_000_000,
-        "window_within_10pct_of_sinks": row["stream_window_ppl_after"] <= 1.10 * row["stream_sinks_ppl_before"],
+        "window_within_10pct_of_sinks": row["stream_window_ppl_after"] is not None  # None: no parallel evaluation
+        and row["stream_window_ppl_after"] <= 1.10 * row["stream_sinks_ppl_before"],
     }
 
 
@@ -88,7 +89,7 @@ def _table(rows: list[dict]) -> str:
             f"{r['run']:42s} {100 * r['trainable_frac']:7.3f} {r['ppl_before']:6.2f}>{r['ppl_after']:6.2f} "
             f"{r['sink_rate_before']:6.1%}>{r['sink_rate_after']:6.1%} "
             f"{r['max_abs_before']:7.0f}>{r['max_abs_after']:7.0f} "
-            f"{r['ppl_w8a8_after']:7.2f} {r['ppl_kv4_after']:7.2f} {r['stream_window_ppl_after']:7.2f}"
+            f"{r['ppl_w8a8_after']:7.2f} {r['ppl_kv4_after']:7.2f} {r['stream_window_ppl_after'] or float('nan'):7.2f}"
         )
     return "\n".join(lines)
 
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[adapt_study] {name}: {durations[-1]:.1f} s, {result.tokens_per_second:,.0f} tok/s, ppl "
               f"{row['ppl_before']:.2f} -> {row['ppl_after']:.2f}, Sink_1 {row['sink_rate_before']:.1%} -> "
               f"{row['sink_rate_after']:.1%}, max|x| {row['max_abs_before']:.0f} -> {row['max_abs_after']:.0f}, "
-              f"window ppl {row['stream_window_ppl_after']:.2f}", flush=True)  # fmt: skip
+              f"window ppl {row['stream_window_ppl_after'] or float('nan'):.2f}", flush=True)  # fmt: skip
         _write(out, record)
     record["wall_seconds"] = time.perf_counter() - started
     _write(out, record)
