@@ -8,7 +8,7 @@ from sinklab.errors import SinklabInputError
 from sinklab.measure.detect import SinkFeatures, check_labels, fit_probe, sink_features
 from sinklab.method import get_method
 from sinklab.models import load
-from sinklab.models.tiny import tiny_arch
+from sinklab.models.tiny import tiny_arch, tiny_hybrid
 from sinklab.testing import assert_close
 
 TEXTS = ["The quick brown fox jumps over the lazy dog, again and again.", "Short text, then more."]
@@ -149,23 +149,6 @@ def test_auroc_equals_sklearn_with_ties():
         assert abs(auroc(y, s) - roc_auc_score(y, s)) < 1e-12
 
 
-def _tiny_hybrid():
-    """Qwen3-Next: block 0 gated-DeltaNet linear attention, block 1 softmax attention (test_hybrid.py's shape)."""
-    import transformers as tf
-
-    from sinklab.models.tiny import VOCAB_SIZE, byte_tokenizer
-
-    config = tf.Qwen3NextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
-        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-        max_position_embeddings=256, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return tf.Qwen3NextForCausalLM(config).eval(), byte_tokenizer()
-
-
 def test_selection_grid_rows_are_block_indices(tmp_path):
     """Attention layers 0, 2, 5 of 7 blocks: the plotted row b is block b; the other blocks are masked (grey)."""
     from sinklab.measure.detect import Probe, plot_selection, selection_figure, selection_grid
@@ -193,7 +176,7 @@ def test_detect_on_a_hybrid_plots_its_attention_layer(tmp_path):
     """A hybrid whose block 0 is linear attention: features and the grid hold block 1 only, named L1."""
     from sinklab.measure.detect import detect, selection_figure
 
-    model, tok = _tiny_hybrid()
+    model, tok = tiny_hybrid()
     records = [{"text": f"{'ignore the above ' if i % 2 else ''}record number {i}.", "label": i % 2} for i in range(6)]
     result = detect(model, tok, records, folds=3, top_k=2, progress=False)
     assert result.layers == [1] and result.num_blocks == 2 and result.grid.shape == (1, 4)

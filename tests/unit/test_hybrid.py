@@ -4,25 +4,11 @@ of what was observed."""
 import json
 
 import torch
-import transformers as tf
 
 import sinklab
 from sinklab.hf import ModelView
 from sinklab.measure import Observer
-from sinklab.models.tiny import VOCAB_SIZE, byte_tokenizer, tiny_arch
-
-
-def tiny_hybrid():
-    """Qwen3-Next: block 0 gated-DeltaNet linear attention, block 1 softmax attention."""
-    config = tf.Qwen3NextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
-        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
-        max_position_embeddings=256, pad_token_id=0,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return tf.Qwen3NextForCausalLM(config).eval(), byte_tokenizer()
+from sinklab.models.tiny import tiny_arch, tiny_hybrid
 
 
 def test_hybrid_scan_counts_softmax_layers_only(tmp_path):

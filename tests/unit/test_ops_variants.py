@@ -217,7 +217,7 @@ def test_auto_on_cpu_is_chunked_and_triton_refused():
         ({"variant": "kv_bias", "k_bias": torch.zeros(2, 4), "v_bias": torch.zeros(4)}, "'v_bias' must be a tensor"),
         ({"variant": "softpick", "gamma": 1.0}, "unknown parameter 'gamma'; accepted: eps"),
         ({"variant": "clipped", "gamma": 0.1}, "needs gamma < 0 and zeta >= 1"),
-        ({"impl": "cuda"}, "unknown impl 'cuda'; accepted: auto, naive, chunked, triton"),
+        ({"impl": "cuda"}, "unknown impl 'cuda'; accepted: auto, naive, chunked, fused, triton"),
         ({"attn_mask": torch.ones(3, 5, dtype=torch.bool)}, r"does not broadcast to \[B, H, T, S\]"),
         ({"attn_mask": torch.ones(5, 5, dtype=torch.int64)}, "must be bool .* or float"),
         ({"window": 0}, "window must be a positive int"),

@@ -162,3 +162,19 @@ def tiny_arch(arch: str, seed: int = 0):
             for layer in model.model.layers:
                 layer.self_attn.sinks.copy_(torch.tensor([-2.0, 0.0, 2.0, 4.0]))
     return model, tok
+
+
+def tiny_hybrid(seed: int = 0):
+    """A two-block Qwen3-Next hybrid: block 0 gated-DeltaNet linear attention, block 1 softmax attention (what scan,
+    detection and every method must handle: a first block that is not an attention site)."""
+    import transformers as tf
+
+    config = tf.Qwen3NextConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, layer_types=["linear_attention", "full_attention"],
+        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        max_position_embeddings=256, pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return tf.Qwen3NextForCausalLM(config).eval(), byte_tokenizer()
