@@ -311,7 +311,8 @@ def main() -> None:
         "date": dt.date.today().isoformat(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "goals": {"time_ratio_max": 2.0, "mem_ratio_max": 1.5},
-        "note": "CPU shared with other processes during the run; ratios come from the same run",
+        "load_average_after": os.getloadavg(),  # 1, 5, 15 min: how busy the cores were (other jobs inflate ratios)
+        "note": "each run in its own process; ratios come from the same run",
         "summary": summary,
         "runs": rows,
     }
