@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--hardware", default="cpu2")
-    parser.add_argument("--note", default="shared machine: other engineers' tests ran at the same time")
+    parser.add_argument("--note", default="", help="what else ran on the machine (the load averages are recorded)")
     parser.add_argument("--per-probe", action="store_true", help="also time each probe alone (as long again)")
     parser.add_argument("--twin", action="store_true", help="also time explain on the twin path (fused=False)")
     parser.add_argument("--idle-forward", type=float, default=None, help="idle plain forward, s (known at 2,048)")
