@@ -224,8 +224,8 @@ class AttentionSite:
             others.append("statistics requests")
         if others:
             raise SinklabInputError(
-                f"layer {self.layer}: {type(self.sites.owners[owner]).__name__} replaces the attention computation, so the {', '.join(others)} of "
-                f"other attached methods would not run; attach them separately"
+                f"layer {self.layer}: {type(self.sites.owners[owner]).__name__} replaces the attention computation, "
+                f"so the {', '.join(others)} of other attached methods would not run; attach them separately"
             )
 
     def _attend(self, call: AttentionCall) -> torch.Tensor:
