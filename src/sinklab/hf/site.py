@@ -190,8 +190,8 @@ class AttentionSite:
             new = fn((query, key, value), call)
             if new is not None:
                 query, key, value = new
-        call = _extend_keys(call, key.shape[2] - S, T)
         call.query, call.key, call.value = query, key, value
+        call = _extend_keys(call, key.shape[2] - S, T)
         out = None
         for owner, fn in self.sites.owned(f"{self.name}.compute"):
             out = fn(call)
