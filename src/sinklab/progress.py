@@ -2,7 +2,8 @@
 
 On a terminal: a rich bar (description, bar, done/total, rate, elapsed, ETA). Otherwise (CI, ``nohup``, a log
 file): plain lines on stderr, one at the start, one whenever the description changes, one every ``interval``
-seconds (also while a single slow step runs) and one at the end, each with percent, rate and ETA. The interface
+seconds (also while a single slow step runs) and one when it reaches its total (nothing more after that but news),
+each with percent, rate and ETA. The interface
 is the subset of ``rich.progress.Progress`` the loops use: ``add_task``, ``advance``, ``update``.
 """
 
@@ -33,9 +34,10 @@ class _Task:
     info: str = ""
     started: float = field(default_factory=time.perf_counter)
     last_line: float = 0.0
+    ended: float | None = None  # when it reached its total: its last line is printed then, and never again
 
     def line(self) -> str:
-        elapsed = time.perf_counter() - self.started
+        elapsed = (self.ended or time.perf_counter()) - self.started
         rate = self.completed / elapsed if elapsed > 0 else 0.0
         parts = [f"{self.description}:"]
         if self.total:
@@ -102,7 +104,7 @@ class Progress:
         """A line per task every ``interval`` seconds even when no step finishes in between."""
         while not self._stop.wait(self.interval / 4):
             for task in self._tasks:
-                if time.perf_counter() - task.last_line >= self.interval:
+                if task.ended is None and time.perf_counter() - task.last_line >= self.interval:
                     self._print(task)
 
     def __exit__(self, *exc) -> None:
@@ -113,8 +115,9 @@ class Progress:
             self._rich.__exit__(*exc)
             self._rich = None
         elif not self.disable and exc[0] is None:
-            for task in self._tasks:  # the final state
-                self._print(task)
+            for task in self._tasks:  # the final state of those not finished (the others said theirs)
+                if task.ended is None:
+                    self._print(task)
 
     def _print(self, task: _Task) -> None:
         with self._lock:
@@ -146,12 +149,22 @@ class Progress:
         task = self._tasks[task_id]
         task.completed += advance
         renamed = description is not None and description != task.description
+        new_info = info is not None and info != task.info
         task.description = task.description if description is None else description
         task.total = task.total if total is None else total
         task.info = task.info if info is None else info
         if self._rich is not None:
             self._rich.update(task_id, advance=advance, description=task.description, total=task.total, info=task.info)
-        elif not self.disable and (renamed or time.perf_counter() - task.last_line >= self.interval):
+            return
+        if self.disable:
+            return
+        if task.ended is not None:  # finished: a line only for news (a final evaluation's info)
+            if renamed or new_info:
+                self._print(task)
+        elif task.total and task.completed >= task.total:
+            task.ended = time.perf_counter()
+            self._print(task)  # its final line
+        elif renamed or time.perf_counter() - task.last_line >= self.interval:
             self._print(task)
 
 
