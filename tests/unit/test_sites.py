@@ -161,3 +161,19 @@ def test_model_view_structure():
     assert ModelView(tiny_arch("gpt2")[0]).attention[0].name == "transformer.h.0.attn"
     with pytest.raises(SinklabInputError, match="transformers model"):
         ModelView(object())
+
+
+def test_model_output_flags_pass_through_an_observed_model():
+    """transformers passes output_hidden_states on to attention: a flag, not math; observing keeps every output."""
+    from sinklab.measure import Observer
+    from sinklab.models import load
+
+    model, _ = load("tiny-llama")
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        plain = model(input_ids=ids, output_hidden_states=True)
+        with Observer(model):
+            observed = model(input_ids=ids, output_hidden_states=True)
+    assert len(observed.hidden_states) == len(plain.hidden_states)
+    for a, b in zip(observed.hidden_states, plain.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

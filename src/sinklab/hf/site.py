@@ -47,8 +47,11 @@ ATTN_HOOKS = ("qkv", "compute", "logits", "weights", "stats", "out")
 BLOCK_HOOKS = ("attn_block", "mlp_in", "mlp", "resid_post")
 # keywords transformers passes that do not change the attention math
 IGNORED_KWARGS = frozenset(
-    {"position_ids", "use_cache", "cache_position", "output_router_logits", "deterministic", "output_attentions"}
-)
+    {
+        "position_ids", "use_cache", "cache_position", "output_router_logits", "deterministic", "output_attentions",
+        "output_hidden_states",  # transformers >= 5.2x passes the model's output flags on to attention
+    }
+)  # fmt: skip
 
 
 @dataclass
