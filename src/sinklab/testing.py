@@ -1,10 +1,13 @@
-"""Comparison helpers for checking a fast path against its naive twin (used by sinklab's tests, usable by yours).
+"""Comparison helpers for checking a fast path against its naive twin, and the bad-input contract of the CLI (used by
+sinklab's tests, usable by yours).
 
 Tolerances (shared/DESIGN.md), relative error ||a - b|| / ||b||: float64 1e-10, float32 1e-5, bf16/fp16 1e-2.
 NaN never passes.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -30,3 +33,23 @@ def assert_close(
     tol = TOLERANCE[dtype or actual.dtype]
     err = rel_err(actual, expected)
     assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
+
+
+def assert_refused(args: list[str], message: str, *watched: Path) -> None:
+    """The bad-input contract for one CLI call: exit 2, one stderr line ``sinklab: error: ...`` containing
+    ``message``, no traceback, and nothing new under the ``watched`` directories."""
+    from typer.testing import CliRunner
+
+    from sinklab.cli import app
+
+    def listing() -> set[str]:
+        return {str(p) for d in watched for p in Path(d).rglob("*")}
+
+    before = listing()
+    result = CliRunner().invoke(app, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert len(lines) == 1 and lines[0].startswith("sinklab: error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert listing() == before  # nothing left behind

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import sinklab
 from sinklab.cli import app
 from sinklab.errors import SinklabInputError
+from sinklab.testing import assert_refused
 
 NO_CUDA = "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
 
@@ -137,10 +138,6 @@ def files(tmp_path_factory):
     return d
 
 
-def _listing(*dirs) -> set[str]:
-    return {str(p) for d in dirs for p in d.rglob("*")}
-
-
 @pytest.mark.parametrize("line, message", CASES, ids=[c[0] for c in CASES])
 def test_cli_bad_input(line, message, files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a default output directory would appear here
@@ -152,14 +149,7 @@ def test_cli_bad_input(line, message, files, tmp_path, monkeypatch):
         args += ["--model", "tiny-llama"]
     if args[0] in ("scan", "explain", "train", "eval-stream") and "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
-    before = _listing(files, tmp_path)
-    result = CliRunner().invoke(app, args)
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert len(lines) == 1 and lines[0].startswith("sinklab: error: "), result.stderr
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    assert _listing(files, tmp_path) == before  # nothing left behind
+    assert_refused(args, message, files, tmp_path)
 
 
 def test_catalogue_is_large_enough():

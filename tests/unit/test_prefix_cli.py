@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from sinklab.cli import app
 from sinklab.exploit.prefix import PrefixKV, load_prefix, save_prefix
 from sinklab.models import load
+from sinklab.testing import assert_refused
 
 SMALL = ["--model", "tiny-llama", "--tune-tokens", "16", "--tune-seqs", "2"]
 
@@ -91,11 +92,4 @@ def test_prefix_bad_input(line, message, files, tmp_path, monkeypatch):
         args += ["--out", str(tmp_path / "out")]
     if args[1:2] == ["tune"]:
         args += ["--tune-tokens", "16"] + ([] if "--tune-seqs" in args else ["--tune-seqs", "2"])
-    before = {str(p) for d in (files, tmp_path) for p in d.rglob("*")}
-    result = CliRunner().invoke(app, args)
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert len(lines) == 1 and lines[0].startswith("sinklab: error: "), result.stderr
-    assert message in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    assert {str(p) for d in (files, tmp_path) for p in d.rglob("*")} == before
+    assert_refused(args, message, files, tmp_path)

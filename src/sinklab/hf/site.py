@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from sinklab.errors import SinklabInputError
+from sinklab.errors import MethodConflict, SinklabInputError
 from sinklab.hf.arch import AttentionInfo, ModelView
 from sinklab.ops import attention as ops_attention
 from sinklab.ops.masks import MaskSpec
@@ -226,7 +226,7 @@ class AttentionSite:
         if self.sites.request(self.layer, skip=owner) is not None:
             others.append("statistics requests")
         if others:
-            raise SinklabInputError(
+            raise MethodConflict(
                 f"layer {self.layer}: {type(self.sites.owners[owner]).__name__} replaces the attention computation, "
                 f"so the {', '.join(others)} of other attached methods would not run; attach them separately"
             )

@@ -14,8 +14,9 @@ methods are attached: a prefix, a patched variant):
 - ``ppl_window`` / ``ppl_sinks``: streaming with a cache of ``window`` recent tokens (the reference convention), with
   0 / ``num_sinks`` sinks kept (``exploit.stream_eval.StreamAttention``, exactly ``SinkCache`` decoding, a patched
   slot variant's slot included); None, with the reason in ``stream_unavailable``, for row-wise variants (softpick,
-  clipped, sigmoid), which only token-by-token decoding evaluates, and under methods that edit attention weights
-  (ACT, ZeroTuning) or read statistics, which the streaming override would skip.
+  clipped, sigmoid) and kv_bias (its slot logit needs the query's in-cache rotation), which only token-by-token
+  decoding evaluates, and under methods that edit attention weights (ACT, ZeroTuning) or read statistics, which the
+  streaming override would skip (``errors.MethodConflict``).
 - ``max_abs``: largest |x| of the block outputs over layers and tokens; ``kurtosis``: largest per-layer kurtosis
   (averaged over rows, as ``sinklab scan``); ``sink_rate``: Gu et al.'s Sink_1^eps and ``first_token_mass``: mean
   alpha_1 over softmax layers x heads, both on the first real token (keys prepended by a method are not tokens:
@@ -29,7 +30,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from sinklab.errors import SinklabInputError, check_fraction
+from sinklab.errors import MethodConflict, SinklabInputError, check_fraction
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer
 from sinklab.models import check_token_ids
@@ -117,9 +118,7 @@ def quality(
                 try:
                     with StreamAttention(sinks, window)(model):
                         out[name] = _ppl(model(input_ids=ids, use_cache=False).logits, ids)
-                except SinklabInputError as err:  # a row-wise variant, or a method whose edits streaming would skip
-                    if "exact-decode" not in str(err) and "replaces the attention computation" not in str(err):
-                        raise
+                except MethodConflict as err:  # a variant it cannot reproduce, or edits/statistics it would skip
                     out[name], out["stream_unavailable"] = None, str(err)
     finally:
         model.train(was_training)

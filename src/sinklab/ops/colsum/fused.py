@@ -85,15 +85,15 @@ def attention(
 ) -> tuple[torch.Tensor, AttentionStats]:
     """q [B, H, T, D], k/v [B, Hkv, T, D] (``applies`` holds) -> (out [B, H, T, D], AttentionStats)."""
     flash = cpu_kernel()
-    B, H, T, _ = q.shape
+    B, T = q.shape[0], q.shape[2]
     out, lse = flash(q, k, v, 0.0, causal, scale=scale)  # lse [B, H, T], natural log
     colsum = entropy = count = None
     if request.colsum or request.entropy:
         colsum, weighted_q = transposed(q, k, lse, scale, causal, values=request.entropy)
-        if request.entropy:
-            k_rep = k.repeat_interleave(H // k.shape[1], dim=1).double()
-            entropy = lse.double().sum(-1) - scale * torch.einsum("bhsd,bhsd->bh", k_rep, weighted_q.double())
-            entropy = entropy.to(q.dtype)
+        if request.entropy:  # GQA: the G query heads of a KV head share its keys (no repeated copy)
+            weighted_q = weighted_q.double().unflatten(1, (k.shape[1], -1))  # [B, Hkv, G, S, D]
+            dots = torch.einsum("bkgsd,bksd->bkg", weighted_q, k.double()).flatten(1)  # [B, H]
+            entropy = (lse.double().sum(-1) - scale * dots).to(q.dtype)
         if request.colsum:
             count = key_counts(T, T, causal=causal, window=None, key_padding=None, batch=B, device=q.device)
         else:
