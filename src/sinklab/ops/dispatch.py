@@ -5,9 +5,10 @@ Layout q [B, H, T, D], k/v [B, Hkv, S, D] (GQA: H % Hkv == 0); when S > T the qu
 ``impl``: "naive" (``sinklab.ops.naive``, the definition, materializes T x S), "chunked" (CPU fast paths by family:
 ``_sdpa`` for softmax and slot variants, ``_rows`` for row-wise ones, and the chunked pass of
 ``sinklab.ops.colsum.chunked`` for statistics, softcap and edits), "triton" (``sinklab.ops._triton.flash``, CUDA
-tensors, variants with a ``kernel``), "fused" (softmax with statistics from PyTorch's fused CPU kernel,
-``sinklab.ops.colsum.fused``, where it is exact), "auto" (triton where it applies, then fused, else chunked; also
-when the kernel raises NotImplementedError for a case it does not cover).
+tensors, variants with a ``kernel``), "fa4" (FlashAttention-4, ``sinklab.ops._fa4``: softmax, softmax1 and sink on
+Hopper/Blackwell when ``flash-attn-4`` is installed; no attn_mask or key padding), "fused" (softmax with statistics
+from PyTorch's fused CPU kernel, ``sinklab.ops.colsum.fused``, where it is exact), "auto" (fa4 where it applies,
+then triton, then fused, else chunked; also when a kernel raises NotImplementedError for a case it does not cover).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 import torch
 
 from sinklab.errors import SinklabInputError
-from sinklab.ops import naive
+from sinklab.ops import _fa4, naive
 from sinklab.ops._common import check_qkv, default_scale
 from sinklab.ops._rows import rowwise_attention
 from sinklab.ops._sdpa import softmax_with_slot
@@ -28,13 +29,13 @@ from sinklab.ops.naive import Edit
 from sinklab.ops.stats import AttentionStats, StatsRequest
 from sinklab.ops.variants import Variant, get_variant
 
-IMPLS = ("auto", "naive", "chunked", "fused", "triton")
+IMPLS = ("auto", "naive", "chunked", "fused", "triton", "fa4")
 
 _CALLS: Counter[str] = Counter()  # "<variant>/<impl>" -> calls: which code really ran (auto hides it otherwise)
 
 
 def record_call(variant: str, impl: str) -> None:
-    """Count one attention call that ran ``impl`` ("naive", "chunked" or "triton") for ``variant``."""
+    """Count one attention call that ran ``impl`` (an entry of ``IMPLS`` other than "auto") for ``variant``."""
     _CALLS[f"{variant}/{impl}"] += 1
 
 
@@ -89,6 +90,21 @@ def attention(
     scale = default_scale(q, scale)
     hooks = softcap is not None or edit_logits is not None or edit_weights is not None
     kw = dict(causal=causal, attn_mask=attn_mask, key_padding=key_padding, scale=scale, window=window)
+    if impl in ("auto", "fa4") and not hooks:
+        masked = attn_mask is not None or key_padding is not None
+        try:
+            result = _fa4.attention(
+                q, k, v, variant=spec.name, causal=causal, scale=scale, window=window, stats=request, masked=masked,
+                sink=params.get("sink"),
+            )  # fmt: skip
+            record_call(spec.name, "fa4")
+            return result
+        except NotImplementedError as reason:
+            if impl == "fa4":
+                raise SinklabInputError(f"impl='fa4' cannot run this call: {reason}; accepted here: auto, "
+                                        "naive, chunked, triton") from None  # fmt: skip
+    elif impl == "fa4":
+        raise SinklabInputError("impl='fa4' takes no softcap, edit_logits or edit_weights")
     if impl in ("auto", "triton"):
         flash = _flash() if q.is_cuda and spec.kernel is not None and not hooks else None
         if flash is not None:
