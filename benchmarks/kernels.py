@@ -1,35 +1,42 @@
-"""Fused Triton attention kernels of every sinklab variant against PyTorch SDPA on one GPU, in the same run.
+"""Every attention implementation with and without sinks on one GPU, in the same run: speed only after a
+correctness check against the fp32 reference.
 
-    PYTHONPATH=src python benchmarks/kernels.py --check --tune --stats --out benchmarks/results/kernels-h200.json
+    PYTHONPATH=src python benchmarks/kernels.py --tune --check --stats --out benchmarks/results/kernels-h200.json
 
-On the H200 the tuning ran first in its own process (SINKLAB_TRITON_TILES=tiles.json ... --tune --tune-only), so
-that the GPU tests and the timed run used the same tiles (benchmarks/KERNELS_NOTES.md has the exact command).
+Implementations (``impl`` in the rows): ``sdpa-cudnn`` and ``sdpa-flash`` (torch SDPA pinned to its cuDNN / flash
+backend; ``sdpa`` the default dispatch, which is cuDNN on the H200), ``fa4`` and ``fa4-sink`` (FlashAttention-4's
+``flash_attn_func``, native [B, T, H, D] layout, ``learnable_sink`` for the sink; when ``flash-attn-4`` is
+installed), ``flex`` and ``flex-sink`` (FlexAttention, and the usual sink without a custom kernel: out *
+sigmoid(lse - s_h)), ``sinklab`` (``sinklab.ops.attention``, impl auto: FA4 where it applies, else the Triton
+kernels; the row says which ran) and ``sinklab-triton`` (the Triton kernels for every variant).
 
-1. --tune: a few tile configs of the softmax kernels at T = 8192 (and of the column-sum kernel at T = 32768); the
-   fastest forward, backward and column sums per head dim are used for every variant below (recorded in the JSON).
-2. --check: every kernel mode against its naive definition in float64 (``ops.attention(impl="naive")``), forward,
-   every gradient and every statistic, bf16, causal, T = 2048, D 64 and 128, NaN-poisoned buffers
-   (tests/gpu/kernel_cases.py), with the very kernels (tiles, specializations) that get timed. A mode that fails is
-   not timed.
-3. Timing (triton.testing.do_bench medians): forward and forward+backward of SDPA, of every kernel mode through
-   ``sinklab.ops._triton.flash.attention`` (parameters resolved, as the dispatcher hands them over), and of
-   FlexAttention with the logsumexp rescale out * sigmoid(lse - s_h) for the sink logit (the usual way to get a sink
-   without a custom kernel; shared/REFERENCES.md), B=2, H=16, bf16, causal. TFLOP/s counts 4 B H T^2 D / 2 for the
-   causal forward and 3.5x that for forward+backward, for every variant.
-4. --stats: forward + statistics (colsum and entropy, ``StatsRequest()``) against a plain SDPA forward at the
-   Llama-3.2-1B attention shape (B=1, H=32, Hkv=8, D=64, bf16, causal), T = 8k, 32k, 64k, written to --stats-out.
+1. --tune: tile configs of the Triton kernels at T = 8192 (and of the column-sum kernel at T = 32768); the fastest
+   per head dim are used below (recorded in the JSON; SINKLAB_TRITON_TILES=FILE keeps them for later processes).
+2. --check: the Triton kernel modes against their float64 naive definition (tests/gpu/kernel_cases.py: every
+   gradient and statistic, NaN-poisoned buffers).
+3. Every (implementation, variant, shape) is first checked against the fp32 reference (``sinklab.ops.attention``,
+   impl naive, float32 on the CPU) at the shape's heads and head dim and T <= 1024 (decode: 1 query, 2048 keys):
+   output and every gradient within 1e-2 relative; a failing one is not timed. Then forward and forward+backward
+   medians (CUDA events, >= 5 runs). TFLOP/s counts 4 B H D per visible (query, key) pair: T^2/2 pairs causal,
+   T_q T_k otherwise, and 3.5x the forward for forward+backward; the decode row also reports GB/s of K and V read.
+4. --stats: forward + statistics (colsum and entropy) against a plain SDPA forward at the Llama-3.2-1B attention
+   shape (B=1, H=32, Hkv=8, D=64, bf16, causal), T = 8k, 32k, 64k, written to --stats-out.
 
-Prints a rich table, then ONE JSON line last; partial results are written to --out after every measurement.
+Rows (``rows`` in the JSON): {impl, variant, shape, B, T, T_q, D, heads, kv_heads, pass: fwd | fwd_bwd, ms, tflops,
+ratio_vs_sdpa (to sdpa-cudnn in the same run), ratio_vs_fa4_sink (where FA4 ran), check}. Prints a table, then ONE
+JSON line last; partial results are written to --out after every measurement; --budget-s skips what is left.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -42,12 +49,60 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 import kernel_cases  # noqa: E402  (the same checks as tests/gpu)
 
+import sinklab.ops  # noqa: E402
+from sinklab.ops import _fa4  # noqa: E402
 from sinklab.ops.stats import StatsRequest  # noqa: E402
 
 VARIANTS = kernel_cases.VARIANTS
 TOL = 1e-2
 DEVICE = "cuda"
 CHECK_T, TUNE_T, STATS_TUNE_T, STATS_ALL_T = 2048, 8192, 32768, 32768
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One timed problem: q [B, H, T_q, D], k/v [B, Hkv, T_k, D], bf16."""
+
+    name: str
+    B: int
+    H: int
+    Hkv: int
+    Tq: int
+    Tk: int
+    D: int
+    causal: bool = True
+    backward: bool = True
+
+    def pairs(self) -> float:
+        """Visible (query, key) pairs per (batch, head): T^2 / 2 causal (the usual count), T_q T_k otherwise."""
+        return self.Tq * self.Tk / 2 if self.causal and self.Tq == self.Tk else self.Tq * self.Tk
+
+    def flops(self, backward: bool) -> float:
+        return 4 * self.B * self.H * self.D * self.pairs() * (3.5 if backward else 1.0)
+
+    def kv_bytes(self) -> int:
+        return 2 * self.B * self.Hkv * self.Tk * self.D * 2  # K and V, bf16
+
+    def small(self) -> Shape:
+        """The shape the correctness check runs: same heads, head dim and mask, T <= 1024 (decode: 2048 keys)."""
+        if self.Tq == 1:
+            return Shape(self.name, 2, self.H, self.Hkv, 1, 2048, self.D, self.causal, self.backward)
+        return Shape(self.name, 1, self.H, self.Hkv, 1024, 1024, self.D, self.causal, self.backward)
+
+
+SHAPES = {
+    s.name: s
+    for s in (
+        Shape("T4k-D64", 2, 16, 16, 4096, 4096, 64),
+        Shape("T4k-D128", 2, 16, 16, 4096, 4096, 128),
+        Shape("T16k-D64", 2, 16, 16, 16384, 16384, 64),
+        Shape("T16k-D128", 2, 16, 16, 16384, 16384, 128),
+        Shape("GQA32/8-T8k-D128", 2, 32, 8, 8192, 8192, 128),
+        Shape("T32k-D64", 2, 16, 16, 32768, 32768, 64),
+        Shape("T32k-D128", 2, 16, 16, 32768, 32768, 128),
+        Shape("decode-T32k-D128", 64, 16, 16, 1, 32768, 128, causal=False, backward=False),
+    )
+}
 
 
 def params_for(variant: str, H: int, D: int, device: str) -> dict:
@@ -63,15 +118,18 @@ def params_for(variant: str, H: int, D: int, device: str) -> dict:
     return {}
 
 
-def flops(B: int, H: int, T: int, D: int, backward: bool) -> float:
-    fwd = 4 * B * H * T * T * D / 2
-    return fwd * (3.5 if backward else 1.0)
-
-
 def bench(fn, grads=None) -> float:
+    """Median milliseconds of ``fn`` over >= 5 timed runs (and >= 100 ms of them), after warm-up."""
     import triton.testing
 
-    return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = (time.perf_counter() - t0) * 1e3
+    return triton.testing.do_bench(fn, warmup=max(25, 2 * est), rep=max(100, 5 * est), grad_to_none=grads,
+                                   return_mode="median")  # fmt: skip
 
 
 def run_check(Ds: list[int], console: Console) -> dict:
@@ -89,85 +147,228 @@ def run_check(Ds: list[int], console: Console) -> dict:
     return out
 
 
-def run_tune(Ds: list[int], console: Console) -> dict:
+def run_tune(Ds: list[int], console: Console, budget_s: float) -> dict:
+    """Time every candidate tile set of every pass (``flash.candidates``) on the softmax mode, B=2, H=16, bf16,
+    causal, T = 8192 (column sums: B=1, H=32, T = 32768; decode: T_q = 1 against 32768 keys, B=64) and pin the
+    fastest (``flash.pin``; written to $SINKLAB_TRITON_TILES for later processes). dK/dV and dQ are timed as the
+    whole backward with the other pass at its default. A candidate that fails to compile is recorded and skipped."""
+    from dataclasses import replace
+
     from sinklab.ops._triton import flash
 
-    fwd_cands = {64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3)],
-                 128: [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]}  # fmt: skip
-    bwd_cands = [(64, 128, 128, 64, 8, 3), (32, 128, 128, 64, 8, 3), (64, 128, 128, 64, 8, 2)]
-    col_cands = [(64, 128, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (32, 64, 4, 3), (64, 32, 4, 3),
-                 (64, 128, 4, 3), (128, 64, 4, 3)]  # fmt: skip
-    B, H, T = 2, 16, TUNE_T
-    chosen = {}
+    t0 = time.time()
+    chosen: dict = {}
     for D in Ds:
-        q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
-        do = torch.randn_like(q)
         prob = flash.Problem(flash.MODES["softmax"], True, None, 1 / math.sqrt(D))
         heads = flash.Heads()
-        best_f, best_b, best_c = None, None, None
-        for m, n, w, s in fwd_cands[D]:
-            cfg = flash.Config(m, n, w, s, *bwd_cands[0])
-            ms = bench(partial(flash.forward, q, k, v, None, prob, heads, cfg=cfg))
-            console.print(f"tune D={D} fwd {(m, n, w, s)}: {ms:.3f} ms")
-            if best_f is None or ms < best_f[0]:
-                best_f = (ms, (m, n, w, s))
+        q, k, v = (torch.randn(2, 16, TUNE_T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(3))
+        do = torch.randn_like(q)
         o, lse = flash.forward(q, k, v, None, prob, heads)
-        for bc in bwd_cands:
-            cfg = flash.Config(*best_f[1], *bc)
-            ms = bench(partial(flash.backward, q, k, v, o, lse, do, None, prob, heads, cfg=cfg))
-            console.print(f"tune D={D} bwd {bc}: {ms:.3f} ms")
-            if best_b is None or ms < best_b[0]:
-                best_b = (ms, bc)
         qs, ks = (torch.randn(1, 32, STATS_TUNE_T, D, device=DEVICE, dtype=torch.bfloat16) for _ in range(2))
         _, lse_s = flash.forward(qs, ks, ks, None, prob, heads)
-        for cc in col_cands:
-            cfg = flash.Config(*best_f[1], *best_b[1], *cc)
-            ms = bench(partial(flash.column_stats, qs, ks, lse_s, None, None, prob, heads, entropy=True, cfg=cfg))
-            console.print(f"tune D={D} colsum {cc}: {ms:.3f} ms (T={STATS_TUNE_T}, H=32)")
-            if best_c is None or ms < best_c[0]:
-                best_c = (ms, cc)
-        flash.TUNED[D] = flash.Config(*best_f[1], *best_b[1], *best_c[1])
-        chosen[str(D)] = {"config": list(best_f[1] + best_b[1] + best_c[1]), "fwd_ms": best_f[0], "bwd_ms": best_b[0],
-                          "colsum_ms": best_c[0], "T": T, "B": B, "H": H}  # fmt: skip
+        q1 = torch.randn(64, 16, 1, D, device=DEVICE, dtype=torch.bfloat16)
+        kd = torch.randn(64, 16, STATS_TUNE_T, D, device=DEVICE, dtype=torch.bfloat16)
+        dprob = flash.Problem(flash.MODES["softmax"], False, None, 1 / math.sqrt(D))
+        timed = {  # pass -> (what to time, its arguments before the config)
+            "fwd": (flash.forward, (q, k, v, None, prob, heads)),
+            "dkdv": (flash.backward, (q, k, v, o, lse, do, None, prob, heads)),
+            "dq": (flash.backward, (q, k, v, o, lse, do, None, prob, heads)),
+            "colsum": (partial(flash.column_stats, entropy=True), (qs, ks, lse_s, None, None, prob, heads)),
+            "decode": (flash.forward, (q1, kd, kd, None, dprob, heads)),
+        }
+        entry: dict = {}
+        for pass_, (fn, fn_args) in timed.items():
+            if D not in (64, 128) or (pass_ == "decode" and D != 128):
+                continue
+            results = []
+            for tiles in flash.candidates(D, pass_):
+                if time.time() - t0 > budget_s:
+                    results.append({"tiles": asdict(tiles), "error": "skipped: tune budget"})
+                    continue
+                cfg = replace(flash.config(D), **{pass_: tiles})
+                try:
+                    ms = bench(partial(fn, *fn_args, cfg=cfg))
+                    results.append({"tiles": asdict(tiles), "ms": ms})
+                    console.print(f"tune D={D} {pass_:6s} {tiles}: {ms:.3f} ms")
+                except Exception as e:  # a candidate this Triton cannot compile or launch
+                    results.append({"tiles": asdict(tiles), "error": f"{type(e).__name__}: {str(e)[:160]}"})
+                    console.print(f"tune D={D} {pass_:6s} {tiles}: {type(e).__name__}")
+            best = min((r for r in results if "ms" in r), key=lambda r: r["ms"], default=None)
+            if best is not None:
+                flash.pin(D, pass_, flash.Tiles(**best["tiles"]))
+            entry[pass_] = {"best": best, "candidates": results}
+        chosen[str(D)] = entry
+        del q, k, v, do, o, qs, ks, q1, kd, timed
+        torch.cuda.empty_cache()
     path = os.environ.get("SINKLAB_TRITON_TILES")
     if path:  # later processes (the GPU tests, the timed run) read it at import
-        Path(path).write_text(json.dumps(chosen))
-    return chosen
+        Path(path).write_text(json.dumps(flash.tuned_json()))
+    return {"pinned": flash.tuned_json(), "timings": chosen}
 
 
-def flex_fns(B: int, H: int, T: int):
-    """(plain flex, flex + sink rescale) callables; compiled once per shape."""
+# ---------------------------------------------------------------- implementations: run(variant, q, k, v, params, shape)
+@dataclass(frozen=True)
+class Impl:
+    """One implementation: the variants it has, the storage its timed inputs get ("bhtd", or "bthd" seen through
+    transpose(1, 2): FA4's native layout), and why it cannot run here (None if it can)."""
+
+    name: str
+    variants: tuple[str, ...]
+    run: object
+    layout: str = "bhtd"
+    missing: object = None
+
+    def reason(self) -> str | None:
+        return self.missing() if self.missing else None
+
+
+def _sdpa(backend: str | None):
+    def run(variant, q, k, v, params, shape):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        pin = sdpa_kernel([getattr(SDPBackend, backend)]) if backend else contextlib.nullcontext()
+        with pin:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=shape.causal, enable_gqa=shape.Hkv != shape.H)
+
+    return run
+
+
+def _fa4_native(variant, q, k, v, params, shape):
+    out, _ = _fa4._interface()(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=shape.causal,
+        learnable_sink=params.get("sink"), num_splits=0 if shape.Tq == 1 and not torch.is_grad_enabled() else 1,
+    )  # fmt: skip
+    return out.transpose(1, 2)
+
+
+def _fa4_missing() -> str | None:
+    if _fa4._interface() is None:
+        return "flash-attn-4 not installed"
+    if torch.cuda.get_device_capability()[0] not in _fa4.ARCHS:
+        return "not a Hopper/Blackwell GPU"
+    return None
+
+
+def _sinklab(variant, q, k, v, params, shape):
+    return sinklab.ops.attention(q, k, v, variant=variant, causal=shape.causal, **params)
+
+
+def _triton(variant, q, k, v, params, shape):
+    return kernel_cases.flash_attention(variant, q, k, v, causal=shape.causal, **params)
+
+
+_FLEX: dict = {}
+
+
+def _flex(variant, q, k, v, params, shape):
+    """FlexAttention, compiled once per shape; the sink by the logsumexp rescale out * sigmoid(lse - s_h)."""
     from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
 
-    for name in ("recompile_limit", "cache_size_limit"):  # one compile per shape; the default limit is 8
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 64)
-    flex = torch.compile(flex_attention, dynamic=False)
-    mask = create_block_mask(lambda b, h, i, j: j <= i, B=None, H=None, Q_LEN=T, KV_LEN=T, device=DEVICE)
+    if shape not in _FLEX:
+        for name in ("recompile_limit", "cache_size_limit"):  # one compile per shape; the default limit is 8
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 64)
+        mask = None
+        if shape.causal:
+            mask = create_block_mask(lambda b, h, i, j: j <= i, B=None, H=None, Q_LEN=shape.Tq, KV_LEN=shape.Tk,
+                                     device=DEVICE)  # fmt: skip
+        _FLEX[shape] = (torch.compile(flex_attention, dynamic=False), mask)
+    flex, mask = _FLEX[shape]
+    gqa = shape.Hkv != shape.H
+    if variant == "softmax":
+        return flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+    out, aux = flex(q, k, v, block_mask=mask, enable_gqa=gqa, return_aux=AuxRequest(lse=True))
+    return out * torch.sigmoid(aux.lse - params["sink"][None, :, None])[..., None].to(out.dtype)
 
-    def plain(q, k, v):
-        return flex(q, k, v, block_mask=mask)
 
-    def rescale(q, k, v, sink):
-        out, aux = flex(q, k, v, block_mask=mask, return_aux=AuxRequest(lse=True))
-        return out * torch.sigmoid(aux.lse - sink[None, :, None])[..., None].to(out.dtype)
+IMPLS = {
+    i.name: i
+    for i in (
+        Impl("sdpa-cudnn", ("softmax",), _sdpa("CUDNN_ATTENTION")),
+        Impl("sdpa-flash", ("softmax",), _sdpa("FLASH_ATTENTION")),
+        Impl("sdpa", ("softmax",), _sdpa(None)),
+        Impl("fa4", ("softmax",), _fa4_native, layout="bthd", missing=_fa4_missing),
+        Impl("fa4-sink", ("sink",), _fa4_native, layout="bthd", missing=_fa4_missing),
+        Impl("sinklab", _fa4.VARIANTS, _sinklab),
+        Impl("sinklab-triton", VARIANTS, _triton),
+        Impl("flex-sink", ("sink",), _flex),
+    )
+}
+BASELINE, FA4_SINK = "sdpa-cudnn", "fa4-sink"
 
-    return plain, rescale
+
+# ---------------------------------------------------------------- the check before the timing
+def check_cell(impl: Impl, variant: str, shape: Shape, refs: dict) -> dict:
+    """Relative errors of the output (and, where the shape is timed backward, of every gradient) against the fp32
+    reference at ``shape.small()``; the reference is computed once per (variant, small shape)."""
+    small = shape.small()
+    case = kernel_cases.make_case(variant, B=small.B, H=small.H, Hkv=small.Hkv, T=small.Tq, S=small.Tk, D=small.D,
+                                  dtype=torch.bfloat16, device=DEVICE, causal=small.causal, seed=small.D,
+                                  layout=impl.layout)  # fmt: skip
+
+    def fn(q, k, v, causal, window, **params):
+        return impl.run(variant, q, k, v, params, small)
+
+    def ref_fn(q, k, v, **kw):
+        return kernel_cases.naive_attention(variant, q, k, v, **kw)
+
+    grad_out = torch.randn(case["q"].shape, generator=torch.Generator().manual_seed(1))
+    key = (variant, small)
+    if small.backward:
+        got = kernel_cases._run(fn, case, None, grad_out)
+        if key not in refs:
+            refs[key] = kernel_cases._run(ref_fn, case, torch.float32, grad_out, device="cpu")
+    else:
+        _, leaves, kw = kernel_cases._inputs(case, None, DEVICE, grad=False)
+        with torch.no_grad():
+            got = {"out": fn(*leaves[:3], **kw)}
+        if key not in refs:
+            _, leaves, kw = kernel_cases._inputs(case, torch.float32, "cpu", grad=False)
+            refs[key] = {"out": ref_fn(*leaves[:3], **kw)}
+    errs = {name: kernel_cases.rel_err(got[name], refs[key][name]) for name in refs[key]}
+    return {"ok": all(not math.isnan(e) and e <= TOL for e in errs.values()), "errors": errs}
 
 
-def time_shape(B, H, T, D, variants, record) -> None:
-    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    do = torch.randn_like(q)
+# ---------------------------------------------------------------- timing
+class Inputs:
+    """The timed tensors of one shape, per storage layout, made once and reused by every implementation."""
 
-    def both(name, fwd, leaves):
-        record(name, T, D, "fwd", bench(fwd))
-        record(name, T, D, "fwd+bwd", bench(lambda: fwd().backward(do), grads=leaves))
+    def __init__(self, shape: Shape):
+        self.shape, self.made = shape, {}
 
-    both("sdpa", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), [q, k, v])
-    for variant in variants:
-        params = params_for(variant, H, D, DEVICE)
-        both(variant, lambda p=params, var=variant: kernel_cases.flash_attention(var, q, k, v, **p),
-             [q, k, v, *(x for x in params.values() if isinstance(x, torch.Tensor))])  # fmt: skip
+    def get(self, layout: str) -> tuple[torch.Tensor, ...]:
+        if layout not in self.made:
+            s = self.shape
+
+            def heads(h, t):
+                x = torch.randn(s.B, t, h, s.D, device=DEVICE, dtype=torch.bfloat16).transpose(1, 2)
+                return x if layout == "bthd" else x.contiguous()
+
+            q, k, v = heads(s.H, s.Tq), heads(s.Hkv, s.Tk), heads(s.Hkv, s.Tk)
+            self.made[layout] = (*(x.requires_grad_(s.backward) for x in (q, k, v)), torch.randn_like(q))
+        return self.made[layout]
+
+
+def time_cell(impl: Impl, variant: str, inputs: Inputs) -> dict[str, float | str]:
+    """{"fwd": ms, "fwd_bwd": ms, "ran": which sinklab impl ran} of one implementation and variant."""
+    shape = inputs.shape
+    q, k, v, do = inputs.get(impl.layout)
+    params = params_for(variant, shape.H, shape.D, DEVICE) if shape.backward else {
+        n: x.detach() for n, x in params_for(variant, shape.H, shape.D, DEVICE).items()}  # fmt: skip
+    leaves = [q, k, v, *(x for x in params.values() if isinstance(x, torch.Tensor))]
+
+    def fwd():
+        return impl.run(variant, q, k, v, params, shape)
+
+    before = sinklab.ops.attention_calls()
+    with torch.no_grad():
+        out = {"fwd": bench(fwd)}
+    ran = sinklab.ops.attention_calls() - before
+    if ran:
+        out["ran"] = ",".join(sorted({key.split("/")[1] for key in ran}))
+    if shape.backward:
+        out["fwd_bwd"] = bench(lambda: fwd().backward(do), grads=leaves)
+    return out
 
 
 def time_stats(Ts: list[int], variants: list[str], console: Console, save) -> dict:
@@ -200,21 +401,93 @@ def time_stats(Ts: list[int], variants: list[str], console: Console, save) -> di
     return {"rows": rows}
 
 
+# ---------------------------------------------------------------- the table
+def ratios(rows: list[dict]) -> None:
+    """ratio_vs_sdpa (sdpa-cudnn, or the default dispatch where cuDNN declined the shape) and ratio_vs_fa4_sink of
+    every timed row, against the same shape and pass in the same run: baseline ms / row ms (> 1 = faster)."""
+    ms = {(r["impl"], r["variant"], r["shape"], r["pass"]): r["ms"] for r in rows if r.get("ms")}
+    for r in rows:
+        if not r.get("ms"):
+            continue
+        cell = (r["shape"], r["pass"])
+        base = ms.get((BASELINE, "softmax", *cell)) or ms.get(("sdpa", "softmax", *cell))
+        fa4 = ms.get((FA4_SINK, "sink", *cell))
+        r["ratio_vs_sdpa"] = base / r["ms"] if base else None
+        r["ratio_vs_fa4_sink"] = fa4 / r["ms"] if fa4 else None
+
+
+def print_table(rows: list[dict], shapes: list[str], kind: str, console: Console, title: str) -> None:
+    table = Table(title=f"{title}: {kind} TFLOP/s (ratio to sdpa-cudnn)")
+    table.add_column("impl / variant")
+    for s in shapes:
+        table.add_column(s, justify="right")
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in rows:
+        if r["pass"] == kind:
+            text = r.get("error") or f"{r['tflops']:.0f} ({r['ratio_vs_sdpa'] or 0:.2f})"
+            cells.setdefault((r["impl"], r["variant"]), {})[r["shape"]] = text[:24]
+    for (impl, variant), by_shape in cells.items():
+        table.add_row(f"{impl} / {variant}", *(by_shape.get(s, "-") for s in shapes))
+    console.print(table)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Left: forward+backward TFLOP/s per shape of the baselines and sinklab's sink; right: every (impl, variant)
+    against sdpa-cudnn, forward+backward, as a heat map with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r.get("ms") and r["pass"] == "fwd_bwd"]
+    shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
+    labels = list(dict.fromkeys(f"{r['impl']} / {r['variant']}" for r in rows))
+    if not rows:
+        return
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(17, 6), gridspec_kw={"width_ratios": [1.2, 1]})
+    bars = [lab for lab in ("sdpa-cudnn / softmax", "sdpa-flash / softmax", "fa4 / softmax", "fa4-sink / sink",
+                            "flex-sink / sink", "sinklab / sink", "sinklab-triton / sink",
+                            "sinklab-triton / softpick") if lab in labels]  # fmt: skip
+    width = 0.8 / max(len(bars), 1)
+    value = {(f"{r['impl']} / {r['variant']}", r["shape"]): r for r in rows}
+    for i, lab in enumerate(bars):
+        ax.bar([j + i * width for j in range(len(shapes))],
+               [value.get((lab, s), {}).get("tflops", 0.0) for s in shapes], width, label=lab)  # fmt: skip
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=20, fontsize=8)
+    ax.set_xlabel("shape (B=2, H=16 unless named; bf16, causal)")
+    ax.set_ylabel("forward+backward TFLOP/s")
+    ax.legend(fontsize=7, ncol=2)
+    grid = [[(value.get((lab, s), {}).get("ratio_vs_sdpa") or math.nan) for s in shapes] for lab in labels]
+    im = hm.imshow(grid, cmap="RdYlGn", vmin=0.4, vmax=1.2, aspect="auto")
+    hm.set_xticks(range(len(shapes)), shapes, rotation=30, fontsize=7, ha="right")
+    hm.set_yticks(range(len(labels)), labels, fontsize=7)
+    hm.set_xlabel("shape")
+    hm.set_ylabel("implementation / variant")
+    for i, line in enumerate(grid):
+        for j, x in enumerate(line):
+            if not math.isnan(x):
+                hm.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=hm, label="speed / sdpa-cudnn (forward+backward)")
+    fig.suptitle(f"{result['device']}: attention with and without sinks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384])
-    ap.add_argument("--D", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--B", type=int, default=2)
-    ap.add_argument("--H", type=int, default=16)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    ap.add_argument("--check", action="store_true", help="check every kernel against naive first")
-    ap.add_argument("--tune", action="store_true", help="pick tile configs at T=8192 first")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=list(IMPLS))
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--check", action="store_true", help="check the Triton kernel modes against float64 first")
+    ap.add_argument("--tune", action="store_true", help="pick Triton tile configs at T=8192 first")
     ap.add_argument("--tune-only", action="store_true", help="stop after --tune (tiles go to $SINKLAB_TRITON_TILES)")
-    ap.add_argument("--no-flex", action="store_true")
-    ap.add_argument("--budget-s", type=float, default=1e9, help="skip the Flex baselines past this many seconds")
+    ap.add_argument("--tune-budget-s", type=float, default=240, help="stop timing tune candidates after this")
+    ap.add_argument("--append", action="store_true", help="keep the rows of --out (same machine) and add these")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="skip the cells left after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG beside --out from its JSON and stop")
-    ap.add_argument("--no-table", action="store_true", help="skip the kernel table (with --stats: statistics only)")
+    ap.add_argument("--no-table", action="store_true", help="skip the implementation table")
     ap.add_argument("--stats", action="store_true", help="time forward + statistics against SDPA (Llama-3.2-1B shape)")
     ap.add_argument("--stats-T", type=int, nargs="+", default=[8192, 32768, 65536])
     ap.add_argument("--stats-out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-stats-h200.json")
@@ -225,20 +498,30 @@ def main() -> None:
         return
     import triton
 
+    from sinklab.provenance import run_provenance
+
     props = torch.cuda.get_device_properties(0)
+    t0 = time.time()
     result = {
         "benchmark": "kernels",
         "device": props.name,
         "torch": torch.__version__,
         "triton": triton.__version__,
-        "shape": {"B": args.B, "H": args.H, "dtype": "bfloat16", "causal": True},
-        "flops": "causal forward 4*B*H*T^2*D/2; forward+backward 3.5x that; same count for every variant",
-        "note": "one GPU, nothing else running on it; medians of triton.testing.do_bench",
+        "cudnn": torch.backends.cudnn.version(),
+        "flash_attn_4": _fa4_version(),
+        "shapes": {name: asdict(s) for name, s in SHAPES.items()},
+        "flops": "4*B*H*D per visible (query, key) pair (T^2/2 causal, T_q*T_k otherwise); forward+backward 3.5x",
+        "note": "one GPU, nothing else running on it; medians of CUDA-event timings (triton.testing.do_bench); "
+        "forward timed under no_grad; every row checked against the fp32 reference first",
+        "provenance": {**run_provenance(seed=0), "command": "python benchmarks/kernels.py " + " ".join(sys.argv[1:])},
         "check": {},
         "tuned": {},
-        "timings": {},
+        "rows": [],
     }
-    t0 = time.time()
+    if args.append and args.out.exists():
+        old = json.loads(args.out.read_text())
+        result["check"], result["tuned"] = old.get("check", {}), old.get("tuned", {})
+        result["rows"] = [r for r in old.get("rows", []) if r["shape"] not in args.shapes]
 
     def save():
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -246,9 +529,8 @@ def main() -> None:
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, args.out)
 
-    variants = list(args.variants)
-    if args.tune:  # first, so that the check below runs the very kernels that get timed
-        result["tuned"] = run_tune(args.D, console)
+    if args.tune:  # first, so that every check below runs the very kernels that get timed
+        result["tuned"] = run_tune(sorted({SHAPES[s].D for s in args.shapes}), console, args.tune_budget_s)
         save()
         if args.tune_only:
             return
@@ -256,30 +538,58 @@ def main() -> None:
         result["tuned"] = json.loads(Path(os.environ["SINKLAB_TRITON_TILES"]).read_text())
     from sinklab.ops._triton import flash
 
-    result["tiles"] = {str(d): flash.config(d).__dict__ for d in args.D}
+    result["tiles"] = {str(d): asdict(flash.config(d)) for d in (64, 128)}
+    variants = list(args.variants)
     if args.check:
-        result["check"] = run_check(args.D, console)
+        result["check"] = run_check([64, 128], console)
         failed = {k.split("/")[0] for k, r in result["check"].items() if not r["ok"]}
         variants = [v for v in variants if v not in failed]
         result["not_timed_failed_check"] = sorted(failed)
         save()
-
-    def record(name, T, D, kind, ms):
-        key = f"T{T}/D{D}"
-        entry = result["timings"].setdefault(key, {}).setdefault(name, {})
-        if kind == "error":
-            entry["error"] = ms
-        else:
-            entry[f"{kind}_ms"] = ms
-            entry[f"{kind}_tflops"] = flops(args.B, args.H, T, D, kind == "fwd+bwd") / (ms * 1e-3) / 1e12
-        console.print(
-            f"[{time.time() - t0:6.1f}s] {key} {name:18s} {kind:8s} {ms if kind == 'error' else f'{ms:.3f} ms'}"
-        )
-        save()
-
-    for T in [] if args.no_table else args.T:
-        for D in args.D:
-            time_shape(args.B, args.H, T, D, variants, record)
+    refs: dict = {}
+    checks: dict = {}
+    for name in [] if args.no_table else args.shapes:
+        shape, inputs = SHAPES[name], Inputs(SHAPES[name])
+        for impl in (IMPLS[i] for i in args.impls):
+            for variant in (v for v in impl.variants if v in variants):
+                base = {"impl": impl.name, "variant": variant, "shape": name, "B": shape.B, "T": shape.Tk,
+                        "T_q": shape.Tq, "D": shape.D, "heads": shape.H, "kv_heads": shape.Hkv}  # fmt: skip
+                passes = ["fwd", "fwd_bwd"] if shape.backward else ["fwd"]
+                reason = impl.reason()
+                if reason is None and time.time() - t0 > args.budget_s:
+                    reason = "skipped: time budget of this run"
+                if reason is None:
+                    key = (impl.name, variant, shape.small())
+                    try:
+                        checks[key] = checks.get(key) or check_cell(impl, variant, shape, refs)
+                        reason = None if checks[key]["ok"] else f"failed the check: {checks[key]['errors']}"
+                    except Exception as e:  # an implementation that cannot run a shape is recorded, not fatal
+                        reason = f"{type(e).__name__}: {str(e)[:200]}"
+                timed: dict = {}
+                if reason is None:
+                    try:
+                        timed = time_cell(impl, variant, inputs)
+                    except Exception as e:
+                        reason = f"{type(e).__name__}: {str(e)[:200]}"
+                for kind in passes:
+                    row = {**base, "pass": kind, "check": checks.get((impl.name, variant, shape.small()))}
+                    if reason is not None:
+                        row["error"] = reason
+                    else:
+                        row["ms"] = timed[kind]
+                        row["tflops"] = shape.flops(kind == "fwd_bwd") / (timed[kind] * 1e-3) / 1e12
+                        if shape.Tq == 1:
+                            row["gbps"] = shape.kv_bytes() / (timed[kind] * 1e-3) / 1e9
+                        if "ran" in timed:
+                            row["ran"] = timed["ran"]
+                    result["rows"].append(row)
+                    done = row.get("error", f"{row.get('ms', 0):.3f} ms {row.get('tflops', 0):.0f} TFLOP/s")
+                    console.print(f"[{time.time() - t0:6.1f}s] {name:18s} {impl.name:15s} {variant:9s} {kind:8s} "
+                                  f"{done[:120]}")  # fmt: skip
+                ratios(result["rows"])
+                save()
+        del inputs
+        torch.cuda.empty_cache()
     if args.stats:
         stats = {"benchmark": "kernels-stats", "device": props.name, "torch": torch.__version__,
                  "triton": triton.__version__, "tiles": result["tiles"].get("64"),
@@ -292,76 +602,21 @@ def main() -> None:
             args.stats_out.write_text(json.dumps(stats, indent=1))
 
         time_stats(args.stats_T, variants, console, save_stats)
-    if not args.no_flex and not args.no_table:
-        for T in args.T:
-            for D in args.D:
-                if time.time() - t0 > args.budget_s:
-                    record("flex_sink_rescale", T, D, "error", "skipped: time budget of this run")
-                    continue
-                time_shape_flex(args.B, args.H, T, D, record)
-
-    # ratios to SDPA (and to the Flex rescale path) in the same run
-    table = Table(title=f"{props.name}: TFLOP/s fwd / fwd+bwd (ratio to SDPA fwd+bwd), B={args.B} H={args.H} bf16")
-    table.add_column("variant")
-    keys = list(result["timings"])
-    for key in keys:
-        table.add_column(key, justify="right")
-    names = ["sdpa", *variants, "flex", "flex_sink_rescale"]
-    for name in names:
-        row = [name]
-        for key in keys:
-            e = result["timings"][key].get(name, {})
-            sd = result["timings"][key].get("sdpa", {})
-            if "fwd+bwd_tflops" in e and "fwd+bwd_ms" in sd:
-                e["ratio_fwd_bwd_vs_sdpa"] = sd["fwd+bwd_ms"] / e["fwd+bwd_ms"]
-                e["ratio_fwd_vs_sdpa"] = sd["fwd_ms"] / e["fwd_ms"]
-                row.append(f"{e['fwd_tflops']:.0f} / {e['fwd+bwd_tflops']:.0f} ({e['ratio_fwd_bwd_vs_sdpa']:.2f}x)")
-            else:
-                row.append(e.get("error", "-")[:30] if isinstance(e.get("error"), str) else "-")
-        table.add_row(*row)
-    console.print(table)
+    shapes = [s for s in SHAPES if any(r["shape"] == s for r in result["rows"])]
+    for kind in ("fwd_bwd", "fwd"):
+        print_table(result["rows"], shapes, kind, console, props.name)
     result["wall_s"] = time.time() - t0
     save()
     plot(result, args.out.with_suffix(".png"))
     print(json.dumps(result))
 
 
-def plot(result: dict, path: Path) -> None:
-    """Bars: forward+backward TFLOP/s of every implementation at every shape (SDPA and Flex as baselines)."""
-    import matplotlib
+def _fa4_version() -> str | None:
+    if _fa4._interface() is None:
+        return None
+    from importlib.metadata import version
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(result["timings"])
-    names = ["sdpa", *VARIANTS, "flex", "flex_sink_rescale"]
-    names = [n for n in names if any(n in result["timings"][k] for k in keys)]
-    fig, ax = plt.subplots(figsize=(11, 4.5))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        vals = [result["timings"][k].get(name, {}).get("fwd+bwd_tflops", 0.0) for k in keys]
-        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], [k.replace("/", ", ") for k in keys])
-    ax.set_ylabel("forward+backward TFLOP/s")
-    ax.set_title(f"{result['device']}: causal attention, B={result['shape']['B']} H={result['shape']['H']} bf16")
-    ax.legend(ncol=5, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def time_shape_flex(B, H, T, D, record) -> None:
-    q, k, v = (torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    do = torch.randn_like(q)
-    try:
-        plain, rescale = flex_fns(B, H, T)
-        sink = torch.randn(H, device=DEVICE, requires_grad=True)
-        for name, fn, leaves in (("flex", lambda: plain(q, k, v), [q, k, v]),
-                                 ("flex_sink_rescale", lambda: rescale(q, k, v, sink), [q, k, v, sink])):  # fmt: skip
-            record(name, T, D, "fwd", bench(fn))
-            record(name, T, D, "fwd+bwd", bench(lambda fn=fn: fn().backward(do), grads=leaves))
-    except Exception as e:  # a baseline that fails is recorded, not fatal
-        record("flex_sink_rescale", T, D, "error", f"{type(e).__name__}: {str(e)[:300]}")
+    return version("flash-attn-4")
 
 
 if __name__ == "__main__":
