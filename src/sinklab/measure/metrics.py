@@ -6,6 +6,8 @@
 - Sink discovery: every key whose mean received mass exceeds a threshold in some head (non-initial sinks such as
   delimiters, [SEP]); keys that few queries can see are skipped (their mean is noise).
 - Massive activations (Sun et al. 2024): |x| > 100 and about 1000x the median |x| of that hidden state.
+- The no-op value-norm ratio and dormant heads (Gu et al. 2024; Bondarenko et al. 2023; Guo et al. 2024;
+  Sandoval-Segura et al. 2025): a head with nothing to add parks its attention on a sink whose value is short.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sinklab.ops.stats import AttentionStats
 
 MASSIVE_MIN_ABS = 100.0
 MASSIVE_MIN_RATIO = 1000.0
+DORMANT_OUTPUT_RATIO = 0.5
 
 
 def mean_received(stats: AttentionStats) -> torch.Tensor:
@@ -73,3 +76,22 @@ def massive_entries(
     """Bool mask over candidate activations that are massive: |x| > min_abs and |x| / median >= min_ratio."""
     mag = max_values.abs()
     return (mag > min_abs) & (mag >= min_ratio * medians.clamp_min(1e-12))
+
+
+def value_norm_ratio(vnorm: torch.Tensor) -> torch.Tensor:
+    """[...] the no-op value-norm ratio ||v_0|| / median_{j >= 1} ||v_j|| of value norms [..., T] (key 0 = the
+    first token). Below 1, attending the sink adds a short vector: a near no-op (Gu et al. 2024; Bondarenko
+    et al. 2023, "Quantizable Transformers": heads that want no update attend a low-norm value). The median keeps a
+    second sink from setting the scale."""
+    return vnorm[..., 0] / vnorm[..., 1:].median(dim=-1).values.clamp_min(1e-30)
+
+
+def dormant_heads(
+    alpha: torch.Tensor, output_ratio: torch.Tensor, eps: float, max_output_ratio: float = DORMANT_OUTPUT_RATIO
+) -> torch.Tensor:
+    """[L, H] bool: dormant heads, which attend the first token and write almost nothing (Guo et al. 2024,
+    "Active-dormant attention heads"; Sandoval-Segura et al. 2025, "Identifying and evaluating dormant heads in
+    pretrained LLMs": a tiny head output norm). Dormant = alpha_1 > eps (``is_sink``) and
+    mean_{t >= 1} ||o_t|| / median_j ||v_j|| < max_output_ratio (``output_ratio``; o_t the head's output before the
+    output projection, v_j its KV head's values; default 0.5)."""
+    return is_sink(alpha, eps) & (output_ratio < max_output_ratio)

@@ -6,7 +6,7 @@ tokens (Sun et al. 2024 / Bondarenko et al. 2023: no-op heads attend to a token 
 norm-weighted share of the head's output, mean_t A_{t,0}||v_0|| / sum_j A_{t,j}||v_j|| (Kobayashi et al. 2020),
 and the head's output norm over the median value norm. A head is *dormant* when alpha_1 > eps and its output is
 shorter than ``dormant_ratio`` times a typical value (it writes almost nothing; Guo et al. 2024, "Active-dormant
-attention heads").
+attention heads"). Both rules live in ``sinklab.measure.metrics`` (``value_norm_ratio``, ``dormant_heads``).
 
 Interventions: zero the sink's value vectors everywhere; only in the dormant heads (o_t -= A_{t,0} v_0); and, as a
 control, zero the values of the middle token. A small loss change means the sink's value carried nothing.
@@ -24,16 +24,11 @@ from sinklab.measure.probes._common import SINK, kv_heads, sink_edit, zero_value
 from sinklab.measure.probes.context import ProbeContext
 
 
-def value_ratio(vnorm: torch.Tensor) -> torch.Tensor:
-    """[Hkv] ||v_0|| / median_{j >= 1} ||v_j|| from value norms [Hkv, T]."""
-    return vnorm[:, SINK] / vnorm[:, SINK + 1 :].median(dim=1).values.clamp_min(1e-30)
-
-
 @dataclass
 class NoopProbe:
     """Config of the no-op probe; ``run(ctx)`` returns its section of probes.json."""
 
-    dormant_ratio: float = 0.5
+    dormant_ratio: float = metrics.DORMANT_OUTPUT_RATIO
     name: ClassVar[str] = "noop"
     passes: ClassVar[tuple[str, ...]] = ("zero_sink", "zero_sink_dormant", "zero_middle")
 
@@ -52,7 +47,7 @@ class NoopProbe:
             r, s, o = [], [], []
             for rec in base.layers:
                 typical = rec.vnorm[:, SINK + 1 :].median(dim=1).values[kv].clamp_min(1e-30)  # [H]
-                r.append(value_ratio(rec.vnorm)[kv])
+                r.append(metrics.value_norm_ratio(rec.vnorm)[kv])
                 s.append(rec.share)
                 o.append(rec.out_norm / typical)
             ratio.append(torch.stack(r))
@@ -65,7 +60,7 @@ class NoopProbe:
             "value_ratio": torch.stack(ratio).mean(0),
             "sink_output_share": torch.stack(share).mean(0),
             "output_ratio": out_ratio_mean,
-            "dormant": metrics.is_sink(alpha, ctx.eps) & (out_ratio_mean < self.dormant_ratio),
+            "dormant": metrics.dormant_heads(alpha, out_ratio_mean, ctx.eps, self.dormant_ratio),
         }
 
     def run(self, ctx: ProbeContext) -> dict:
