@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from sinklab.bench import compare_runs, make_protocol, protocol_hash, run_bench
 from sinklab.bench import metrics as bm
-from sinklab.bench.methods import cell_label, cells, parse_cell, parse_factorial, parse_methods
+from sinklab.bench.methods import Design, cell_label, cells, parse_designs, parse_factorial, parse_methods
 from sinklab.bench.metrics import COST_KEYS
 from sinklab.bench.protocol import Protocol
 from sinklab.bench.report import write_bench
@@ -18,6 +17,7 @@ from sinklab.errors import SinklabInputError
 from sinklab.method import Method
 from sinklab.models import load
 from sinklab.remove.quant import W8A8
+from sinklab.testing import assert_refused
 
 TEXT = (
     "Attention sinks are tokens that receive a large share of attention although they carry little meaning. "
@@ -39,6 +39,37 @@ def _first_only(weights, call):
     out = torch.zeros_like(weights)
     out[..., 0] = 1.0
     return out
+
+
+class Planted(Method):
+    """Unit-norm values except the first token's (norm ``scale``); in every layer the query heads ``heads`` attend
+    only to key 0, the others uniformly over the keys they may see. Known answers: the value-norm ratio is ``scale``
+    everywhere; a planted head outputs v_0 (output ratio ``scale``), so it is dormant iff scale < 0.5; a uniform
+    head has alpha_1 = H_T / T (0.21 at T=16) < eps = 0.3, so it is neither a sink nor dormant."""
+
+    name = ""
+
+    def __init__(self, scale: float, heads: tuple[int, ...]):
+        self.scale, self.heads = scale, list(heads)
+
+    def install(self, model_sites):
+        for site in model_sites.attention:
+            model_sites.add(self, f"layers.{site.layer}.attn.qkv", self._values)
+            model_sites.add(self, f"layers.{site.layer}.attn.weights", self._weights)
+
+    def _values(self, qkv, call):
+        q, k, v = qkv
+        v = torch.nn.functional.normalize(v, dim=-1)
+        v[:, :, 0] *= self.scale
+        return q, k, v
+
+    def _weights(self, weights, call):  # [B, H, R, K]: rows r0..r1, keys lo..hi
+        (r0, r1), (lo, hi) = call.rows, call.keys
+        t = torch.arange(r0, r1)[:, None]
+        j = torch.arange(lo, hi)[None, :]
+        out = ((j <= t) / (t + 1.0)).to(weights.dtype).expand_as(weights).clone()
+        out[:, self.heads] = (j == 0).to(weights.dtype)
+        return out
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +120,24 @@ def test_forced_first_token_sink_rate_is_one(tiny, corpus):
     assert q["sink_rate@32"] == 1.0 and q["first_token_mass@32"] == pytest.approx(1.0, abs=1e-6)
     plain = bm.gu_metrics(model, tok, p, seqs)
     assert plain["sink_rate@16"] < 1.0  # the random tiny model has no such sink
+
+
+@pytest.mark.parametrize(("scale", "dormant"), [(0.1, 0.5), (0.8, 0.0)])
+def test_dormant_share_and_value_norm_ratio_known_answers(tiny, corpus, scale, dormant):
+    """Two of four heads attend only the first token; its value is ``scale`` times the others': dormant share 2/4
+    when scale < 0.5 (their output is shorter than half a typical value), none at 0.8; the ratio is ``scale``."""
+    model, tok = tiny
+    p = _protocol(corpus)
+    layers = model.config.num_hidden_layers
+    with Planted(scale, heads=(0, 1))(model):
+        got = bm.gu_metrics(model, tok, p, bm.Sequences(tok, p))
+    assert got["sink_rate@16"] == 0.5
+    assert got["dormant_share@16"] == dormant and got["dormant_heads@16"] == dormant * 4 * layers
+    assert got["value_norm_ratio@16"] == pytest.approx(scale, rel=1e-5)
+    assert got["value_norm_ratio_sink_heads@16"] == pytest.approx(scale, rel=1e-5)
+    assert got["value_norm_ratio_by_layer@16"] == pytest.approx([scale] * layers, rel=1e-5)
+    plain = bm.gu_metrics(model, tok, p, bm.Sequences(tok, p))
+    assert plain["value_norm_ratio@16"] != pytest.approx(scale, rel=1e-2)  # the plain tiny model is not planted
 
 
 def test_quality_metrics_known_answers(tiny, corpus):
@@ -168,18 +217,30 @@ def test_factorial_effects_recover_a_known_design():
     got = factorial_effects(rows, ("sinks", "kv4", "w8a8"), "ppl")
     want = {"sinks": 0.6, "kv4": -0.4, "w8a8": 0, "sinksxkv4": 0.1, "sinksxw8a8": 0, "kv4xw8a8": 0, "sinksxkv4xw8a8": 0}
     assert got == pytest.approx(want, abs=1e-12)
-    for cell in cells(("sinks", "kv4")):
-        assert parse_cell(cell_label(cell), ("sinks", "kv4")) == cell
+    assert [cell_label(c) for c in cells(("sinks", "kv4"))] == [
+        "factorial:-sinks-kv4", "factorial:-sinks+kv4", "factorial:+sinks-kv4", "factorial:+sinks+kv4"]  # fmt: skip
 
 
-def test_parse_refuses_bad_input():
+def test_parse_refuses_bad_input(tmp_path):
     with pytest.raises(SinklabInputError, match="accepted"):
         parse_methods("act,telepathy")
+    with pytest.raises(SinklabInputError, match="adapt checkpoint"):
+        parse_methods("variant")
+    with pytest.raises(SinklabInputError, match="does not exist"):
+        parse_methods(f"prefix={tmp_path / 'missing.safetensors'}")
     with pytest.raises(SinklabInputError, match="2 to 4"):
         parse_factorial("sinks")
+    with pytest.raises(SinklabInputError, match="2 to 4"):
+        parse_factorial("kv4,w8a8=3")
     with pytest.raises(SinklabInputError, match="act"):
         parse_factorial("sinks,act")
+    with pytest.raises(SinklabInputError, match="does not exist"):
+        parse_factorial(f"kv4,prefix={tmp_path / 'missing.safetensors'}")
+    with pytest.raises(SinklabInputError, match="same factors"):
+        parse_designs(["sinks,kv4", "kv4,sinks"])
     assert [s.name for s in parse_methods("act,kv-quant")] == ["act", "kv-quant"]
+    assert parse_designs(["sinks,kv4,w8a8", "act,kv4", "none"]) == [Design(("sinks", "kv4", "w8a8")),
+                                                                   Design(("act", "kv4"))]  # fmt: skip
 
 
 def _strip(rows):
@@ -187,43 +248,93 @@ def _strip(rows):
 
 
 @pytest.fixture(scope="module")
-def runs(corpus, tmp_path_factory):
-    p = _protocol(corpus, passkey_depths=(0.95,), num_texts=1)
+def prefix_file(tiny, tmp_path_factory):
+    """The untrained slot (the BOS token's own key/values) saved as a prefix file: prefix=FILE must equal prefix."""
+    from sinklab.bench.methods import make_prefix
+    from sinklab.exploit.prefix import save_prefix
+
+    model, tok = tiny
+    return str(save_prefix(make_prefix(model, tok), tmp_path_factory.mktemp("prefix") / "slot.safetensors"))
+
+
+METHODS = "act,prefix,kv-quant,knorm"
+DESIGNS = ["kv4,w8a8", "act,prefix"]
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, prefix_file, tmp_path_factory):
+    p = _protocol(corpus, passkey_depths=(0.95,), num_texts=1)  # test_compare_refuses_another_corpus repeats these
     a, b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
-    first = run_bench(["tiny-llama", "tiny-bert"], "act,prefix,kv-quant,knorm", "kv4,w8a8", p, a)
-    second = run_bench(["tiny-llama", "tiny-bert"], "act,prefix,kv-quant,knorm", "kv4,w8a8", p, b)
-    return p, first, second, a
+    methods = f"{METHODS},prefix={prefix_file}"
+    designs = [*DESIGNS, f"kv4,prefix={prefix_file}"]
+    first = run_bench(["tiny-llama", "tiny-bert"], methods, designs, p, a, cores="shared")
+    second = run_bench(["tiny-llama", "tiny-bert"], methods, designs, p, b)
+    return p, first, second, a, methods, designs
 
 
-def test_rerun_is_identical_and_rows_are_complete(runs):
-    p, first, second, _ = runs
+def test_rerun_is_identical_and_rows_are_complete(runs, prefix_file):
+    """The protocol run twice: every metric of every row identical (timings and load excluded)."""
+    p, first, second, *_ = runs
     assert _strip(first["rows"]) == _strip(second["rows"])
     rows = {(r["model"], r["method"]): r for r in first["rows"]}
-    assert {"none", "act", "prefix", "kv-quant", "knorm"} <= {m for (name, m) in rows if name == "tiny-llama"}
-    assert sum(1 for (name, m) in rows if name == "tiny-llama" and m.startswith("factorial:")) == 4
-    for r in first["rows"]:
-        if r["role"] == "factorial":
-            assert cell_label(r["factors"]) == r["method"]
+    plain = rows[("tiny-llama", "none")]
+    for key in ("dormant_share@16", "value_norm_ratio@16", "value_norm_ratio_by_layer@16", "sink_rate@16"):
+        assert key in plain and key in rows[("tiny-llama", "act")] and key in rows[("tiny-bert", "none")]
+    assert {"none", "act", "prefix", "kv-quant", "knorm", f"prefix={prefix_file}"} <= {
+        m for (name, m) in rows if name == "tiny-llama"
+    }
+    cell_rows = [r for r in first["rows"] if r["model"] == "tiny-llama" and r["role"] == "factorial"]
+    assert len(cell_rows) == 12 and {r["design"] for r in cell_rows} == {*DESIGNS, f"kv4,prefix={prefix_file}"}
+    for r in cell_rows:
+        assert cell_label(r["factors"]) == r["method"]
     assert rows[("tiny-llama", "act")]["ppl_window@32"] is None  # ACT is not applied inside StreamAttention
     assert rows[("tiny-llama", "prefix")]["prefix_mass@32"] > 0
+    trained = rows[("tiny-llama", f"prefix={prefix_file}")]
+    assert _strip([trained])[0] == {**_strip([rows[("tiny-llama", "prefix")]])[0], "method": trained["method"]}
+    by_design = {f["design"]: f for f in first["models"]["tiny-llama"]["factorials"]}
+    untrained, saved = by_design["act,prefix"], by_design[f"kv4,prefix={prefix_file}"]
+    assert saved["prefix"] == prefix_file and untrained["prefix"] is None
+    assert [r["ppl@32"] for r in cell_rows if r["design"] == saved["design"] and not r["factors"]["kv4"]] == [
+        r["ppl@32"] for r in cell_rows if r["design"] == "act,prefix" and not r["factors"]["act"]
+    ]  # the same slots, file or not: the cells without kv4 / act match
     encoder = rows[("tiny-bert", "none")]
     assert "sink_rate@32" in encoder and "ppl@32" not in encoder
     assert [m for (name, m) in rows if name == "tiny-bert"] == ["none"]
     assert any(r["published"] and "source" in r for r in first["rows"])
     assert first["protocol"]["hash"] == protocol_hash(p)
-    assert "log_ppl_effects" in first["models"]["tiny-llama"]["factorial"]
+    assert "log_ppl_effects" in by_design["kv4,w8a8"]
+    assert first["cost_conditions"]["cores"] == "shared" and "not idle" in first["cost_conditions"]["timings"]
+    assert second["cost_conditions"]["cores"] == "unknown"
+
+
+def test_adapted_checkpoint_is_a_row(tiny, corpus, tmp_path):
+    """adapted=DIR: the row is the whole suite on the checkpoint ``load_adapted`` rebuilds (a sink variant)."""
+    from sinklab.measure.quality import quality
+    from sinklab.remove.adapt import AdaptConfig, adapt, load_adapted
+
+    small = dict(context=32, batch_size=2, long_context=64, window=16, num_sinks=2, eval_seqs=2, long_seqs=1,
+                 eval_batches=1, device="cpu")  # fmt: skip
+    out = str(tmp_path / "ck")
+    adapt(AdaptConfig(model="tiny-llama", variant="sink", trainable="variant", tokens=2 * 32 * 2, out=out, **small))
+    p = _protocol(corpus, passkey_depths=(0.95,))
+    result = run_bench(["tiny-llama"], f"adapted={tmp_path / 'ck'}", None, p, tmp_path / "out")
+    row = {r["method"]: r for r in result["rows"] if r["model"] == "tiny-llama"}[f"adapted={tmp_path / 'ck'}"]
+    model, _ = load_adapted(tmp_path / "ck")
+    assert model.config.sinklab_variant["variant"] == "sink"
+    assert row["ppl@32"] == quality(model, bm.sequences(tiny[1], p, 32), eps=p.eps, parts=("ppl",))["ppl"]
+    assert "dormant_share@16" in row and "passkey_full" in row
 
 
 def test_resume_reuses_rows_and_refuses_another_protocol(runs, corpus):
-    p, first, _, out = runs
-    again = run_bench(["tiny-llama", "tiny-bert"], "act,prefix,kv-quant,knorm", "kv4,w8a8", p, out, resume=True)
+    p, first, _, out, methods, designs = runs
+    again = run_bench(["tiny-llama", "tiny-bert"], methods, designs, p, out, resume=True, cores="shared")
     assert again["rows"] == first["rows"]  # every row read back, timings included
     with pytest.raises(SinklabInputError, match="protocol"):
         run_bench(["tiny-llama"], "none", "none", _protocol(corpus, eps=0.2), out, resume=True)
 
 
 def test_written_files_and_compare(runs, tmp_path, corpus):
-    _, first, second, _ = runs
+    _, first, second, *_ = runs
     write_bench(first, tmp_path / "A")
     write_bench(second, tmp_path / "B")
     assert {f.name for f in (tmp_path / "A").iterdir()} >= {"bench.json", "bench.csv", "report.html"}
@@ -234,18 +345,29 @@ def test_written_files_and_compare(runs, tmp_path, corpus):
     other = json.loads((tmp_path / "B" / "bench.json").read_text())
     other["protocol"]["hash"] = "0" * 16
     (tmp_path / "B" / "bench.json").write_text(json.dumps(other))
-    from sinklab.cli import app
-
-    result = CliRunner().invoke(app, ["bench", "--compare", str(tmp_path / "A" / "bench.json"),
-                                      str(tmp_path / "B" / "bench.json"), "--out", str(tmp_path / "C")])  # fmt: skip
-    assert result.exit_code == 2
-    assert "protocols differ" in result.output and len(result.output.strip().splitlines()) == 1
-    assert not (tmp_path / "C").exists()
+    a, b = str(tmp_path / "A" / "bench.json"), str(tmp_path / "B" / "bench.json")
+    assert_refused(["bench", "--compare", a, b, "--out", str(tmp_path / "C")], "protocols differ", tmp_path)
 
 
-def test_cli_refuses_bad_methods_before_loading(tmp_path):
-    from sinklab.cli import app
+def test_compare_refuses_another_corpus(runs, tmp_path):
+    """The same settings on another text: --compare names the two corpus hashes in one line, exit 2."""
+    _, first, *_ = runs
+    (tmp_path / "other.txt").write_text(TEXT.replace("sinks", "anchors"))
+    moved = _protocol(str(tmp_path / "other.txt"), passkey_depths=(0.95,), num_texts=1)  # the runs' settings
+    write_bench(first, tmp_path / "A")
+    write_bench(run_bench(["tiny-llama"], "none", "none", moved, tmp_path / "runB"), tmp_path / "B")
+    a, b = str(tmp_path / "A" / "bench.json"), str(tmp_path / "B" / "bench.json")
+    assert_refused(["bench", "--compare", a, b, "--out", str(tmp_path / "C")], "corpora differ", tmp_path)
 
-    result = CliRunner().invoke(app, ["bench", "--methods", "act,nope", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and "accepted" in result.output
-    assert not (tmp_path / "x").exists()
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "act,nope"], "accepted"),
+        (["--methods", "variant"], "adapt checkpoint"),
+        (["--factorial", "sinks,kv4", "--factorial", "kv4,sinks"], "same factors"),
+        (["--cores", "busy"], "unknown --cores"),
+    ],
+)
+def test_cli_refuses_bad_input_before_loading(tmp_path, args, message):
+    assert_refused(["bench", *args, "--out", str(tmp_path / "x")], message, tmp_path)

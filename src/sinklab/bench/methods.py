@@ -13,7 +13,8 @@ Every method comes from ``sinklab.method.methods()`` (or, for prefix slots and a
 - ``measure``: observers (``observe``, ``sink_features``) are not treatments and get no row.
 
 A factorial design crosses factors (``sinks``: window-only vs sinks + window streaming cache; ``kv4``: int4 KV with
-the first ``keep_first`` keys exact; ``w8a8``; ``act``; ``prefix``) and measures each cell's perplexity once.
+the first ``keep_first`` keys exact; ``w8a8``; ``act``; ``prefix``: untrained slots, or ``prefix=FILE`` trained
+ones) and measures each cell's perplexity once; a run may hold several designs.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ def _prefix_api():
     return prefix if hasattr(prefix, "PrefixKV") else None
 
 
+def _prefix_module():
+    prefix = _prefix_api()
+    if prefix is None:
+        raise SinklabInputError("prefix slots are not available in this sinklab (sinklab.exploit.prefix.PrefixKV)")
+    return prefix
+
+
 def parse_methods(text: str | None) -> list[MethodSpec]:
     """``act,zerotuning,kv-quant,adapted=ckpt/`` -> specs; "none" alone means the plain model only."""
     if not text or text.strip() == "none":
@@ -95,10 +103,13 @@ def parse_methods(text: str | None) -> list[MethodSpec]:
             specs.append(MethodSpec("adapted", path))
             continue
         if name == "prefix" and eq and path:
+            check_prefix_file(path)
             specs.append(MethodSpec("prefix", path))
             continue
+        if name == "variant":
+            raise SinklabInputError("a variant is benchmarked through its adapt checkpoint: --methods adapted=DIR")
         if name not in known or known[name] == "measure":
-            usable = sorted(n for n, r in known.items() if r != "measure")
+            usable = sorted(n for n, r in known.items() if r != "measure" and n != "variant")
             raise SinklabInputError(
                 f"unknown --methods entry {item!r}; accepted: {', '.join(usable)}, adapted=DIR, prefix=FILE, all, none"
             )
@@ -106,22 +117,55 @@ def parse_methods(text: str | None) -> list[MethodSpec]:
     return specs
 
 
-def parse_factorial(text: str | None) -> tuple[str, ...]:
-    """``sinks,kv4,w8a8`` -> the factors (2 to 4 of ``FACTORS``); "none" -> no factorial."""
+@dataclass(frozen=True)
+class Design:
+    """One ``--factorial``: 2 to 4 factors crossed 2^k; ``prefix``: the file of the prefix factor's slots (None: an
+    untrained slot, ``make_prefix``)."""
+
+    factors: tuple[str, ...]
+    prefix: str | None = None
+
+    @property
+    def label(self) -> str:
+        return ",".join(f"prefix={self.prefix}" if f == "prefix" and self.prefix else f for f in self.factors)
+
+
+def parse_factorial(text: str | None) -> Design | None:
+    """``sinks,kv4,w8a8`` (or ``kv4,w8a8,prefix=FILE``) -> the design; "none" -> no factorial."""
     if not text or text.strip() == "none":
-        return ()
-    factors = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [f for f in factors if f not in FACTORS]
-    if bad or not 2 <= len(set(factors)) == len(factors) <= 4:
+        return None
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    factors = tuple(s.partition("=")[0] for s in items)
+    paths = [s.partition("=")[2] for s in items if s.startswith("prefix=")]
+    bad = [f for f in factors if f not in FACTORS] + [s for s in items if "=" in s and not s.startswith("prefix=")]
+    if bad or not 2 <= len(set(factors)) == len(factors) <= 4 or paths == [""]:
         raise SinklabInputError(
-            f"--factorial takes 2 to 4 distinct factors of {', '.join(FACTORS)} (or none), got {text!r}"
+            f"--factorial takes 2 to 4 distinct factors of {', '.join(FACTORS)} (prefix=FILE for trained slots) "
+            f"or none, got {text!r}"
         )
     if "sinks" in factors and "act" in factors:
         raise SinklabInputError(
             "--factorial cannot cross sinks with act: the streaming evaluator attends by itself and skips ACT's "
             "attention-weight edits; cross act with kv4, w8a8 or prefix instead"
         )
-    return factors
+    if paths:
+        check_prefix_file(paths[0])
+    return Design(factors, paths[0] if paths else None)
+
+
+def parse_designs(texts: str | list[str] | None) -> list[Design]:
+    """Every ``--factorial`` given (a string or a list of them); two designs of one factor set are refused (their
+    cells would carry the same labels)."""
+    designs = [d for d in map(parse_factorial, [texts] if isinstance(texts, str | None) else texts) if d]
+    seen = [frozenset(d.factors) for d in designs]
+    if len(set(seen)) != len(seen):
+        raise SinklabInputError("two --factorial designs cross the same factors; give each factor set once")
+    return designs
+
+
+def check_prefix_file(path: str) -> None:
+    """Refuse a prefix file ``sinklab.exploit.prefix.load_prefix`` would refuse, before any model loads."""
+    _prefix_module().load_prefix(path)
 
 
 def cells(factors: tuple[str, ...]) -> list[dict[str, bool]]:
@@ -134,15 +178,6 @@ def cell_label(cell: dict[str, bool]) -> str:
     return "factorial:" + "".join(("+" if on else "-") + f for f, on in cell.items())
 
 
-def parse_cell(label: str, factors: tuple[str, ...]) -> dict[str, bool]:
-    """The inverse of ``cell_label``: ``factorial:-sinks+kv4-w8a8`` -> {"sinks": False, "kv4": True, ...}."""
-    body = label.removeprefix("factorial:")
-    cell = {f: f"+{f}" in body for f in factors}
-    if cell_label(cell) != label:
-        raise SinklabInputError(f"{label!r} is not a cell of the factors {', '.join(factors)}")
-    return cell
-
-
 def build(spec: MethodSpec, model, tokenizer, protocol):
     """The Method object of a model-role spec (attached by the caller), or None for an adapted checkpoint."""
     from sinklab.method import methods
@@ -151,17 +186,13 @@ def build(spec: MethodSpec, model, tokenizer, protocol):
         return make_prefix(model, tokenizer, spec.path)
     if spec.name == "adapted":
         return None
-    if spec.name == "variant":
-        raise SinklabInputError("a variant is benchmarked through its adapt checkpoint: --methods adapted=DIR")
     return methods()[spec.name]()
 
 
 def make_prefix(model, tokenizer, path: str | None = None):
     """Prefix slots: loaded from ``path`` (``sinklab.exploit.prefix.load_prefix``) or, untrained, the model's own
     key/values of its BOS token (or its first special token, else token 0) shifted before position 0."""
-    prefix = _prefix_api()
-    if prefix is None:
-        raise SinklabInputError("prefix slots are not available in this sinklab (sinklab.exploit.prefix.PrefixKV)")
+    prefix = _prefix_module()
     if path is not None:
         return prefix.load_prefix(path)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (tokenizer.eos_token_id or 0)

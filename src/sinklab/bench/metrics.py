@@ -7,23 +7,37 @@
   the sink threshold), massive activations (Sun et al. 2024: |x| > 100 and 1000x the median), the per-layer
   first-token mass profile at T=64; for encoders also Sink_1, max |x| and kurtosis (their causal perplexity does
   not exist).
+- ``sinklab explain``'s noop probe (``NoopProbe.measure`` on the baseline record of each Gu-setting sequence):
+  the dormant-head share (``measure.metrics.dormant_heads``: alpha_1 > eps and an output shorter than
+  ``dormant_ratio`` typical values; Guo et al. 2024, Sandoval-Segura et al. 2025) and the no-op value-norm ratio
+  ||v_0|| / median_j ||v_j|| (``measure.metrics.value_norm_ratio``; Gu et al. 2024, Bondarenko et al. 2023).
 - ``sinklab.data.tasks.passkey`` + ``sinklab.exploit.stream.answer`` through a ``SinkCache``: passkey retrieval with
   the needle inside the sinks + window cache and beyond it (StreamingLLM: sinks do not extend the context), and
   through a cache that holds the whole prompt.
 - ``sinklab.exploit.stream.stream_nll``: decoded perplexity under an eviction press.
 - cost: tokens/s of one plain forward with the row's methods attached, peak accelerator memory of that forward
-  (CUDA only: ``torch.cuda.max_memory_allocated``; None on CPU) and the KV bytes of the row's cache
-  (``exploit.stream.kv_bytes`` / ``quantized_kv_bytes``).
+  (CUDA only: ``torch.cuda.max_memory_allocated``; None on CPU), the 1-minute load average at that forward, and the
+  KV bytes of the row's cache (``exploit.stream.kv_bytes`` / ``quantized_kv_bytes``). ``cost_conditions`` says on
+  what machine state the timings were taken (a run on shared cores is marked so).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 
 import torch
 
-COST_KEYS = ("tokens_per_s", "peak_memory_bytes", "seconds")  # timings: not part of the determinism contract
+from sinklab.errors import SinklabInputError
+
+# timings and machine load: not part of the determinism contract
+COST_KEYS = ("tokens_per_s", "peak_memory_bytes", "seconds", "load_average_1m")
+CORE_NOTES = {
+    "shared": "measured on cores shared with other jobs: not idle-machine numbers",
+    "idle": "measured with no other job on the cores",
+    "unknown": "machine load not declared (see the load averages)",
+}
 
 
 def sequences(tokenizer, protocol, length: int, num_texts: int | None = None) -> torch.Tensor:
@@ -88,6 +102,7 @@ def gu_metrics(model, tokenizer, protocol, seqs: Sequences, causal: bool = True,
         out.update({k: q[k] for k in ("sink_rate", "first_token_mass", "prefix_mass") if k in q})
     if prepends:
         return _suffixed(out, T)
+    out.update(noop_metrics(model, tokenizer, protocol, ids, causal))
     result = scan(model, tokenizer, ids, protocol.eps, max_tokens=T, num_texts=None, bos=protocol.bos,
                   keep_pattern=0, progress=False, batch_size=len(ids))  # fmt: skip
     first = 0  # sequences start at token 0 (BOS under auto for tokenizers that add one)
@@ -101,6 +116,32 @@ def gu_metrics(model, tokenizer, protocol, seqs: Sequences, causal: bool = True,
         out.update(sink_rate=result.sink_rate, first_token_mass=float(result.first_token_mass.nanmean()),
                    max_abs=float(result.layer_max_abs.max()), kurtosis=float(result.layer_kurtosis.max()))  # fmt: skip
     return _suffixed(out, T)
+
+
+def noop_metrics(model, tokenizer, protocol, ids: torch.Tensor, causal: bool) -> dict:
+    """The noop probe's per-(layer, head) measures on ``ids`` (one baseline pass per sequence, alpha_1 and norms
+    averaged over them): ``dormant_share`` / ``dormant_heads`` = mean / count of ``measure.metrics.dormant_heads``;
+    ``value_norm_ratio_by_layer`` = per layer the mean over heads of ``measure.metrics.value_norm_ratio``,
+    ``value_norm_ratio`` its median over (layer, head), ``value_norm_ratio_sink_heads`` the median over the heads
+    with alpha_1 > eps (None if there is none)."""
+    from sinklab.measure import metrics
+    from sinklab.measure.probes import NoopProbe
+    from sinklab.measure.probes._common import has_lm_head, record
+    from sinklab.measure.probes.context import ProbeContext
+    from sinklab.measure.scanner import token_decoder
+
+    seqs = ids.tolist()
+    ctx = ProbeContext(model, tokenizer, seqs, [record(model, s, residual=False) for s in seqs], protocol.eps, causal,
+                       has_lm_head(model), token_decoder(tokenizer))  # fmt: skip
+    m = NoopProbe(protocol.dormant_ratio).measure(ctx)
+    ratio, sink = m["value_ratio"], metrics.is_sink(m["alpha"], protocol.eps)  # [L, H]
+    return {
+        "dormant_share": float(m["dormant"].double().mean()),
+        "dormant_heads": int(m["dormant"].sum()),
+        "value_norm_ratio": float(ratio.median()),
+        "value_norm_ratio_sink_heads": float(ratio[sink].median()) if sink.any() else None,
+        "value_norm_ratio_by_layer": [round(float(v), 6) for v in ratio.mean(1)],
+    }
 
 
 def encoder_metrics(model, tokenizer, protocol, ids: torch.Tensor) -> dict:
@@ -217,7 +258,8 @@ def cell_ppl(model, ids: torch.Tensor, cell: dict[str, bool], protocol, prefix=N
 
 
 def cost_metrics(model, ids: torch.Tensor) -> dict:
-    """Seconds, tokens/s of one plain forward of ``ids`` with whatever is attached; peak CUDA memory of it."""
+    """Seconds, tokens/s of one plain forward of ``ids`` with whatever is attached; peak CUDA memory of it; the
+    1-minute load average just after it (other jobs on the cores slow it)."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     if cuda:
@@ -233,4 +275,25 @@ def cost_metrics(model, ids: torch.Tensor) -> dict:
         "seconds": seconds,
         "tokens_per_s": ids.numel() / seconds,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def check_cores(cores: str) -> None:
+    if cores not in CORE_NOTES:
+        raise SinklabInputError(f"unknown --cores {cores!r}; accepted: {', '.join(CORE_NOTES)}")
+
+
+def cost_conditions(cores: str, start_load: tuple[float, ...]) -> dict:
+    """The machine state of a run's timings: ``cores`` as the caller declares it (``shared``: other jobs ran on the
+    cores, so tokens/s is not an idle-machine number; ``idle``; ``unknown``), the CPU count, torch's threads, this
+    process's nice level and the load averages (1, 5, 15 min) at the start and the end."""
+    return {
+        "cores": cores,
+        "timings": CORE_NOTES[cores],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "nice": os.nice(0),
+        "load_average_start": list(start_load),
+        "load_average_end": list(os.getloadavg()),
     }

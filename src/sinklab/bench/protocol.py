@@ -1,8 +1,9 @@
 """The benchmark protocol: one versioned, hashed record of everything that decides a number.
 
-A protocol fixes the corpus (by the sha256 of its texts), the lengths, Gu et al.'s eps, the seeds, the dtype, the
-BOS rule and the streaming / int4-KV / passkey settings. ``protocol_hash`` is the sha256 (16 hex digits) of that
-record; every bench.json carries both, and ``--compare`` refuses two results whose hashes differ.
+A protocol fixes the corpus (by the sha256 of its texts), the lengths, Gu et al.'s eps, the dormant-head threshold,
+the seeds, the dtype, the BOS rule and the streaming / int4-KV / passkey settings. ``protocol_hash`` is the sha256
+(16 hex digits) of that record; every bench.json carries both, and ``--compare`` refuses two results whose hashes
+differ.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from sinklab.errors import SinklabInputError, check_fraction
+from sinklab.measure.metrics import DORMANT_OUTPUT_RATIO
 
-VERSION = "1"
+VERSION = "2"  # 2: the dormant-head share and the no-op value-norm ratio (``dormant_ratio``)
 
 
 @dataclass(frozen=True)
 class Protocol:
     """What a benchmark run measures and on what.
 
-    ``gu_length`` / ``gu_texts``: Gu et al.'s T=64 setting (Sink_1^eps, secondary sinks, massive activations);
+    ``gu_length`` / ``gu_texts``: Gu et al.'s T=64 setting (Sink_1^eps, secondary sinks, massive activations,
+    dormant heads: output norm under ``dormant_ratio`` typical values, ``measure.metrics.dormant_heads``);
     ``lengths``: the perplexity / streaming / quantization lengths of the plain model (``method_lengths`` of them
     for every method); ``num_texts`` sequences per length; ``window`` / ``num_sinks``: the streaming
     cache; ``kv_bits`` / ``kv_group`` / ``keep_first``: int4 KV with the first ``keep_first`` keys exact;
@@ -35,6 +38,7 @@ class Protocol:
     method_lengths: tuple[int, ...] = (512,)
     num_texts: int = 1
     eps: float = 0.3
+    dormant_ratio: float = DORMANT_OUTPUT_RATIO
     seeds: tuple[int, ...] = (0,)
     dtype: str = "float32"
     bos: str = "auto"
@@ -51,6 +55,8 @@ class Protocol:
 
     def __post_init__(self):
         check_fraction("eps", self.eps)
+        if not self.dormant_ratio > 0:
+            raise SinklabInputError(f"the dormant-head output ratio must be > 0, got {self.dormant_ratio}")
         if self.bos not in ("auto", "always", "never"):
             raise SinklabInputError(f"unknown BOS rule {self.bos!r}; accepted: auto, always, never")
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -100,10 +100,11 @@ def write_bench(result: dict, out_dir: str | Path) -> Path:
             if p is not None
         ]
         factorials = "".join(
-            f"<h3>{html.escape(name)}: factorial {html.escape(' x '.join(rec['factorial']['factors']))}</h3>"
-            + sortable_table([{"effect on log ppl": k, "value": v}
-                              for k, v in rec["factorial"]["log_ppl_effects"].items()], ["effect on log ppl", "value"])
-            for name, rec in result["models"].items() if "factorial" in rec
+            f"<h3>{html.escape(name)}: factorial {html.escape(' x '.join(f['factors']))}"
+            + (f" (prefix {html.escape(f['prefix'])})" if f["prefix"] else "") + "</h3>"
+            + sortable_table([{"effect on log ppl": k, "value": v} for k, v in f["log_ppl_effects"].items()],
+                             ["effect on log ppl", "value"])
+            for name, rec in result["models"].items() for f in rec["factorials"]
         )  # fmt: skip
         body = (
             "<h2>Leaderboard (click a column to sort)</h2>"
@@ -116,6 +117,7 @@ def write_bench(result: dict, out_dir: str | Path) -> Path:
         )  # fmt: skip
         header = [("protocol", f"v{protocol['version']} hash {protocol['hash']}"),
                   ("corpus", f"{protocol['corpus']} sha256 {protocol['corpus_sha256']}"),
-                  ("models", ", ".join(result["models"])), ("wall time", f"{result['wall_s']:.0f} s")]  # fmt: skip
+                  ("models", ", ".join(result["models"])), ("wall time", f"{result['wall_s']:.0f} s"),
+                  ("timings", result["cost_conditions"]["timings"])]  # fmt: skip
         (tmp / "report.html").write_text(page("sinklab bench", header, result.get("provenance"), body))
     return Path(out_dir)

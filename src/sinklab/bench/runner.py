@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable
@@ -13,13 +14,13 @@ from pathlib import Path
 from sinklab.bench import metrics
 from sinklab.bench.methods import (
     NOT_IN_STREAM,
+    Design,
     MethodSpec,
     applied,
     build,
     cell_label,
     cells,
     make_prefix,
-    parse_cell,
 )
 from sinklab.bench.protocol import Protocol, protocol_hash
 from sinklab.errors import SinklabInputError
@@ -113,14 +114,15 @@ def factorial_effects(rows: list[dict], factors: tuple[str, ...], key: str) -> d
 def run_model(
     name: str,
     specs: list[MethodSpec],
-    factors: tuple[str, ...],
+    designs: list[Design],
     protocol: Protocol,
     out_dir: Path,
     device=None,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[dict], dict]:
-    """Every row of one model (plain, each method, each factorial cell). Returns (rows, the model's record)."""
+    """Every row of one model (plain, each method, each cell of each factorial design). Returns (rows, the model's
+    record)."""
     from sinklab.measure.scanner import is_causal
     from sinklab.models import load
     from sinklab.provenance import run_provenance
@@ -131,20 +133,21 @@ def run_model(
     record = {"provenance": run_provenance(model, texts=protocol.corpus, bos=protocol.bos, seed=protocol.seeds[0]),
               "causal": causal, "max_positions": max_length(model)}  # fmt: skip
     seqs = metrics.Sequences(tokenizer, protocol)
-    todo: list[tuple[str, str, Callable[[], dict]]] = [
-        ("none", "plain", lambda: plain_row(model, tokenizer, protocol, causal, seqs))
+    todo: list[tuple[str, str, Design | None, Callable[[], dict]]] = [
+        ("none", "plain", None, lambda: plain_row(model, tokenizer, protocol, causal, seqs))
     ]
     if causal:
         for spec in specs:
-            todo.append((spec.label, spec.role, _method_job(model, tokenizer, protocol, spec, device, seqs)))
-        if factors:
-            prefix = make_prefix(model, tokenizer) if "prefix" in factors else None
-            ids = seqs(protocol.method_lengths[0])
-            for cell in cells(factors):
-                todo.append((cell_label(cell), "factorial", _cell_job(model, ids, cell, protocol, prefix)))
+            todo.append((spec.label, spec.role, None, _method_job(model, tokenizer, protocol, spec, device, seqs)))
+        ids = seqs(protocol.method_lengths[0])
+        for design in designs:
+            prefix = make_prefix(model, tokenizer, design.prefix) if "prefix" in design.factors else None
+            for cell in cells(design.factors):
+                job = _cell_job(model, ids, design, cell, protocol, prefix)
+                todo.append((cell_label(cell), "factorial", design, job))
     rows = []
-    for label, role, job in todo:
-        path = _part_file(out_dir, name, label)
+    for label, role, design, job in todo:
+        path = _part_file(out_dir, name, label if design is None else f"{label}@{design.label}")
         row = load_part(path, protocol) if resume else None
         if row is None:
             tell(f"{name} / {label}")
@@ -152,23 +155,27 @@ def run_model(
             row = {"model": name, "method": label, "role": role, "published": False, **job()}
             row["wall_s"] = time.perf_counter() - start
             _save_part(path, protocol, row)
-        if role == "factorial":  # the cell that made the row (parts of an earlier sinklab wrote a wrong one)
-            row["factors"] = parse_cell(label, factors)
         rows.append(row)
-    cell_rows = [r for r in rows if r["role"] == "factorial"]
-    if cell_rows:
-        key = f"ppl@{protocol.method_lengths[0]}"
-        base = cell_rows[0][key]
+    key = f"ppl@{protocol.method_lengths[0]}"
+    record["factorials"] = []
+    for design in designs:
+        cell_rows = [r for r in rows if r.get("design") == design.label]
+        if not cell_rows:
+            continue
         for r in cell_rows:
-            r[f"d_{key}"] = r[key] - base
-        record["factorial"] = {"factors": list(factors), "metric": key,
-                               "log_ppl_effects": factorial_effects(cell_rows, factors, key)}  # fmt: skip
+            r[f"d_{key}"] = r[key] - cell_rows[0][key]
+        effects = factorial_effects(cell_rows, design.factors, key)
+        record["factorials"].append(
+            {"design": design.label, "factors": list(design.factors), "prefix": design.prefix, "metric": key,
+             "log_ppl_effects": effects}
+        )  # fmt: skip
     return rows, record
 
 
-def _cell_job(model, ids, cell: dict[str, bool], protocol: Protocol, prefix) -> Callable[[], dict]:
+def _cell_job(model, ids, design: Design, cell: dict[str, bool], protocol: Protocol, prefix) -> Callable[[], dict]:
     def job() -> dict:
-        return {"factors": dict(cell), f"ppl@{ids.shape[1]}": metrics.cell_ppl(model, ids, cell, protocol, prefix)}
+        ppl = metrics.cell_ppl(model, ids, cell, protocol, prefix)
+        return {"design": design.label, "factors": dict(cell), f"ppl@{ids.shape[1]}": ppl}
 
     return job
 
@@ -193,24 +200,28 @@ def _method_job(model, tokenizer, protocol, spec: MethodSpec, device, seqs) -> C
 def run_bench(
     models: list[str],
     methods: str | None,
-    factorial: str | None,
+    factorial: str | list[str] | None,
     protocol: Protocol,
     out_dir: str | Path,
     device=None,
     resume: bool = False,
     progress: Callable[[str], None] | None = None,
+    cores: str = "unknown",
 ) -> dict:
     """Every row of every model (parts saved under ``out_dir/parts`` as they finish; ``resume`` reuses them), the
-    published rows, provenance; the bench.json record (not yet written: see ``bench.report.write_bench``)."""
-    from sinklab.bench.methods import parse_factorial, parse_methods
+    published rows, provenance; the bench.json record (not yet written: see ``bench.report.write_bench``).
+    ``factorial``: one design or a list of them (``methods.parse_designs``); ``cores``: ``shared`` / ``idle`` /
+    ``unknown``, what the timings were measured on (``cost_conditions``)."""
+    from sinklab.bench.methods import parse_designs, parse_methods
     from sinklab.bench.published import published_rows
     from sinklab.provenance import describe_texts, run_provenance
 
-    specs, factors = parse_methods(methods), parse_factorial(factorial)
-    start = time.perf_counter()
+    metrics.check_cores(cores)
+    specs, designs = parse_methods(methods), parse_designs(factorial)
+    start, start_load = time.perf_counter(), os.getloadavg()
     rows, records = [], {}
     for name in models:
-        mine, records[name] = run_model(name, specs, factors, protocol, Path(out_dir), device, resume, progress)
+        mine, records[name] = run_model(name, specs, designs, protocol, Path(out_dir), device, resume, progress)
         rows += mine
     corpus = describe_texts(None) if protocol.corpus == "embedded" else protocol.corpus
     return {
@@ -220,5 +231,6 @@ def run_bench(
         "models": records,
         "wall_s": time.perf_counter() - start,
         "wall_s_rows": sum(r["wall_s"] for r in rows),
+        "cost_conditions": metrics.cost_conditions(cores, start_load),
         "provenance": run_provenance(None, texts=corpus, bos=protocol.bos, seed=protocol.seeds[0]),
     }

@@ -25,7 +25,8 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
 def leaderboard(rows: list[dict], length: int, gu: int) -> Table:
     table = Table(title="sinklab bench")
     keys = (f"ppl@{length}", f"d_ppl_kv4@{length}", f"d_ppl_w8a8@{length}", f"ppl_window@{length}",
-            f"ppl_sinks@{length}", f"sink_rate@{gu}", "passkey_in_window", "passkey_beyond_window")  # fmt: skip
+            f"ppl_sinks@{length}", f"sink_rate@{gu}", f"dormant_share@{gu}", f"value_norm_ratio@{gu}",
+            "passkey_in_window", "passkey_beyond_window")  # fmt: skip
     for col in ("model", "method", *keys):
         table.add_column(col)
     for r in rows:
@@ -67,10 +68,11 @@ def bench_command(
         help="Methods: act, zerotuning, prefix, kv-quant, stream-attention, knorm, h2o, "
         "adapted=DIR, prefix=FILE; all; none.",
     ),
-    factorial: str = typer.Option(
-        "sinks,kv4,w8a8",
+    factorial: list[str] = typer.Option(
+        ["sinks,kv4,w8a8"],
         metavar="LIST",
-        help="2-4 factors of sinks, kv4, w8a8, act, prefix crossed 2^k (none: no factorial).",
+        help="2-4 factors of sinks, kv4, w8a8, act, prefix (or prefix=FILE) crossed 2^k; repeat for more designs "
+        "(none: no factorial).",
     ),
     lengths: str = typer.Option(
         "512,2048", metavar="LIST", help="Perplexity lengths of the plain model; methods run at the first."
@@ -86,6 +88,9 @@ def bench_command(
     passkey_tokens: int = typer.Option(1024, metavar="N", help="Passkey prompt length."),
     out: Path = out_option("bench", "bench.json, bench.csv, plots, report.html (compare.json with --compare)"),
     resume: bool = typer.Option(False, "--resume", help="Reuse the rows already under DIR/parts (same protocol)."),
+    cores: str = typer.Option(
+        "unknown", metavar="STATE", help="shared, idle or unknown: the cores the timings ran on (marked in the JSON)."
+    ),
     compare: tuple[Path, Path] | None = typer.Option(
         None, "--compare", metavar="A B", help="Compare two bench.json files (A then B) instead of running."
     ),
@@ -93,14 +98,16 @@ def bench_command(
 ) -> None:
     """Run the benchmark protocol (or compare two runs); write bench.json, bench.csv, plots and report.html."""
     from sinklab.bench import make_protocol, run_bench
-    from sinklab.bench.methods import parse_factorial, parse_methods
+    from sinklab.bench.methods import parse_designs, parse_methods
+    from sinklab.bench.metrics import check_cores
     from sinklab.bench.report import write_bench
     from sinklab.progress import Progress
 
     if compare and any(p is not None for p in compare):
         _compare(list(compare), out)
         return
-    parse_methods(methods), parse_factorial(factorial)  # refused before any model loads
+    parse_methods(methods), parse_designs(factorial)  # refused before any model loads
+    check_cores(cores)
     lens = _ints("--lengths", lengths)
     if not models.strip():
         raise SinklabInputError("--models needs at least one model name")
@@ -110,7 +117,7 @@ def bench_command(
     names = [m.strip() for m in models.split(",") if m.strip()]
     with Progress() as progress:
         bar = progress.add_task("bench rows", total=None)
-        result = run_bench(names, methods, factorial, protocol, out, device=device, resume=resume,
+        result = run_bench(names, methods, factorial, protocol, out, device=device, resume=resume, cores=cores,
                            progress=lambda what: progress.update(bar, advance=1, info=what))  # fmt: skip
     write_bench(result, out)
     Console().print(leaderboard(result["rows"], lens[0], protocol.gu_length))
