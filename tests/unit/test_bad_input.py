@@ -32,7 +32,7 @@ CASES = [
     ("scan --model nobody/nothing", "could not load 'nobody/nothing'"),
     ("scan --model {d}/prose.txt", "is not a .gguf file"),
     ("scan --model {d}/emptydir", "holds neither config.json nor a .gguf file"),
-    ("scan --model {d}/vit", "without a tokenizer"),
+    ("scan --model {d}/vit", "no file named model.safetensors"),  # an image encoder: weights missing
     ("scan --model {d}/badconfig", "could not load"),
     ("scan --model {d}/fake.gguf", "could not load"),
     ("scan --out {d}/out --model", "requires an argument"),

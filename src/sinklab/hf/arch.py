@@ -5,6 +5,10 @@ OLMo-2, Gemma-2/3, gpt-oss, GPT-2, BERT, RoBERTa, ModernBERT): the transformer b
 ``num_hidden_layers`` modules named ``layers``/``layer``/``h`` (the text model's one in a composite config); a
 block's attention is its submodule with ``is_causal`` that calls transformers' attention interface. Linear-attention
 layers of hybrids (no softmax attention module in the block) get no attention entry.
+
+Vision encoders (ViT, DeiT, DINOv2 with and without registers, CLIP and SigLIP vision towers) are the same blocks
+over image tokens; ``vision_layout`` reads their token order from the embeddings module: the prefix tokens it
+prepends (``PREFIX_TOKENS``: [CLS], DeiT's distillation token, DINOv2's registers), then one token per patch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from sinklab.errors import SinklabInputError
 BLOCK_LIST_NAMES = ("layers", "layer", "h")
 ATTENTION_ATTRS = ("self_attn", "attention", "attn")
 MLP_ATTRS = ("mlp", "feed_forward")  # a block's MLP in residual space (BERT's intermediate is not one)
+# learned tokens a vision embeddings module puts before the patches, in sequence order: (parameter, label)
+PREFIX_TOKENS = (
+    ("cls_token", "[CLS]"),  # ViT, DeiT, DINOv2: [1, 1, d]
+    ("class_embedding", "[CLS]"),  # CLIP: [d]
+    ("distillation_token", "[DIST]"),  # DeiT: [1, 1, d]
+    ("register_tokens", "[REG{}]"),  # DINOv2 with registers (Darcet et al. 2024): [1, R, d]
+)
+PATCH_ATTRS = ("patch_embeddings", "patch_embedding")
 
 
 @dataclass
@@ -39,6 +51,58 @@ class AttentionInfo:
     causal: bool
     window: int | None
     inv_freq: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class VisionLayout:
+    """The token sequence of a ViT-style image encoder (Dosovitskiy et al. 2021): ``prefix`` learned tokens
+    ("[CLS]", "[DIST]", "[REG0]", ...) in sequence order, then one token per ``patch_size`` patch in raster order;
+    ``image_size`` (height, width) is the configured input size."""
+
+    prefix: tuple[str, ...]
+    patch_size: tuple[int, int]
+    image_size: tuple[int, int]
+    num_channels: int
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """Patch rows and columns of a height x width input."""
+        return height // self.patch_size[0], width // self.patch_size[1]
+
+    def labels(self, grid: tuple[int, int]) -> list[str]:
+        """One label per token: the prefix labels, then ``patch row,col``."""
+        return [*self.prefix, *(f"patch {r},{c}" for r in range(grid[0]) for c in range(grid[1]))]
+
+
+def _pair(value) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def is_vision_config(config) -> bool:
+    """A config of an image encoder (patch size and image size, no vocabulary)."""
+    return all(hasattr(config, a) for a in ("patch_size", "image_size")) and not hasattr(config, "vocab_size")
+
+
+def vision_layout(model: nn.Module) -> VisionLayout | None:
+    """The token layout of an image encoder, None for other models: the embeddings module (the one with a patch
+    embedding) tells which ``PREFIX_TOKENS`` precede the patches and how many of each."""
+    config = getattr(model, "config", None)
+    if config is None or not is_vision_config(config):
+        return None
+    embeddings = next(
+        (m for _, m in model.named_modules() if any(isinstance(getattr(m, a, None), nn.Module) for a in PATCH_ATTRS)),
+        None,
+    )
+    if embeddings is None:
+        return None
+    prefix: list[str] = []
+    for attr, label in PREFIX_TOKENS:
+        param = getattr(embeddings, attr, None)
+        if isinstance(param, torch.Tensor):
+            n = param.numel() // param.shape[-1]
+            prefix += [label.format(i) for i in range(n)] if "{}" in label else [label] * n
+    return VisionLayout(
+        tuple(prefix), _pair(config.patch_size), _pair(config.image_size), int(getattr(config, "num_channels", 3))
+    )
 
 
 def text_config(config):
@@ -110,7 +174,8 @@ def _rope_inv_freqs(model: nn.Module, types: list[str]) -> list[torch.Tensor | N
 
 class ModelView:
     """The structure of ``model``: blocks, attention modules (with heads, KV heads, head dim, causality, window and
-    RoPE), MLPs, the text config, the LM head and the cache keyword of its forward.
+    RoPE), MLPs, the text config, the LM head, the cache keyword of its forward, and the token layout of an image
+    encoder (``vision``, None for text models).
 
     >>> view = ModelView(model)
     >>> view.attention[3].num_kv_heads, view.attention[3].window
@@ -127,6 +192,7 @@ class ModelView:
         self.blocks_name, self.blocks = _find_blocks(model, n)
         types = layer_types(model.config) if hasattr(self.config, "num_hidden_layers") else []
         inv_freqs = _rope_inv_freqs(model, types)
+        self.vision = vision_layout(model)
         self.attention: list[AttentionInfo] = []
         self.mlps: list[nn.Module | None] = []
         for i, block in enumerate(self.blocks):

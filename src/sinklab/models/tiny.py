@@ -1,11 +1,13 @@
 """Seeded tiny random models for tests: built from configs in milliseconds, no downloads.
 
-Each comes with a byte-level tokenizer (every UTF-8 byte is a token, no merges), so any text round-trips.
+Text models come with a byte-level tokenizer (every UTF-8 byte is a token, no merges), so any text round-trips;
+image encoders (``tiny_vision``, the ``tiny-vit`` ... ``tiny-siglip-vision`` names) with no processor.
 ``initializer_range`` is raised above the usual 0.02 so attention patterns are far from uniform.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -178,3 +180,43 @@ def tiny_hybrid(seed: int = 0):
     )  # fmt: skip
     torch.manual_seed(seed)
     return tf.Qwen3NextForCausalLM(config).eval(), byte_tokenizer()
+
+
+VISION_ARCHS = ("vit", "dinov2", "dinov2_registers", "clip_vision", "siglip_vision")
+
+
+def tiny_vision(arch: str = "dinov2_registers", seed: int = 0):
+    """A two-block random image encoder of one of ``VISION_ARCHS``: 64 x 64 inputs in 8 x 8 patches (an 8 x 8 grid),
+    d 64, 4 heads; no image processor (scans preprocess from the config). DINOv2's registers, zero at
+    initialisation, are drawn at random so that each is its own token."""
+    import transformers as tf
+
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8)
+    configs = {
+        "vit": (tf.ViTConfig(**shape, intermediate_size=128, initializer_range=0.1), tf.ViTModel),
+        "dinov2": (tf.Dinov2Config(**shape, mlp_ratio=2, initializer_range=0.1), tf.Dinov2Model),
+        "dinov2_registers": (
+            tf.Dinov2WithRegistersConfig(**shape, mlp_ratio=2, initializer_range=0.1, num_register_tokens=4),
+            tf.Dinov2WithRegistersModel,
+        ),
+        "clip_vision": (tf.CLIPVisionConfig(**shape, intermediate_size=128), tf.CLIPVisionModel),
+        "siglip_vision": (tf.SiglipVisionConfig(**shape, intermediate_size=128), tf.SiglipVisionModel),
+    }
+    config, model_cls = configs[arch]
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    registers = getattr(getattr(model, "embeddings", None), "register_tokens", None)
+    if registers is not None:
+        with torch.no_grad():
+            registers.normal_(0.0, 1.0)
+    return model, None
+
+
+VISION_NAMES = {
+    "tiny-vit": "vit",
+    "tiny-dinov2": "dinov2",
+    "tiny-dinov2-reg": "dinov2_registers",
+    "tiny-clip-vision": "clip_vision",
+    "tiny-siglip-vision": "siglip_vision",
+}
+TINY_MODELS.update({name: functools.partial(tiny_vision, arch) for name, arch in VISION_NAMES.items()})

@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 
 from sinklab.errors import MissingModelWheel, SinklabInputError
-from sinklab.models.tiny import TINY_MODELS
+from sinklab.hf.arch import is_vision_config
+from sinklab.models.tiny import TINY_MODELS, VISION_NAMES
+
+VISION_TOWERS = {"clip": "CLIPVisionModel", "siglip": "SiglipVisionModel"}  # composite checkpoint -> its image tower
 
 
 @dataclass(frozen=True)
@@ -133,29 +136,67 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return table[dtype]
 
 
-def _auto_classes(directory: Path, gguf_file: str | None):
+def _auto_classes(config, gguf_file: str | None):
     """Pick the model class: a causal LM head for decoders, the bare encoder otherwise."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
     archs = getattr(config, "architectures", None) or []
     if gguf_file or any(a.endswith("ForCausalLM") for a in archs):
         return AutoModelForCausalLM
     return AutoModel
 
 
-def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype | None):
-    from transformers import AutoTokenizer
+def _is_vision(config) -> bool:
+    """An image encoder's config, or a composite checkpoint whose image tower sinklab scans."""
+    return is_vision_config(config) or getattr(config, "model_type", None) in VISION_TOWERS
 
-    model_cls = _auto_classes(directory, gguf_file)
+
+def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype | None):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
+    if gguf_file is None and _is_vision(config):
+        return _vision_from_directory(directory, config, dtype)
+    model_cls = _auto_classes(config, gguf_file)
     if not _has_tokenizer(directory) and gguf_file is None and directory.is_dir():
         raise SinklabInputError(
-            f"{directory} holds a model without a tokenizer (a vision or audio model?); sinklab measures text "
-            "models: give a directory with tokenizer files, a .gguf file or an embedded name"
+            f"{directory} holds a model without a tokenizer (an audio model?); sinklab measures text models and "
+            "image encoders: give a directory with tokenizer files, an image encoder, a .gguf file or an embedded name"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
     model = model_cls.from_pretrained(str(directory), gguf_file=gguf_file, dtype=dtype or torch.float32)
     return model, tokenizer
+
+
+def _vision_from_directory(directory: Path, config, dtype: torch.dtype | None):
+    """An image encoder (of a CLIP or SigLIP checkpoint: its vision tower) and its image processor, None where the
+    checkpoint has none (scans then resize and normalize from the config)."""
+    import transformers
+
+    tower = VISION_TOWERS.get(config.model_type)
+    model_cls = getattr(transformers, tower) if tower else transformers.AutoModel
+    model = model_cls.from_pretrained(str(directory), dtype=dtype or torch.float32)
+    try:
+        processor = transformers.AutoImageProcessor.from_pretrained(str(directory))
+    except OSError:  # no preprocessor_config.json
+        processor = None
+    return model, processor
+
+
+def is_vision_model(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` names an image encoder, read from its config without loading weights (False where
+    no config can be read: loading then says why)."""
+    from transformers import AutoConfig
+
+    if name_or_path in TINY_MODELS or name_or_path in EMBEDDED:
+        return name_or_path in VISION_NAMES
+    path = Path(name_or_path).expanduser()
+    if not ((path / "config.json").is_file() or (not path.exists() and _looks_like_hub_id(name_or_path))):
+        return False
+    try:
+        return _is_vision(AutoConfig.from_pretrained(str(path)))
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def _has_tokenizer(directory: Path) -> bool:
@@ -199,7 +240,8 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ):
-    """Load ``(model, tokenizer)`` by embedded name, tiny test name, local directory, GGUF file or hub id.
+    """Load ``(model, tokenizer)`` by embedded name, tiny test name, local directory, GGUF file or hub id; an image
+    encoder comes as ``(model, image processor)``, the processor None where the checkpoint has none.
 
     The model is returned in eval mode on ``device`` (default: CPU) in ``dtype`` (default: float32).
     """
@@ -216,7 +258,7 @@ def load(
             f"({', '.join(accepted_names())}), a local model directory, a .gguf file or a cached hub id"
         ) from None
     model.config._name_or_path = str(name_or_path)  # provenance reads where the model came from
-    if tokenizer.pad_token is None:
+    if not _is_vision(model.config) and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
     if device is not None:
@@ -286,6 +328,17 @@ def check_model(model, tokenizer) -> None:
     if not isinstance(model, PreTrainedModel):
         raise SinklabInputError(
             f"model must be a transformers PreTrainedModel (as sinklab.load returns), got {type(model).__name__}"
+        )
+    tower = VISION_TOWERS.get(getattr(model.config, "model_type", None))
+    if tower is not None:
+        raise SinklabInputError(
+            f"{type(model).__name__} pairs an image and a text encoder; scan its image tower ({tower}, which "
+            "sinklab.load gives for such a checkpoint) with sinklab.scan(model, processor, images=...)"
+        )
+    if is_vision_config(model.config):
+        raise SinklabInputError(
+            f"{type(model).__name__} is an image encoder; this measures text models (image encoders: sinklab scan "
+            "--images, sinklab.scan(model, processor, images=...))"
         )
     if tokenizer is None or not callable(getattr(tokenizer, "decode", None)):
         raise SinklabInputError(
