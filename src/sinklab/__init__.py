@@ -3,6 +3,8 @@
 model, tokenizer = sinklab.load("smollm2-135m")
 result = sinklab.scan(model, tokenizer, texts)      # where the sinks are, how strong
 result.save("out/")                                 # metrics.json, heads.csv, plots, report.html
+vit, processor = sinklab.load("path/to/dinov2")     # an image encoder: [CLS]/register sinks, high-norm patches
+sinklab.scan(vit, processor, images="photos/")      # (images=None: matplotlib's sample images)
 
 The names below are imported on first use (PEP 562), so ``import sinklab.errors`` or the CLI's start-up does not
 load torch and transformers before it needs them.
@@ -20,8 +22,9 @@ _LAZY = {
     "explain": "sinklab.measure.probes",
     "load": "sinklab.models",
     "scan": "sinklab.measure",
+    "scan_images": "sinklab.measure.vision",
 }
-__all__ = ["ExplainResult", "Observer", "ScanResult", "SinklabInputError", "explain", "load", "scan"]
+__all__ = ["ExplainResult", "Observer", "ScanResult", "SinklabInputError", "explain", "load", "scan", "scan_images"]
 
 
 def __getattr__(name: str):

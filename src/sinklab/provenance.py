@@ -1,5 +1,5 @@
 """How a result was made, stored under ``provenance`` in every result file: versions, command line, model identity,
-texts (with a content hash), BOS mode, dtype, device, seed and the UTC date."""
+texts or images (with content hashes), BOS mode, dtype, device, seed and the UTC date."""
 
 from __future__ import annotations
 
@@ -81,11 +81,13 @@ def run_provenance(
     texts: str | list | dict | None = None,
     bos: str | None = None,
     seed: int | None = None,
+    images: dict | None = None,
 ) -> dict:
     """A JSON-able record of how a result was made.
 
     ``model``: the model (its source and file hash, dtype and device are read from it);
-    ``sequences``: the token ids measured (hashed); ``texts``: where they came from (file names, "embedded corpus").
+    ``sequences``: the token ids measured (hashed); ``texts``: where they came from (file names, "embedded corpus");
+    ``images``: the images measured (``image_record``).
     """
     out = {
         "sinklab": _version("sinklab"),
@@ -105,7 +107,33 @@ def run_provenance(
             out["texts"].update(
                 sequences=len(sequences), tokens=sum(map(len, sequences)), token_ids_sha256=digest(sequences)
             )
+    if images is not None:
+        out["images"] = images
     return out
+
+
+def image_record(items, pixels, preprocessing: str) -> dict:
+    """The images of a scan: each one's file (path, size, content hash) or, in memory, its pixels' hash, with its
+    width x height; the hash of the pixel values the model saw and how they were made. ``items``: objects with
+    ``name``, ``path`` (None in memory) and a PIL ``image`` (``sinklab.data.images.ImageItem``), or None when the
+    caller gave pixel values."""
+    import numpy as np
+
+    sources = []
+    for item in items or ():
+        source = {"name": item.name, "width": item.image.width, "height": item.image.height}
+        if item.path is not None:
+            data = Path(item.path).read_bytes()
+            source.update(path=str(item.path), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()[:16])
+        else:
+            source["pixels_sha256"] = digest(np.asarray(item.image))
+        sources.append(source)
+    return {
+        "source": sources or "pixel values",
+        "count": int(pixels.shape[0]),
+        "pixel_values_sha256": digest(pixels.detach().cpu().float().contiguous().numpy()),
+        "preprocessing": preprocessing,
+    }
 
 
 def describe_texts(texts_or_ids) -> str:

@@ -15,19 +15,23 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from sinklab.data import BosMode, read_texts, token_sequences
 from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import ModelView
-from sinklab.hf.arch import layer_types
+from sinklab.hf.arch import layer_types, vision_layout
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer, ResidualStats
 from sinklab.models import check_model, check_token_ids
 from sinklab.ops.stats import AttentionStats
 from sinklab.progress import Progress
 from sinklab.provenance import describe_texts, run_provenance
+
+if TYPE_CHECKING:
+    from sinklab.measure.vision import VisionScan
 
 PATTERN_WINDOW = 64
 
@@ -60,6 +64,7 @@ class ScanResult:
     sink_slot_mass: torch.Tensor | None = None  # [L, H] mean share of a row's attention on a learned sink slot
     pattern_tokens: list[str] = field(default_factory=list)
     provenance: dict | None = None  # how the result was made (sinklab.provenance)
+    vision: VisionScan | None = None  # an image encoder's [CLS]/register sinks, token norms, maps (measure.vision)
 
     @property
     def sink_rate(self) -> float:
@@ -93,6 +98,7 @@ class ScanResult:
             "layer_kurtosis": _rounded(self.layer_kurtosis, 3),
             "provenance": self.provenance,
             **({} if self.sink_slot_mass is None else {"sink_slot_mass": _rounded(self.sink_slot_mass)}),
+            **({} if self.vision is None else {"vision": self.vision.to_dict()}),
         }
 
     def save(self, out_dir: str | Path) -> Path:
@@ -304,6 +310,24 @@ class _Accumulator:
             )
         return sorted(out, key=lambda e: (-e["heads"], -e["mass"]))
 
+    def results(self) -> dict:
+        """The accumulated ``ScanResult`` fields: means over the sequences seen."""
+        n = self.sequences
+        return dict(
+            tokens=self.tokens,
+            num_sequences=n,
+            first_token_mass=self.per_attention_layer(self.alpha / n),
+            entropy=self.per_attention_layer(self.entropy / n),
+            top_other_mass=self.per_attention_layer(self.other / n),
+            sinks=self.sink_list(),
+            massive_activations=self.massive_list(),
+            layer_max_abs=self.layer_max,
+            layer_median_abs=self.layer_median / n,
+            layer_kurtosis=self.layer_kurtosis / n,
+            dim_max=self.dim_max,
+            sink_slot_mass=self.slot / n if self.has_slot else None,
+        )
+
     def massive_list(self) -> list[dict]:
         out = []
         for entry in self.massive.values():
@@ -340,6 +364,8 @@ def scan(
     model_name: str | None = None,
     allow_beyond_positions: bool = False,
     progress: bool = True,
+    images=None,
+    **image_options,
 ) -> ScanResult:
     """Measure attention sinks and massive activations of ``model`` on texts or token ids.
 
@@ -347,7 +373,19 @@ def scan(
     ``num_texts``), token-id lists, a [N, T] tensor, or None for the embedded corpus. ``eps`` is Gu et al.'s
     threshold for Sink_1^eps; ``sink_threshold`` (default eps) is the mean received mass that makes any key a sink,
     counted only where at least ``min_queries`` (default min(32, T/4)) queries can see it.
+
+    An image encoder (or ``images`` given) is scanned on images instead: ``scan(model, processor, images=...)`` is
+    ``sinklab.measure.vision.scan_images`` (``image_options``: its ``high_norm``, ``norm_ratio``, ``max_maps``).
     """
+    if images is not None or image_options or vision_layout(model) is not None:
+        from sinklab.measure.vision import scan_images
+
+        if texts_or_ids is not None:
+            raise SinklabInputError("an image scan takes images=, not texts; give one or the other")
+        return scan_images(
+            model, tokenizer, images, eps, batch_size=batch_size, sink_threshold=sink_threshold,
+            min_queries=min_queries, model_name=model_name, progress=progress, **image_options,
+        )  # fmt: skip
     check_fraction("eps", eps)
     if batch_size < 1:
         raise SinklabInputError(f"batch size must be >= 1, got {batch_size}")
@@ -390,31 +428,19 @@ def scan(
                     maps = {layer: stats.pattern[0].float().cpu() for layer, stats in obs.attention.items()}
                     blank = torch.full_like(next(iter(maps.values())), float("nan"))
                     pattern = torch.stack([maps.get(layer, blank) for layer in range(num_layers)])
-    n = acc.sequences
     first_ids = seqs[0][: pattern.shape[-1]] if pattern is not None else []
     return ScanResult(
         model=model_name or getattr(config, "_name_or_path", "") or type(model).__name__,
         num_layers=num_layers,
         num_heads=num_heads,
         num_kv_heads=view.attention[0].num_kv_heads,
-        tokens=acc.tokens,
-        num_sequences=n,
         sequence_length=longest,
         eps=eps,
         sink_threshold=sink_threshold,
-        first_token_mass=acc.per_attention_layer(acc.alpha / n),
-        entropy=acc.per_attention_layer(acc.entropy / n),
-        top_other_mass=acc.per_attention_layer(acc.other / n),
-        sinks=acc.sink_list(),
-        massive_activations=acc.massive_list(),
-        layer_max_abs=acc.layer_max,
-        layer_median_abs=acc.layer_median / n,
-        layer_kurtosis=acc.layer_kurtosis / n,
-        dim_max=acc.dim_max,
         layer_types=layer_types(config),
         pattern=pattern,
-        sink_slot_mass=acc.slot / n if acc.has_slot else None,
         pattern_tokens=[decode(t) for t in first_ids],
+        **acc.results(),
         provenance=run_provenance(model, sequences=seqs, texts=describe_texts(texts_or_ids), bos=bos),
     )
 

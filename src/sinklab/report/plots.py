@@ -39,9 +39,9 @@ INTEGER_AXES = ("layer", "head")  # an axis labelled so counts whole numbers: no
 
 
 def save(fig: Figure, path: Path) -> Plot:
-    """Write ``fig`` as PNG; every panel must have both axis labels and every image a labelled colour bar. Axes
-    labelled layer or head get integer ticks."""
-    images = [im for ax in fig.axes for im in ax.images]
+    """Write ``fig`` as PNG; every panel must have both axis labels and every colour-mapped image a labelled colour
+    bar (a photograph, RGB, needs none). Axes labelled layer or head get integer ticks."""
+    images = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
     bar_axes = {id(im.colorbar.ax) for im in images if im.colorbar is not None}
     panels = []
     for ax in fig.axes:
