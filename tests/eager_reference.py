@@ -7,11 +7,12 @@ from sinklab.measure.metrics import first_positions
 
 def eager_stats(model, ids, mask, is_decoder):
     """colsum, count-normalized alpha_1 and entropy from the full attention matrices."""
+    previous = model.config._attn_implementation  # sdpa, or eager where a model has no SDPA path (gpt-oss)
     model.set_attn_implementation("eager")
     kwargs = {"position_ids": (mask.cumsum(1) - 1).clamp_min(0)} if is_decoder else {}
     with torch.no_grad():
         attentions = model.base_model(input_ids=ids, attention_mask=mask, output_attentions=True, **kwargs).attentions
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(previous)
     valid = mask.bool()
     first = first_positions(valid, ids.shape[0])
     stats = []
