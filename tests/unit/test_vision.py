@@ -31,12 +31,12 @@ def sharp(arch: str):
     return model
 
 
-def eager(model, pixels):
+def eager(model, pixels, **kwargs):
     """The usual way: eager attention with output_attentions=True -> mean received mass [L, N, H, T] (mean over
     queries), row entropy [L, N, H] (mean over rows), token norms [L + 1, N, T] (each block, then the output)."""
     model.set_attn_implementation("eager")
     with torch.no_grad():
-        out = model.base_model(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
+        out = model.base_model(pixel_values=pixels, output_attentions=True, output_hidden_states=True, **kwargs)
     model.set_attn_implementation("sdpa")
     A = torch.stack(out.attentions).double()  # [L, N, H, T, T]
     norms = torch.stack([*out.hidden_states[1:], out.last_hidden_state]).double().norm(dim=-1)
@@ -70,6 +70,19 @@ def test_scan_equals_eager(arch):
     assert sum(v.above_ratio.tolist()) > 0 < sum(v.above_threshold.tolist())  # both rules are exercised
     assert len(v.high_norm_tokens) == int((above[-1] | ratio[-1]).sum())
     assert [i["name"] for i in v.images] == list(EMBEDDED_IMAGES)
+
+
+@pytest.mark.parametrize("arch", ["vit", "dinov2"])
+def test_other_input_sizes_interpolate_positions(arch):
+    """96 x 80 inputs to 64 x 64 models: a 12 x 10 grid, position embeddings interpolated as transformers does."""
+    model = sharp(arch)
+    pixels = torch.randn(2, 3, 96, 80)
+    kwargs = {"interpolate_pos_encoding": True} if arch == "vit" else {}
+    received, _, norms = eager(model, pixels, **kwargs)
+    v = sinklab.scan(model, None, images=pixels, progress=False).vision
+    assert v.grid == (12, 10)
+    assert_close(v.maps.double(), received[..., 1:].mean(2).transpose(0, 1).unflatten(-1, v.grid), torch.float32)
+    assert_close(v.token_norm.double(), norms.transpose(0, 1), torch.float32)
 
 
 @pytest.mark.parametrize("arch", VISION_ARCHS)

@@ -19,6 +19,7 @@ the same image and layer. The text scan's metrics come with it: alpha_1 is the [
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -178,6 +179,13 @@ def _pixels(images, processor, layout: VisionLayout):
     return (items, *pixel_values(items, processor, layout))
 
 
+def _size_kwargs(base_model, layout: VisionLayout, size: tuple[int, int]) -> dict:
+    """Inputs of another size than the configured one need interpolated position embeddings: asked for where the
+    forward takes ``interpolate_pos_encoding`` (ViT, DeiT, CLIP, SigLIP); DINOv2 always interpolates."""
+    takes = "interpolate_pos_encoding" in inspect.signature(base_model.forward).parameters
+    return {"interpolate_pos_encoding": True} if takes and size != layout.image_size else {}
+
+
 @torch.no_grad()
 def scan_images(
     model,
@@ -234,6 +242,7 @@ def scan_images(
 
         return hook
 
+    kwargs = _size_kwargs(model.base_model, layout, tuple(pixels.shape[-2:]))
     num_batches = math.ceil(pixels.shape[0] / batch_size)
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"scan {model_name or type(model).__name__}", total=num_batches * L)
@@ -242,7 +251,7 @@ def scan_images(
             for start in range(0, pixels.shape[0], batch_size):
                 obs.clear()
                 batch = pixels[start : start + batch_size].to(param.device, param.dtype)
-                output = model.base_model(pixel_values=batch).last_hidden_state
+                output = model.base_model(pixel_values=batch, **kwargs).last_hidden_state
                 if output.shape[1] != T:
                     raise SinklabInputError(
                         f"{type(model).__name__} gave {output.shape[1]} tokens for a {grid[0]}x{grid[1]} patch grid "
