@@ -65,6 +65,29 @@ def test_stats_match_naive(variant, shape):
     assert not _bad(errs), f"{variant}/{shape}: relative errors above {TOL}: {_bad(errs)} (all: {errs})"
 
 
+CANDIDATES = [(p, D, t) for p in flash.PASSES for D in (64, 128) for t in flash.candidates(D, p)]
+
+
+@pytest.mark.parametrize(("pass_", "D", "tiles"), CANDIDATES, ids=[f"{p}-d{D}-{i}" for i, (p, D, _) in
+                                                                   enumerate(CANDIDATES)])  # fmt: skip
+def test_every_candidate_tile_matches_naive(pass_, D, tiles):
+    """Each tile candidate the tune step may pin (``flash.candidates``) computes the same thing: sink (the softmax
+    family's slot) with GQA and key padding; one query for the decode tiles; statistics for the column-sum tiles."""
+    saved = dict(flash.TUNED)
+    try:
+        flash.TUNED.clear()
+        flash.pin(D, pass_, tiles)
+        T = 1 if pass_ == "decode" else 777
+        case = kernel_cases.make_case("sink", B=2, H=4, Hkv=2, T=T, S=1000, D=D, dtype=torch.bfloat16, device="cuda",
+                                      pad="key_padding", seed=zlib.crc32(f"{pass_}/{D}/{tiles}".encode()))  # fmt: skip
+        check = kernel_cases.check_stats if pass_ == "colsum" else kernel_cases.check
+        errs = check("sink", case)
+    finally:
+        flash.TUNED.clear()
+        flash.TUNED.update(saved)
+    assert not _bad(errs), f"{pass_} D={D} {tiles}: relative errors above {TOL}: {_bad(errs)} (all: {errs})"
+
+
 def test_dispatcher_routes_cuda_to_the_kernels():
     case = kernel_cases.make_case("sink", device="cuda", dtype=torch.bfloat16, T=300, S=300, D=64)
     q, k, v, sink = case["q"], case["k"], case["v"], case["params"]["sink"]

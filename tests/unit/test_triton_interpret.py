@@ -4,8 +4,9 @@ and every statistic of each kernel mode, and the byte histograms of the half-pre
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the kernels run in one subprocess (this file
 with ``--worker``) that prints one JSON line per case; the tests below assert on those lines. Small shapes
 (T <= 45, D 16/32) with 16 x 16 tiles, so every block kind (masked edges, unmasked interior, GQA heads, padded
-rows with no key) is exercised. float32 must match to 1e-5 and float16 to 1e-2 (bfloat16 is not supported by
-the interpreter's numpy backend; it runs natively in tests/gpu). Skipped when triton is not installed.
+rows with no key) is exercised, and again with other tiles pinned (``TILED``: dK/dV in two launches, tensor
+descriptors, the decode tiles at one query). float32 must match to 1e-5 and float16 to 1e-2 (bfloat16 is not
+supported by the interpreter's numpy backend; it runs natively in tests/gpu). Skipped when triton is not installed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ SHAPES = [
         dict(B=1, T=21, S=40, D=16, causal=True, window=12, pad="key_padding"),
     ),
 ]
+# (name, dtype, kwargs of make_case, pinned tiles {pass: Tiles kwargs}, with statistics): the launch variants
+TILED = [
+    ("split-dkdv", "float32", dict(T=37, S=45, D=16, causal=True, pad="key_padding"),
+     {"dkdv": dict(m=16, n=16, warps=4, stages=1, split=True)}, False),
+    ("tma", "float32", dict(T=29, S=29, D=16, causal=True, layout="bthd", pad="attn_mask"),
+     {p: dict(m=16, n=16, warps=4, stages=1, tma=True) for p in ("fwd", "dkdv", "dq")}, False),
+    ("decode", "float32", dict(T=1, S=70, D=16, causal=True, pad="key_padding"),
+     {"decode": dict(m=16, n=32, warps=4, stages=1)}, True),
+]  # fmt: skip
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid")
 TOL = {"float32": 1e-5, "float16": 1e-2}
 
@@ -52,7 +62,29 @@ def _worker() -> None:
             print(json.dumps({"case": f"{variant}/{name}", "dtype": dtype, "errors": errs}), flush=True)
             errs = kernel_cases.check_stats(variant, case)
             print(json.dumps({"case": f"{variant}/{name}/stats", "dtype": dtype, "errors": errs}), flush=True)
+    _tiled_cases()
     _histogram_cases()
+
+
+def _tiled_cases() -> None:
+    """The same checks with other tiles pinned: dK and dV in two launches, tensor descriptors, the decode tiles."""
+    import kernel_cases
+    import torch
+
+    from sinklab.ops._triton import flash
+
+    for name, dtype, kw, pins, stats in TILED:
+        flash.TUNED.clear()
+        for pass_, tiles in pins.items():
+            flash.pin(kw["D"], pass_, flash.Tiles(**tiles))
+        for variant in VARIANTS:
+            case = kernel_cases.make_case(variant, dtype=getattr(torch, dtype), **kw)
+            errs = kernel_cases.check(variant, case)
+            print(json.dumps({"case": f"{variant}/{name}", "dtype": dtype, "errors": errs}), flush=True)
+            if stats:
+                errs = kernel_cases.check_stats(variant, case)
+                print(json.dumps({"case": f"{variant}/{name}/stats", "dtype": dtype, "errors": errs}), flush=True)
+    flash.TUNED.clear()
 
 
 def _histogram_cases() -> None:
@@ -85,6 +117,8 @@ def test_every_kernel_matches_naive_under_the_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["case"]: r for r in map(json.loads, proc.stdout.splitlines()) if "case" in r}
     expected = {f"{v}/{name}{part}" for name, _, _ in SHAPES for v in VARIANTS for part in ("", "/stats")}
+    parts = {name: ("", "/stats") if stats else ("",) for name, _, _, _, stats in TILED}
+    expected |= {f"{v}/{name}{part}" for name in parts for v in VARIANTS for part in parts[name]}
     expected |= {"histogram/float16", "histogram/bfloat16"}
     assert set(results) == expected, f"missing cases: {sorted(expected - set(results))}"
     bad = {

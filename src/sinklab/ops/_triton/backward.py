@@ -5,6 +5,10 @@ dS by FAMILY (``tiles.py``), P = exp2(s - lse) with the forward's base-2 row sta
   SOFTPICK: dS = P ([x > 0] dP - sign(x) delta).
   CLIPPED: dS = P ((zeta - gamma) [0 < y < 1] dP - delta'), delta' from the forward kernel's DELTA_PASS.
   SIGMOID: dS = dP a (1 - a); the bias gradient is the sum of dS (per row here, summed by the caller).
+
+The dK/dV kernel computes both accumulators (PART DKDV) or one of them per launch (DV_ONLY: QK^T and P^T dO;
+DK_ONLY: QK^T, V dO^T and dS^T Q), so that two fp32 [BLOCK_N, D] tiles never live together at D = 128.
+TMA: the looped-over rows (q and dO, or k and v) through tensor descriptors.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import triton.language as tl
 
 from sinklab.ops._triton.tiles import (
     CLIPPED,
+    DK_ONLY,
+    DV_ONLY,
     KV_SLOT,
     LOG2E,
     LOGIT_SLOT,
@@ -21,11 +27,13 @@ from sinklab.ops._triton.tiles import (
     SOFTMAX,
     SOFTPICK,
     key_blocks,
+    load_block,
     load_keep,
     load_rows,
     load_vec,
     query_blocks,
     row_scores,
+    rows_source,
     segment,
     tile_mask,
 )
@@ -71,9 +79,9 @@ def attn_bwd_dkdv(
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot, sdkb, sdkh, sdkt, skpm,
     H, G, T, S, OFF, W, scale, qk_scale, p0, p1,
     FAMILY: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, PART: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
-    """dK, dV for one block of keys of one KV head, summed over the G query heads that share it (GQA)."""
+    """dK and/or dV (PART) for one block of keys of one KV head, summed over the G query heads that share it."""
     Hkv = H // G
     bhk = tl.program_id(1)
     b = bhk // Hkv
@@ -83,15 +91,16 @@ def attn_bwd_dkdv(
     offs_d = tl.arange(0, HEAD_D)
     col_ok = offs_n < S
     k = load_rows(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, offs_n, skt, offs_d, S, True)  # [BN, D]
-    v = load_rows(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, offs_n, svt, offs_d, S, True)
+    if PART != DV_ONLY:
+        v = load_rows(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, offs_n, svt, offs_d, S, True)
     keep = load_keep(KPM + b.to(tl.int64) * skpm, offs_n, S, HAS_PAD, True)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     a0, a1, b0, b1, hi = query_blocks(start_n, T, S, OFF, W, BLOCK_N, BLOCK_M, CAUSAL, HAS_WINDOW)
     for g in range(0, G):
         h = hk * G + g
-        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
+        q_src = rows_source(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, T, sqt, BLOCK_M, HEAD_D, TMA)
+        do_src = rows_source(DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh, T, sdot, BLOCK_M, HEAD_D, TMA)
         lse_base = LSE + (b * H + h).to(tl.int64) * T
         delta_base = DELTA + (b * H + h).to(tl.int64) * T
         b2 = 0.0
@@ -102,8 +111,8 @@ def attn_bwd_dkdv(
                 lo, end = segment(SEG, a0, a1, b0, b1, hi)
                 for start_m in range(lo, end, BLOCK_M):
                     offs_m = start_m + tl.arange(0, BLOCK_M)
-                    q = load_rows(q_base, offs_m, sqt, offs_d, T, SEG != 1)
-                    do = load_rows(do_base, offs_m, sdot, offs_d, T, SEG != 1)
+                    q = load_block(q_src, start_m, offs_m, sqt, offs_d, T, SEG != 1, TMA)
+                    do = load_block(do_src, start_m, offs_m, sdot, offs_d, T, SEG != 1, TMA)
                     if FAMILY != SIGMOID:
                         lse = load_vec(lse_base, offs_m, T, float("inf"), SEG != 1)
                         delta = load_vec(delta_base, offs_m, T, 0.0, SEG != 1)
@@ -126,21 +135,25 @@ def attn_bwd_dkdv(
                         aT = tl.minimum(tl.maximum(y, 0.0), 1.0)
                         if SEG != 1 or HAS_PAD:
                             aT = tl.where(ok, aT, 0.0)
-                    dv = tl.dot(aT.to(do.dtype), do, dv)
-                    dpT = tl.dot(v, tl.trans(do))  # [BN, BM]
-                    if FAMILY == SOFTMAX:
-                        dsT = pT * (dpT - delta[None, :])
-                    elif FAMILY == SOFTPICK:
-                        sgn = pos.to(tl.float32) - (sT < 0).to(tl.float32)
-                        dsT = pT * (tl.where(pos, dpT, 0.0) - sgn * delta[None, :])
-                    elif FAMILY == CLIPPED:
-                        dsT = pT * (tl.where((y > 0.0) & (y < 1.0), (p1 - p0) * dpT, 0.0) - delta[None, :])
-                    else:
-                        dsT = dpT * aT * (1.0 - aT)
-                    dk = tl.dot(dsT.to(q.dtype), q, dk)
+                    if PART != DK_ONLY:
+                        dv = tl.dot(aT.to(do.dtype), do, dv)
+                    if PART != DV_ONLY:
+                        dpT = tl.dot(v, tl.trans(do))  # [BN, BM]
+                        if FAMILY == SOFTMAX:
+                            dsT = pT * (dpT - delta[None, :])
+                        elif FAMILY == SOFTPICK:
+                            sgn = pos.to(tl.float32) - (sT < 0).to(tl.float32)
+                            dsT = pT * (tl.where(pos, dpT, 0.0) - sgn * delta[None, :])
+                        elif FAMILY == CLIPPED:
+                            dsT = pT * (tl.where((y > 0.0) & (y < 1.0), (p1 - p0) * dpT, 0.0) - delta[None, :])
+                        else:
+                            dsT = dpT * aT * (1.0 - aT)
+                        dk = tl.dot(dsT.to(q.dtype), q, dk)
     out_offs = b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + offs_n[:, None] * sdkt + offs_d[None, :]
-    tl.store(DK + out_offs, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
-    tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+    if PART != DV_ONLY:
+        tl.store(DK + out_offs, (dk * scale).to(DK.dtype.element_ty), mask=col_ok[:, None])
+    if PART != DK_ONLY:
+        tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
 @triton.jit
@@ -149,7 +162,7 @@ def attn_bwd_dq(
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdob, sdoh, sdot, sdqb, sdqh, sdqt, skpm,
     H, G, T, S, OFF, W, scale, qk_scale, p0, p1,
     FAMILY: tl.constexpr, SLOT: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    HAS_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """dQ for one block of query rows; KV_SLOT adds the bias key's term, SIGMOID writes per-row bias gradients."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -172,8 +185,8 @@ def attn_bwd_dq(
     else:
         lse = tl.load(LSE + row_offs, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + row_offs, mask=row_ok, other=0.0)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    k_src = rows_source(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, S, skt, BLOCK_N, HEAD_D, TMA)
+    v_src = rows_source(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, S, svt, BLOCK_N, HEAD_D, TMA)
     kpm_base = KPM + b.to(tl.int64) * skpm
     dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -183,8 +196,8 @@ def attn_bwd_dq(
             lo, end = segment(SEG, a0, a1, b0, b1, hi)
             for start_n in range(lo, end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
-                k = load_rows(k_base, offs_n, skt, offs_d, S, SEG != 1)
-                v = load_rows(v_base, offs_n, svt, offs_d, S, SEG != 1)
+                k = load_block(k_src, start_n, offs_n, skt, offs_d, S, SEG != 1, TMA)
+                v = load_block(v_src, start_n, offs_n, svt, offs_d, S, SEG != 1, TMA)
                 s = row_scores(
                     q, k, qk_scale, kpm_base, offs_m, offs_n, T, S, OFF, W, CAUSAL, HAS_WINDOW, HAS_PAD, SEG != 1
                 )  # fmt: skip  [BM, BN]

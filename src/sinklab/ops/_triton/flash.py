@@ -16,7 +16,7 @@ import functools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -54,50 +54,131 @@ MODES: dict[str, Mode] = {
 SOFTMAX, SOFTPICK, CLIPPED, SIGMOID = (f.value for f in (tiles.SOFTMAX, tiles.SOFTPICK, tiles.CLIPPED, tiles.SIGMOID))
 NO_SLOT, LOGIT_SLOT, KV_SLOT = (s.value for s in (tiles.NO_SLOT, tiles.LOGIT_SLOT, tiles.KV_SLOT))
 OUT_PASS, LSE_PASS, DELTA_PASS = (p.value for p in (tiles.OUT_PASS, tiles.LSE_PASS, tiles.DELTA_PASS))
+DKDV, DV_ONLY, DK_ONLY = (p.value for p in (tiles.DKDV, tiles.DV_ONLY, tiles.DK_ONLY))
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """One kernel's launch: ``m`` query rows x ``n`` keys a tile, warps, pipeline stages, tensor-descriptor (TMA)
+    loads, a register cap (maxnreg, 0 = the compiler's) and, for the dK/dV pass only, ``split``: dV and dK in two
+    launches of one accumulator each."""
+
+    m: int
+    n: int
+    warps: int = 8
+    stages: int = 3
+    tma: bool = False
+    maxnreg: int = 0
+    split: bool = False
+
+    def launch(self) -> dict:
+        """The kernel keywords of these tiles other than the block sizes."""
+        opts = dict(TMA=self.tma, num_warps=self.warps, num_stages=self.stages)
+        return opts | ({"maxnreg": self.maxnreg} if self.maxnreg else {})
+
+
+PASSES = ("fwd", "decode", "dkdv", "dq", "colsum")  # decode: the forward when a call has at most DECODE_T queries
+DECODE_T = 16
 
 
 @dataclass(frozen=True)
 class Config:
-    """Tile sizes: forward (m, n), backward dK/dV (m1 query rows x n1 keys), dQ (m2 x n2), column sums (m3 x n3)."""
+    """Tiles of every pass (``PASSES``) for one head dim."""
 
-    m: int
-    n: int
-    warps: int
-    stages: int
-    m1: int
-    n1: int
-    m2: int
-    n2: int
-    bwd_warps: int
-    bwd_stages: int
-    m3: int = 64
-    n3: int = 128
-    col_warps: int = 8
-    col_stages: int = 3
+    fwd: Tiles
+    dkdv: Tiles
+    dq: Tiles
+    colsum: Tiles = Tiles(64, 128, 8, 3)
+    decode: Tiles = Tiles(16, 64, 4, 3)
+
+
+# The candidates of each pass (the first is the default), per head dim: the tune step of benchmarks/kernels.py
+# times them on the device and pins the winners (``pin``, SINKLAB_TRITON_TILES). Register and spill figures of each,
+# compiled for sm_90: benchmarks/KERNELS_NOTES.md.
+_T = Tiles
+_CANDIDATES: dict[str, dict[int, tuple[Tiles, ...]]] = {
+    "fwd": {
+        64: (_T(128, 64), _T(128, 64, 4), _T(128, 128), _T(128, 64, 8, 2), _T(128, 64, 8, 4), _T(128, 64, tma=True),
+             _T(128, 128, tma=True), _T(128, 64, 8, 4, tma=True)),
+        128: (_T(128, 128), _T(128, 64), _T(128, 128, 8, 2), _T(128, 64, 8, 4), _T(64, 64, 4), _T(128, 128, tma=True),
+              _T(128, 64, tma=True), _T(128, 128, 8, 2, tma=True)),
+    },
+    "decode": {
+        128: (_T(16, 64, 4), _T(16, 128, 4), _T(16, 64, 4, 4), _T(16, 128, 4, 2), _T(32, 64, 4), _T(16, 64, 2),
+              _T(16, 64, 4, tma=True), _T(16, 128, 4, tma=True)),
+    },
+    "dkdv": {
+        64: (_T(64, 128), _T(32, 128), _T(64, 128, 8, 2), _T(64, 64), _T(64, 128, split=True), _T(64, 128, tma=True),
+             _T(32, 128, tma=True), _T(64, 128, 8, 2, tma=True), _T(64, 128, tma=True, split=True)),
+        128: (_T(64, 128), _T(32, 128), _T(64, 64), _T(64, 128, split=True), _T(64, 128, tma=True),
+              _T(32, 128, tma=True), _T(64, 64, tma=True), _T(64, 128, tma=True, split=True),
+              _T(64, 128, 8, 2, tma=True, split=True), _T(64, 128, 8, 4, tma=True, split=True),
+              _T(64, 64, tma=True, split=True)),
+    },
+    "dq": {
+        64: (_T(128, 64), _T(128, 128), _T(64, 64, 4), _T(128, 64, 4), _T(128, 64, 8, 2), _T(128, 64, tma=True),
+             _T(128, 128, tma=True)),
+        128: (_T(128, 64), _T(64, 64, 4), _T(128, 32), _T(128, 64, 8, 2), _T(64, 128), _T(128, 64, tma=True),
+              _T(64, 64, 4, tma=True)),
+    },
+    "colsum": {
+        128: (_T(64, 128), _T(64, 64, 4), _T(64, 64, 4, 4), _T(64, 64, 4, 2), _T(32, 64, 4), _T(64, 32, 4),
+              _T(64, 128, 4), _T(128, 64, 4)),
+    },
+}  # fmt: skip
+
+
+def candidates(head_dim: int, pass_: str) -> list[Tiles]:
+    """The tiles worth timing for pass ``pass_`` (one of ``PASSES``) at ``head_dim``, the default first."""
+    if pass_ not in PASSES:
+        raise ValueError(f"no pass {pass_!r} (passes: {', '.join(PASSES)})")
+    table = _CANDIDATES[pass_]
+    return list(table[min(d for d in table if d >= head_dim)])
+
+
+def _default(head_dim: int) -> Config:
+    return Config(**{p: candidates(head_dim, p)[0] for p in PASSES})
 
 
 def _tiles_from_env() -> dict[int, Config]:
-    """Per-head-dim tiles from the JSON file named by SINKLAB_TRITON_TILES ({"64": {"config": [...]}, ...}), as
-    written by ``benchmarks/kernels.py --tune``; empty (the defaults below) when unset."""
+    """Per-head-dim tiles from the JSON file named by SINKLAB_TRITON_TILES (``tuned_json``'s format:
+    {"64": {"fwd": {"m": 128, "n": 64, ...}, "dkdv": {...}}, ...}; passes left out keep their default, keys that
+    are not passes are ignored); empty when unset."""
     path = os.environ.get("SINKLAB_TRITON_TILES")
     if not path or not os.path.exists(path):
         return {}
     with open(path) as f:
-        return {int(d): Config(*entry["config"]) for d, entry in json.load(f).items()}
+        entries = json.load(f)
+    return {
+        int(d): replace(_default(int(d)), **{p: Tiles(**t) for p, t in entry.items() if p in PASSES})
+        for d, entry in entries.items()
+    }
 
 
 TUNED: dict[int, Config] = _tiles_from_env()
 
 
+def pin(head_dim: int, pass_: str, tiles: Tiles) -> None:
+    """Use ``tiles`` for pass ``pass_`` at ``head_dim`` in this process from now on."""
+    if pass_ not in PASSES:
+        raise ValueError(f"no pass {pass_!r} (passes: {', '.join(PASSES)})")
+    TUNED[head_dim] = replace(config(head_dim), **{pass_: tiles})
+
+
+def tuned_json() -> dict:
+    """The pinned tiles as SINKLAB_TRITON_TILES reads them (write it with ``json.dump``)."""
+    return {str(d): {p: asdict(getattr(cfg, p)) for p in PASSES} for d, cfg in TUNED.items()}
+
+
 def config(head_dim: int) -> Config:
-    """Tiles for Hopper (H100/H200) bf16/fp16; under the interpreter, small tiles so tests touch every block kind."""
-    if INTERPRET:
-        return Config(16, 16, 4, 1, 16, 16, 16, 16, 4, 1, 16, 16, 4, 1)
+    """Tiles for Hopper (H100/H200) bf16/fp16, pinned or default; under the interpreter, small tiles so tests touch
+    every block kind."""
     if head_dim in TUNED:
         return TUNED[head_dim]
-    if head_dim <= 64:  # the fastest of the tiles tried on an H200 (benchmarks/KERNELS_NOTES.md)
-        return Config(128, 64, 8, 3, 64, 128, 128, 64, 8, 3)
-    return Config(128, 128, 8, 3, 64, 128, 128, 64, 8, 3)
+    if INTERPRET:
+        t = Tiles(16, 16, 4, 1)
+        return Config(t, t, t, t, t)
+    return _default(head_dim)
 
 
 @dataclass(frozen=True)
@@ -148,6 +229,22 @@ def _or_dummy(x: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
     return dummy if x is None else x
 
 
+def _scratch(device: torch.device, size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device=device)
+
+
+def _with_tma(t: Tiles, *xs: torch.Tensor) -> Tiles:
+    """``t``, with tensor descriptors off unless every [B, H, T, D] tensor of ``xs`` has
+    16-byte aligned heads and rows (TMA's rule); when on, sets Triton's allocator for the descriptors' scratch (a
+    context variable: autograd runs the backward in a thread of its own)."""
+    if not t.tma:
+        return t
+    if not all(x.data_ptr() % 16 == 0 and all(st * x.element_size() % 16 == 0 for st in x.stride()[:3]) for x in xs):
+        return replace(t, tma=False)
+    triton.set_allocator(functools.partial(_scratch, xs[0].device))
+    return t
+
+
 def _kpm_or_dummy(kpm: torch.Tensor | None, device: torch.device) -> torch.Tensor:
     return _dummies(device)[1] if kpm is None else kpm
 
@@ -160,20 +257,21 @@ def forward(
     for sigmoid). ``kpm``: int8 key padding [B, S] (1 = real key) or None."""
     B, H, T, D = q.shape
     cfg = cfg or config(D)
+    t = _with_tma(cfg.decode if T <= DECODE_T else cfg.fwd, q, k, v)
     dummy = _dummies(q.device)[0]
     o = torch.empty_like(q)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     mode = prob.mode
     # 128-key tiles fit the registers of the plain softmax/sink forward only; the other modes spill there
-    block_n = cfg.n if mode.family == SOFTMAX and mode.slot != KV_SLOT else min(cfg.n, 64)
+    block_n = t.n if mode.family == SOFTMAX and mode.slot != KV_SLOT else min(t.n, 64)
     launch = dict(
         Q=q, K=k, V=v, O=o, LSE=lse, DO=q, DELTA=dummy, KPM=_kpm_or_dummy(kpm, q.device),
         SINK=_or_dummy(heads.sink, dummy), KB=_or_dummy(heads.kb, dummy), VB=_or_dummy(heads.vb, dummy),
         BIAS=_or_dummy(heads.bias, dummy),
         **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("o", o), **_common(q, k, kpm, prob),
-        BLOCK_M=cfg.m, BLOCK_N=block_n, num_warps=cfg.warps, num_stages=cfg.stages,
+        BLOCK_M=t.m, BLOCK_N=block_n, **t.launch(),
     )  # fmt: skip
-    grid = (triton.cdiv(T, cfg.m), B * H)
+    grid = (triton.cdiv(T, t.m), B * H)
     if mode.family == CLIPPED:  # the softmax normalizer first
         fwd_kernels.attn_fwd[grid](**launch, FAMILY=SOFTMAX, SLOT=NO_SLOT, PASS=LSE_PASS)
     fwd_kernels.attn_fwd[grid](**launch, FAMILY=mode.family, SLOT=mode.slot, PASS=OUT_PASS)
@@ -188,11 +286,12 @@ def backward(
     B, H, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     cfg = cfg or config(D)
+    do = do.contiguous()
+    fwd_t, dkdv_t, dq_t = (_with_tma(t, q, k, v, do) for t in (cfg.fwd, cfg.dkdv, cfg.dq))
     dev = q.device
     mode = prob.mode
     dummy = _dummies(dev)[0]
     kpm_t = _kpm_or_dummy(kpm, dev)
-    do = do.contiguous()
     common = _common(q, k, kpm, prob)
     delta = torch.empty(B, H, T, dtype=torch.float32, device=dev)
     aux1 = aux2 = dummy
@@ -208,28 +307,30 @@ def backward(
             H, T, common["qk_scale"], SLOT=mode.slot, BLOCK_M=bm, HEAD_D=D,
         )  # fmt: skip
     elif mode.family == CLIPPED:  # delta' needs a pass over the keys (it holds dO too: at most 64 keys a tile)
-        fwd_kernels.attn_fwd[(triton.cdiv(T, cfg.m), B * H)](
+        fwd_kernels.attn_fwd[(triton.cdiv(T, fwd_t.m), B * H)](
             Q=q, K=k, V=v, O=o, LSE=lse, DO=do, DELTA=delta, KPM=kpm_t, SINK=dummy, KB=dummy, VB=dummy, BIAS=dummy,
             **_strides("q", q), **_strides("k", k), **_strides("v", v),
             **_strides("o", do),  # this pass reads dO through O's stride slots and writes no O
             **common, FAMILY=CLIPPED, SLOT=NO_SLOT, PASS=DELTA_PASS,
-            BLOCK_M=cfg.m, BLOCK_N=min(cfg.n, 64), num_warps=cfg.warps, num_stages=cfg.stages,
+            BLOCK_M=fwd_t.m, BLOCK_N=min(fwd_t.n, 64), **fwd_t.launch(),
         )  # fmt: skip
     shared = dict(  # what the dK/dV and dQ kernels share
         Q=q, K=k, V=v, DO=do, LSE=_or_dummy(lse, dummy), DELTA=delta, KPM=kpm_t, BIAS=_or_dummy(heads.bias, dummy),
         **_strides("q", q), **_strides("k", k), **_strides("v", v), **_strides("do", do), **common,
-        scale=prob.scale, FAMILY=mode.family, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages,
+        scale=prob.scale, FAMILY=mode.family,
     )  # fmt: skip
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    bwd_kernels.attn_bwd_dkdv[(triton.cdiv(S, cfg.n1), B * Hkv)](
-        **shared, DK=dk, DV=dv, **_strides("dk", dk), BLOCK_M=cfg.m1, BLOCK_N=cfg.n1
-    )
+    for part in (DV_ONLY, DK_ONLY) if dkdv_t.split else (DKDV,):
+        bwd_kernels.attn_bwd_dkdv[(triton.cdiv(S, dkdv_t.n), B * Hkv)](
+            **shared, DK=dk, DV=dv, **_strides("dk", dk), BLOCK_M=dkdv_t.m, BLOCK_N=dkdv_t.n, PART=part,
+            **dkdv_t.launch(),
+        )  # fmt: skip
     dq = torch.empty_like(q)
     dbias_rows = torch.empty(B, H, T, dtype=torch.float32, device=dev) if mode.family == SIGMOID else dummy
-    bwd_kernels.attn_bwd_dq[(triton.cdiv(T, cfg.m2), B * H)](
+    bwd_kernels.attn_bwd_dq[(triton.cdiv(T, dq_t.m), B * H)](
         **shared, DQ=dq, KB=_or_dummy(heads.kb, dummy), AUX1=aux1, DBIAS=dbias_rows, **_strides("dq", dq),
-        SLOT=mode.slot, BLOCK_M=cfg.m2, BLOCK_N=cfg.n2,
+        SLOT=mode.slot, BLOCK_M=dq_t.m, BLOCK_N=dq_t.n, **dq_t.launch(),
     )  # fmt: skip
     dsink = dkb = dvb = dbias = None
     if mode.slot == LOGIT_SLOT:
@@ -268,8 +369,8 @@ def column_stats(
     base-2 row statistic ``lse`` (None for sigmoid). ``keep`` bool [B, S]: real keys (None = all); ``valid`` bool
     [B, T]: the rows that count (None = all; only with ``keep``)."""
     B, H, T, S = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    cfg = cfg or config(q.shape[3])
-    grid = (triton.cdiv(S, cfg.n3), B * H)
+    t = (cfg or config(q.shape[3])).colsum
+    grid = (triton.cdiv(S, t.n), B * H)
     dummy = _dummies(q.device)[0]
     out = torch.empty(B, H, S, dtype=torch.float32, device=q.device)
     ent = torch.empty(B * H, grid[0], dtype=torch.float32, device=q.device) if entropy else dummy
@@ -280,7 +381,7 @@ def column_stats(
         KPM=_kpm_or_dummy(kpm, q.device), VALID=rows, svalid=T if valid is not None else 0,
         **_strides("q", q), **_strides("k", k), **_common(q, k, kpm, prob),
         FAMILY=prob.mode.family, ENTROPY=entropy, HAS_VALID=valid is not None,
-        BLOCK_M=cfg.m3, BLOCK_N=cfg.n3, num_warps=cfg.col_warps, num_stages=cfg.col_stages,
+        BLOCK_M=t.m, BLOCK_N=t.n, num_warps=t.warps, num_stages=t.stages,
     )  # fmt: skip
     return out, (ent.view(B, H, -1).sum(-1) * math.log(2.0) if entropy else None)
 
@@ -370,13 +471,15 @@ def statistics(
     if prob.mode.slot != NO_SLOT:  # exp(slot logit - lse) per row, summed over valid rows that see a key
         rows = valid & _sees_key(T, S, prob, keep, B, q.device)
         slot = (torch.exp2(_slot_logit(q, prob, heads) - lse) * rows[:, None, :]).sum(-1)
-    w = min(request.pattern, T, S)
+    w = min(request.pattern, T)  # A[:, :, :pattern, :pattern], as a slice: fewer rows or keys where T or S is short
     return AttentionStats(
         colsum=colsum,
         count=count,
         entropy=entropy,
         rows=valid.sum(-1),
-        pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=list(range(w))) if w else None,
+        pattern=weights_at(q, k, lse, keep, prob, heads, rows=w, keys=list(range(min(request.pattern, S))))
+        if request.pattern
+        else None,
         slot=slot,
         lse=_natural_lse(q, lse, prob, heads) if request.lse and prob.mode.family == SOFTMAX else None,
         columns=weights_at(q, k, lse, keep, prob, heads, rows=T, keys=list(request.columns))

@@ -27,8 +27,10 @@ from sinklab.ops._triton.tiles import (
     SOFTMAX,
     SOFTPICK,
     key_blocks,
+    load_block,
     load_rows,
     row_scores,
+    rows_source,
     segment,
 )
 
@@ -40,11 +42,11 @@ def attn_fwd(
     H, G, T, S, OFF, W, qk_scale, p0, p1,
     FAMILY: tl.constexpr, SLOT: tl.constexpr, PASS: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """One block of query rows of one head: out [BLOCK_M, D] and lse (OUT_PASS), lse only (LSE_PASS), or delta'
     (DELTA_PASS, reading DO [B, H, T, D] through the O stride arguments, which the caller sets to dO's strides).
-    p0, p1: softpick's eps; clipped's gamma and zeta."""
+    p0, p1: softpick's eps; clipped's gamma and zeta. TMA: q, k, v through tensor descriptors."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
     bh = tl.program_id(1)
     b = bh // H
@@ -54,9 +56,10 @@ def attn_fwd(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     row_ok = offs_m < T
-    q = load_rows(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, offs_m, sqt, offs_d, T, True)  # [BM, D]
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    q_src = rows_source(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, T, sqt, BLOCK_M, HEAD_D, TMA)
+    q = load_block(q_src, start_m, offs_m, sqt, offs_d, T, True, TMA)  # [BM, D]
+    k_src = rows_source(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh, S, skt, BLOCK_N, HEAD_D, TMA)
+    v_src = rows_source(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh, S, svt, BLOCK_N, HEAD_D, TMA)
     kpm_base = KPM + b.to(tl.int64) * skpm
     o_base = b.to(tl.int64) * sob + h.to(tl.int64) * soh
     row_offs = bh.to(tl.int64) * T + offs_m
@@ -92,12 +95,12 @@ def attn_fwd(
             lo, end = segment(SEG, a0, a1, b0, b1, hi)
             for start_n in range(lo, end, BLOCK_N):
                 offs_n = start_n + tl.arange(0, BLOCK_N)
-                k = load_rows(k_base, offs_n, skt, offs_d, S, SEG != 1)
+                k = load_block(k_src, start_n, offs_n, skt, offs_d, S, SEG != 1, TMA)
                 s = row_scores(
                     q, k, qk_scale, kpm_base, offs_m, offs_n, T, S, OFF, W, CAUSAL, HAS_WINDOW, HAS_PAD, SEG != 1
                 )  # fmt: skip  [BM, BN]
                 if PASS != LSE_PASS:
-                    v = load_rows(v_base, offs_n, svt, offs_d, S, SEG != 1)
+                    v = load_block(v_src, start_n, offs_n, svt, offs_d, S, SEG != 1, TMA)
                 if FAMILY == SOFTMAX:
                     m_blk = tl.max(s, 1)
                     if SLOT == KV_SLOT:  # the bias slot counts only for rows that see a real key

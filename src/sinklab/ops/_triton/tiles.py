@@ -38,6 +38,10 @@ INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 OUT_PASS = tl.constexpr(0)  # output and the row statistic
 LSE_PASS = tl.constexpr(1)  # the softmax lse only (clipped's first pass)
 DELTA_PASS = tl.constexpr(2)  # clipped's backward delta' = (zeta - gamma) rowsum(P [0 < y < 1] dP)
+# PART of the dK/dV kernel: both accumulators in one launch, or one per launch (half the registers, one more QK^T)
+DKDV = tl.constexpr(0)
+DV_ONLY = tl.constexpr(1)
+DK_ONLY = tl.constexpr(2)
 
 
 @triton.jit
@@ -116,6 +120,23 @@ def fast_log2(x):
     """log2 as one lg2.approx on the GPU (tl.math.log2 is libdevice's 12-FMA polynomial); the interpreter has only
     the plain one."""
     return tl.math.log2(x) if INTERPRET else libdevice.fast_log2f(x)
+
+
+@triton.jit
+def rows_source(base, n, stride, BLOCK: tl.constexpr, HEAD_D: tl.constexpr, TMA: tl.constexpr):
+    """What ``load_block`` reads the [n, D] rows at ``base`` from: a TMA descriptor of [BLOCK, D] boxes (TMA; rows
+    past n read as 0 in hardware) or the pointer itself."""
+    src = base
+    if TMA:
+        src = tl.make_tensor_descriptor(base, [n, HEAD_D], [stride, 1], [BLOCK, HEAD_D])
+    return src
+
+
+@triton.jit
+def load_block(src, start, offs, stride, offs_d, n, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """[len(offs), D] rows ``offs = start + arange`` of ``rows_source``'s source; rows >= n read as 0 when MASKED
+    (always, through a descriptor)."""
+    return src.load([start, 0]) if TMA else load_rows(src, offs, stride, offs_d, n, MASKED)
 
 
 @triton.jit
