@@ -43,6 +43,13 @@ def summary_table(d: dict) -> Table:
     return table
 
 
+def skipped_line(skipped: list[dict]) -> str:
+    """The layers a measurement skipped and why: 'skipped layers 0, 1, 2 (linear_attention): no softmax attention'."""
+    kinds = sorted({s["type"] for s in skipped})
+    layers = ", ".join(str(s["layer"]) for s in skipped)
+    return f"skipped layers {layers} ({', '.join(kinds)}): no softmax attention to measure"
+
+
 @command("explain")
 def explain_command(
     model: str = MODEL,
@@ -69,5 +76,8 @@ def explain_command(
     result = explain(net, tokenizer, seqs, probes=names, eps=eps, bos=bos, model_name=model, seed=seed)
     result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)
-    Console().print(summary_table(result.to_dict()))
+    summary = result.to_dict()
+    Console().print(summary_table(summary))
+    if summary["skipped_layers"]:
+        Console().print(skipped_line(summary["skipped_layers"]))
     Console().print(f"wrote {out}/probes.json, plots and report.html")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from sinklab.hf import AttentionCall, ModelSites, ModelView, Record
+from sinklab.hf.arch import layer_types
 from sinklab.method import Method
 from sinklab.ops.stats import AttentionStats, StatsRequest
 
@@ -147,6 +148,15 @@ def residual_stats(hidden: torch.Tensor, valid: torch.Tensor | None, k: int = TO
         top_dim=top_idx % d,
         dim_max=mag.amax(dim=1).clamp_min(0.0).float(),
     )
+
+
+def skipped_layers(model: nn.Module) -> list[dict]:
+    """The blocks without a softmax attention site, which the Observer (and so scan and explain) measures no attention
+    in: a hybrid's linear-attention layers. One {layer, type} per block, type from the config's ``layer_types``."""
+    view = ModelView(model)
+    sites = {a.layer for a in view.attention}
+    types = layer_types(model.config)
+    return [{"layer": i, "type": types[i]} for i in range(view.num_layers) if i not in sites]
 
 
 def find_layers(model: nn.Module) -> nn.ModuleList:

@@ -24,7 +24,7 @@ from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import ModelView
 from sinklab.hf.arch import layer_types, vision_layout
 from sinklab.measure import metrics
-from sinklab.measure.engine import Observer, ResidualStats
+from sinklab.measure.engine import Observer, ResidualStats, skipped_layers
 from sinklab.models import check_model, check_token_ids
 from sinklab.ops.stats import AttentionStats
 from sinklab.progress import Progress
@@ -60,6 +60,7 @@ class ScanResult:
     layer_kurtosis: torch.Tensor  # [L] kurtosis of the hidden state per layer (mean over sequences)
     dim_max: torch.Tensor  # [L, d] max |hidden| per hidden dim
     layer_types: list[str]
+    skipped_layers: list[dict] = field(default_factory=list)  # blocks without softmax attention: no rows
     pattern: torch.Tensor | None = None  # [L, H, w, w] attention maps of the first w tokens of sequence 0
     sink_slot_mass: torch.Tensor | None = None  # [L, H] mean share of a row's attention on a learned sink slot
     pattern_tokens: list[str] = field(default_factory=list)
@@ -93,6 +94,7 @@ class ScanResult:
             "entropy": _rounded(self.entropy),
             "sink_threshold": self.sink_threshold,
             "layer_types": self.layer_types,
+            "skipped_layers": self.skipped_layers,
             "layer_max_abs": _rounded(self.layer_max_abs, 3),
             "layer_median_abs": _rounded(self.layer_median_abs, 5),
             "layer_kurtosis": _rounded(self.layer_kurtosis, 3),
@@ -438,6 +440,7 @@ def scan(
         eps=eps,
         sink_threshold=sink_threshold,
         layer_types=layer_types(config),
+        skipped_layers=skipped_layers(model),
         pattern=pattern,
         pattern_tokens=[decode(t) for t in first_ids],
         **acc.results(),

@@ -6,7 +6,9 @@ attention changed it. StreamingLLM (Xiao et al. 2023) prepended a learnable sink
 attention (Qiu et al. 2025), softpick (Zuhri et al. 2025) and clipped softmax (Bondarenko et al. 2023) removed the
 sink together with the massive activations that break 8-bit quantization. ``train`` runs any of them:
 
-    model  = LlamaForCausalLM(LlamaConfig(preset)), random init, patched by sinklab.remove.patch(model, variant)
+    model  = AutoModelForCausalLM(AutoConfig.for_model(architecture, preset, **model_config)), random init (Llama by
+             default; any transformers decoder, hybrids too: model_config holds e.g. its layer_types), patched by
+             sinklab.remove.patch(model, variant)
     data   = non-overlapping windows of a token corpus (sinklab.data.train_corpus), prefix = [sink] [BOS] as asked
     optim  = AdamW, linear warmup then cosine decay to min_lr_ratio * lr, gradient clipping, bf16 autocast on CUDA
     every eval_every steps, on held-out text: validation loss; Sink_1^eps at T=64 and first-token mass through
@@ -75,6 +77,8 @@ class TrainConfig:
 
     variant: str = "softmax"
     preset: str = "tiny"
+    architecture: str = "llama"  # a transformers model type (olmo3, olmo_hybrid, qwen3_next, gemma3_text, ...)
+    model_config: dict = field(default_factory=dict)  # extra config fields of the architecture (layer_types, ...)
     steps: int | None = None
     corpus: str | None = None  # a directory from scripts/build_train_corpus.py; None: the embedded byte corpus
     variant_params: dict = field(default_factory=dict)  # extra parameters for sinklab.remove.patch
@@ -106,6 +110,13 @@ class TrainConfig:
             raise SinklabInputError(f"unknown variant {self.variant!r}; accepted: {', '.join(VARIANTS)}")
         if self.bos not in BOS_MODES:
             raise SinklabInputError(f"unknown --bos {self.bos!r}; accepted: {', '.join(BOS_MODES)}")
+        from transformers import CONFIG_MAPPING
+
+        if self.architecture not in CONFIG_MAPPING:
+            raise SinklabInputError(
+                f"unknown architecture {self.architecture!r}; accepted: a transformers model type such as llama, "
+                "olmo3, olmo_hybrid, qwen3_next"
+            )
         preset = PRESETS[self.preset]
         filled = replace(
             self, **{k: getattr(preset, k) for k in asdict(self) if getattr(self, k) is None and hasattr(preset, k)}
@@ -123,6 +134,7 @@ class TrainConfig:
     @property
     def name(self) -> str:
         parts = [self.variant, f"wd{self.weight_decay:g}", f"bos-{self.bos}"]
+        parts = parts if self.architecture == "llama" else [self.architecture, *parts]
         return "-".join([*parts, "sinktoken"] if self.sink_token else parts)
 
 
@@ -156,23 +168,27 @@ class TrainResult:
 
 # -- model ---------------------------------------------------------------------------------------------------------
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:
-    """A randomly initialised Llama decoder of the preset's shape, patched to ``config.variant``."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A randomly initialised decoder of ``config.architecture`` (transformers model type) in the preset's shape,
+    ``config.model_config`` added to (or overriding) its config fields, patched to ``config.variant``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     p = PRESETS[config.preset]
+    shape = dict(
+        vocab_size=vocab_size,
+        hidden_size=p.hidden,
+        intermediate_size=p.intermediate,
+        num_hidden_layers=p.layers,
+        num_attention_heads=p.heads,
+        num_key_value_heads=p.heads,
+        max_position_embeddings=max(config.context, 2 * METRIC_LEN),
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+        pad_token_id=None,
+        use_cache=False,  # training and measurement need no KV cache (a hybrid would also keep recurrent states)
+    )
     torch.manual_seed(config.seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=p.hidden,
-            intermediate_size=p.intermediate,
-            num_hidden_layers=p.layers,
-            num_attention_heads=p.heads,
-            num_key_value_heads=p.heads,
-            max_position_embeddings=max(config.context, 2 * METRIC_LEN),
-            tie_word_embeddings=True,
-            attn_implementation="sdpa",
-        )
+    model = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(config.architecture, **{**shape, **config.model_config})
     )
     _patch(model, config)
     return model
@@ -276,7 +292,7 @@ def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config:
     ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
     row = {"val_loss": float(np.mean(losses))}
     row.update(_scan_metrics(model, tokenizer, ids, config.eps))
-    row["first_token_mass_mean"] = float(np.mean(row["first_token_mass"]))
+    row["first_token_mass_mean"] = float(np.nanmean(row["first_token_mass"]))  # NaN rows: a hybrid's linear layers
     model.train()
     return row
 

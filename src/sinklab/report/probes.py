@@ -57,7 +57,8 @@ def outlier_plot(section: dict, path: Path) -> Plot:
     seq = next((s for s in m["per_sequence"] if s["write_layer"] == m["write_layer"]), m["per_sequence"][0])
     dims = seq["dims"]
     x = np.arange(len(dims))
-    ax1.bar(x - 0.2, seq["attn_writes"], 0.4, label="attention writes")
+    if seq["attn_writes"] is not None:  # None: a hybrid's first block is linear attention (its input is not kept)
+        ax1.bar(x - 0.2, seq["attn_writes"], 0.4, label=f"{seq['token_mixer']} writes")
     ax1.bar(x + 0.2, seq["mlp_writes"], 0.4, label="MLP writes")
     ax1.set_xticks(x, [str(d) for d in dims])
     ax1.set(xlabel="dim", ylabel="value added at the sink", title=f"layer {seq['write_layer']}: who writes it")

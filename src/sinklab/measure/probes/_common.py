@@ -17,6 +17,7 @@ All probes run sequences without padding (one at a time, or equal-length batches
 from __future__ import annotations
 
 import inspect
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -307,10 +308,9 @@ def forward_batch(
         else:
             model(input_ids=x, attention_mask=torch.ones_like(x), **_forward_kwargs(model))
     release_freed_memory(device)
-    layers = range(num_layers)
-    alpha = torch.stack([obs.alpha[i].cpu() for i in layers], dim=1)  # [B, L, H]
-    all_mass = torch.stack([obs.mass[i].cpu() for i in layers], dim=1) if mass else None  # [B, L, H, T]
-    eligible = (obs.count[0] >= min_queries(x.shape[1])).cpu()  # [B, T] (the first layer's counts, as scan)
+    alpha = per_layer(obs.alpha, num_layers)  # [B, L, H]
+    all_mass = per_layer(obs.mass, num_layers) if mass else None  # [B, L, H, T]
+    eligible = (obs.count[min(obs.count)] >= min_queries(x.shape[1])).cpu()  # [B, T] (the first site's, as scan)
     res = [{i: _row(r, b) for i, r in obs.residual.items()} for b in range(len(batch))]
     return [
         Pass(
@@ -326,6 +326,13 @@ def forward_batch(
     ]
 
 
+def per_layer(values: dict[int, torch.Tensor], num_layers: int) -> torch.Tensor:
+    """[B, L, ...] on the CPU from per-layer [B, ...] values; NaN for the blocks without softmax attention (a
+    hybrid's linear layers), which ``metrics.sink_rate`` and ``is_sink`` skip."""
+    blank = torch.full_like(next(iter(values.values())), float("nan"))
+    return torch.stack([values.get(i, blank).cpu() for i in range(num_layers)], dim=1)
+
+
 def _row(stats: ResidualStats, b: int) -> ResidualStats:
     """Sequence ``b`` of batched residual statistics, kept as a batch of one."""
     return ResidualStats(*(getattr(stats, f.name)[b : b + 1] for f in fields(stats)))
@@ -334,6 +341,9 @@ def _row(stats: ResidualStats, b: int) -> ResidualStats:
 def forward(model, ids: list[int], hooks: HookSpec = None, **kw) -> Pass:
     """``forward_batch`` on one sequence."""
     return forward_batch(model, [ids], hooks, **kw)[0]
+
+
+ATTENTION_FIELDS = ("col", "v_sink", "vnorm", "share", "out_norm", "k_cos", "k_norm", "cone")
 
 
 @dataclass
@@ -345,6 +355,7 @@ class LayerRecord:
     over t >= 1; k_cos [H, T]: cosine of each key to the mean query direction; k_norm [H, T]; cone [H]: mean cosine
     of the queries to their mean direction; attn, mlp, mlp_in, resid [d]: attention/MLP module outputs, MLP input
     and layer output at the sink; resid_mid [d]: the layer output at the middle token (a non-sink reference).
+    A block without softmax attention has NaN ``ATTENTION_FIELDS`` and no ``attn`` (``Recorder.blank_unobserved``).
     """
 
     col: torch.Tensor | None = None
@@ -407,6 +418,16 @@ class Recorder:
 
         return fn
 
+    def blank_unobserved(self) -> None:
+        """NaN attention geometry for the blocks without softmax attention (a hybrid's linear layers), shaped as an
+        observed layer's: every per-head statistic of the probes is NaN there and the sink rule never fires on it.
+        ``attn`` stays None: such a block has no softmax attention output."""
+        seen = next(r for r in self.layers if r.col is not None)
+        for rec in self.layers:
+            if rec.col is None:
+                for name in ATTENTION_FIELDS:
+                    setattr(rec, name, torch.full_like(getattr(seen, name), float("nan")))
+
     def hooks(self, obs: PassObserver) -> Hooks:
         hooks: Hooks = defaultdict(list)
         for i in range(self.num_layers):
@@ -432,6 +453,7 @@ def record(model, ids: list[int], *, residual: bool = True, fused: bool = True) 
     shares, and with ``residual`` the residual statistics)."""
     rec = Recorder(model)
     run = forward(model, ids, rec.hooks, mass=True, share=True, residual=residual, fused=fused)
+    rec.blank_unobserved()
     return Baseline(run, rec.layers)
 
 
@@ -480,15 +502,13 @@ def aligned_delta(base: Pass, new: Pass, base_slice: slice, new_slice: slice) ->
 
 
 def rounded(x, digits: int = 5):
-    """JSON-friendly: tensors to nested lists, floats rounded."""
+    """JSON-friendly: tensors to nested lists, floats rounded, NaN (a block without softmax attention) None."""
     if isinstance(x, torch.Tensor):
-        if x.dtype == torch.bool:
-            return x.tolist()
         if x.is_floating_point():
-            return torch.round(x.double(), decimals=digits).tolist()
+            return rounded(torch.round(x.double(), decimals=digits).tolist(), digits)
         return x.tolist()
     if isinstance(x, float):
-        return round(x, digits)
+        return None if math.isnan(x) else round(x, digits)
     if isinstance(x, dict):
         return {k: rounded(v, digits) for k, v in x.items()}
     if isinstance(x, list | tuple):

@@ -88,6 +88,7 @@ class BiasProbe:
         }
         alpha = ctx.baseline_alpha()
         sink = metrics.is_sink(alpha, ctx.eps)
+        other = ~sink & ~alpha.isnan()  # NaN rows: blocks without softmax attention, never measured
         return {
             "claim": "the sink adds a near-constant vector (an implicit bias) to every query's output",
             "measured": {
@@ -95,7 +96,7 @@ class BiasProbe:
                 "cv_by_layer": cv,
                 "alpha_cv_by_head": head_cv,
                 "median_alpha_cv_sink_heads": float(head_cv[sink].median()) if sink.any() else None,
-                "median_alpha_cv_other_heads": float(head_cv[~sink].median()) if (~sink).any() else None,
+                "median_alpha_cv_other_heads": float(head_cv[other].median()) if other.any() else None,
                 "mean_cosine_to_mean": float(cos.nanmean()),
                 "mean_cv": float(cv.nanmean()),
             },

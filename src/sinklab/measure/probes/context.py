@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
+from sinklab.hf import ModelView
 from sinklab.measure import metrics
 from sinklab.measure.probes._common import Baseline, HookSpec, Pass, forward, forward_batch
 
@@ -38,6 +40,11 @@ class ProbeContext:
     @property
     def num_heads(self) -> int:
         return self.model.config.num_attention_heads
+
+    @cached_property
+    def attention_layers(self) -> list[int]:
+        """The blocks with softmax attention, the only ones measured (a hybrid's linear layers have NaN rows)."""
+        return [a.layer for a in ModelView(self.model).attention]
 
     def run(self, ids: list[int], hooks: HookSpec = None, *, mass: bool = False) -> Pass:
         """One observed pass (advances the progress by one); ``mass``: every key's mass, not only alpha_1."""

@@ -99,7 +99,7 @@ class EmergenceProbe:
             alpha = torch.stack([p.alpha for p in passes]).mean(0)
             kinds[kind] = {
                 "sink_rate": ctx.sink_rate(passes),
-                "mean_alpha_1": float(alpha.mean()),
+                "mean_alpha_1": float(alpha.nanmean()),  # NaN rows: blocks without softmax attention
                 "loss": sum(p.loss() for p in passes) / len(passes) if ctx.lm else None,
                 "sequences": len(seqs),
                 "example": ctx.decode(seqs[0][0]) + " | " + "".join(ctx.decode(t) for t in seqs[0][1:9]),

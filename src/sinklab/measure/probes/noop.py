@@ -67,10 +67,11 @@ class NoopProbe:
         m = self.measure(ctx)
         alpha, ratio, dormant = m["alpha"], m["value_ratio"], m["dormant"]
         sink = metrics.is_sink(alpha, ctx.eps)
+        other = ~sink & ~alpha.isnan()  # NaN rows: blocks without softmax attention, never measured
         layer_sink_share = sink.double().mean(1)
         heavy = (layer_sink_share >= 0.5).nonzero()[:, 0].tolist()
         per_layer = []
-        for layer in range(ctx.num_layers):
+        for layer in ctx.attention_layers:
             heads = sink[layer]
             per_layer.append(
                 {
@@ -107,9 +108,9 @@ class NoopProbe:
                 "dormant_ratio_threshold": self.dormant_ratio,
                 "sink_heads": int(sink.sum()),
                 "dormant_heads": int(dormant.sum()),
-                "dormant_share": float(dormant.double().mean()),
+                "dormant_share": float(dormant[ctx.attention_layers].double().mean()),
                 "median_value_ratio_sink_heads": float(ratio[sink].median()) if sink.any() else None,
-                "median_value_ratio_other_heads": float(ratio[~sink].median()) if (~sink).any() else None,
+                "median_value_ratio_other_heads": float(ratio[other].median()) if other.any() else None,
                 "sink_heavy_layers": heavy,
                 "sink_value_shorter_by_in_sink_heavy_layers": (1.0 / heavy_ratio) if heavy_ratio else None,
                 "per_layer": per_layer,

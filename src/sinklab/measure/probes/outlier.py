@@ -31,19 +31,27 @@ MAX_DIMS = 8
 TOP_NEURONS = 5
 
 
-def written(layer: nn.Module, attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def written(
+    layer: nn.Module,
+    attn: torch.Tensor | None,
+    mlp: torch.Tensor,
+    before: torch.Tensor | None = None,
+    after: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """What the attention and MLP modules add to the residual stream: their outputs, through Gemma-style
-    post-norms (``post_attention_layernorm`` / ``post_feedforward_layernorm``) where the block has both."""
+    post-norms (``post_attention_layernorm`` / ``post_feedforward_layernorm``) where the block has both. A block
+    without softmax attention (a hybrid's linear layer, ``attn`` None) gets its token mixer's write by difference,
+    after - before - MLP write (x_out = x_in + mixer + MLP); None without the block's input ``before``."""
     post_attn = getattr(layer, "post_attention_layernorm", None)
     post_mlp = getattr(layer, "post_feedforward_layernorm", None)
-    if post_mlp is None or post_attn is None:
-        return attn, mlp
-    dtype = next(layer.parameters()).dtype
-    with torch.no_grad():
-        return (
-            post_attn(attn.to(dtype)[None]).double()[0],
-            post_mlp(mlp.to(dtype)[None]).double()[0],
-        )
+    if post_mlp is not None and post_attn is not None:
+        dtype = next(layer.parameters()).dtype
+        with torch.no_grad():
+            mlp = post_mlp(mlp.to(dtype)[None]).double()[0]
+            attn = None if attn is None else post_attn(attn.to(dtype)[None]).double()[0]
+    if attn is None and before is not None:
+        attn = after - before - mlp
+    return attn, mlp
 
 
 def down_proj_contributions(mlp: nn.Module, x: torch.Tensor, dims: list[int], top: int = TOP_NEURONS) -> list[dict]:
@@ -129,8 +137,9 @@ class OutlierProbe:
 
     @staticmethod
     def check(ctx: ProbeContext) -> None:
-        """ProbeNotApplicable where the blocks have no hookable MLP and attention module."""
-        if any(rec.mlp is None or rec.attn is None for rec in ctx.baselines[0].layers):
+        """ProbeNotApplicable where the blocks have no hookable MLP, or the softmax layers no attention module."""
+        layers = ctx.baselines[0].layers
+        if any(rec.mlp is None for rec in layers) or any(layers[i].attn is None for i in ctx.attention_layers):
             raise ProbeNotApplicable(
                 "outlier: the blocks have no `mlp` and attention module the engine can hook (BERT-style blocks), so "
                 "the attention-vs-MLP attribution does not apply"
@@ -153,8 +162,9 @@ class OutlierProbe:
         per_sequence = []
         for base, f in zip(ctx.baselines, found, strict=True):
             rec = base.layers[f["layer"]]
-            attn_w, mlp_w = written(blocks[f["layer"]], rec.attn, rec.mlp)
             before = base.layers[f["layer"] - 1].resid if f["layer"] > 0 else None
+            attn_w, mlp_w = written(blocks[f["layer"]], rec.attn, rec.mlp, before, rec.resid)
+            mixer = "attention" if rec.attn is not None else "linear attention"
             per_sequence.append(
                 {
                     "first_token": ctx.decode(base.run.ids[SINK]),
@@ -166,10 +176,15 @@ class OutlierProbe:
                     "median_abs": f["median_abs"],
                     "dims": f["dims"],
                     "before": [float(before[d]) for d in f["dims"]] if before is not None else None,
-                    "attn_writes": [float(attn_w[d]) for d in f["dims"]],
+                    "token_mixer": mixer,
+                    "attn_writes": None if attn_w is None else [float(attn_w[d]) for d in f["dims"]],
                     "mlp_writes": [float(mlp_w[d]) for d in f["dims"]],
                     "after": [float(rec.resid[d]) for d in f["dims"]],
-                    "written_by": "mlp" if abs(mlp_w[f["dim"]]) >= abs(attn_w[f["dim"]]) else "attention",
+                    "written_by": None
+                    if attn_w is None
+                    else "mlp"
+                    if abs(mlp_w[f["dim"]]) >= abs(attn_w[f["dim"]])
+                    else mixer,
                 }
             )
         best = max(range(len(found)), key=lambda i: abs(found[i]["peak"]) if found[i]["layer"] == layer else -1)

@@ -22,6 +22,7 @@ from rich.console import Console
 from sinklab.data import BosMode
 from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.measure import metrics
+from sinklab.measure.engine import skipped_layers
 from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, record, rounded
 from sinklab.measure.probes.anchor import AnchorProbe
 from sinklab.measure.probes.bias import BiasProbe
@@ -55,6 +56,7 @@ class ExplainResult:
     baseline: dict
     probes: dict[str, dict] = field(default_factory=dict)
     not_applicable: dict[str, str] = field(default_factory=dict)
+    skipped_layers: list[dict] = field(default_factory=list)  # blocks without softmax attention, not measured
     seconds: float = 0.0
     provenance: dict | None = None  # how the result was made (sinklab.provenance)
 
@@ -75,6 +77,7 @@ class ExplainResult:
                 "baseline": self.baseline,
                 "probes": self.probes,
                 "not_applicable": self.not_applicable,
+                "skipped_layers": self.skipped_layers,
                 "seconds": self.seconds,
                 "provenance": self.provenance,
             }
@@ -139,7 +142,8 @@ def explain(
 
     ``texts_or_ids`` as in ``sinklab.scan`` (strings split into ``max_tokens``-token sequences, at most
     ``num_texts``; token-id lists; None for the embedded corpus). A probe that does not apply to the model (an
-    encoder, a block without an MLP) is listed in ``not_applicable`` with the reason; the others run. Without a
+    encoder, a block without an MLP) is listed in ``not_applicable`` with the reason; the others run. Blocks without
+    softmax attention (a hybrid's linear layers) are listed in ``skipped_layers`` and get NaN per-head rows. Without a
     causal LM head, interventions report sink rates and no loss. ``fused=False`` runs every pass on the site's own
     attention path (the twin of the fast path; the same numbers within float32 rounding, several times slower).
     """
@@ -188,7 +192,7 @@ def explain(
         raise SinklabInputError(f"no requested probe applies to this model: {'; '.join(skipped.values())}")
     base = [b.run for b in ctx.baselines]
     alpha = ctx.baseline_alpha()
-    baseline = {"sink_rate": metrics.sink_rate(alpha, eps), "mean_alpha_1": float(alpha.mean())}
+    baseline = {"sink_rate": metrics.sink_rate(alpha, eps), "mean_alpha_1": float(alpha.nanmean())}
     if ctx.lm:
         baseline["loss"] = sum(p.loss() for p in base) / len(base)
     else:
@@ -207,6 +211,7 @@ def explain(
         baseline=baseline,
         probes=sections,
         not_applicable=skipped,
+        skipped_layers=skipped_layers(model),
         seconds=time.perf_counter() - start,
         provenance=run_provenance(model, sequences=seqs, texts=describe_texts(texts_or_ids), bos=bos, seed=seed),
     )

@@ -1,0 +1,299 @@
+"""Attention sinks in hybrid decoders: how the share of softmax layers changes the sink.
+
+    python benchmarks/hybrid_study.py --preset small --steps 600 --corpus DIR --out $OUT/hybrid-h200.json  # H200
+    python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json                       # CPU smoke
+
+Every run trains one decoder from the same seed on the same token stream with the same width, depth, heads and
+recipe (sinklab's pre-training loop, ``sinklab.remove.train``); only the token mixer of each layer differs. A
+``1:k`` mix has one full softmax layer per k + 1 layers, the last of each group (OLMo-Hybrid's and Qwen3-Next's
+layout, i % 4 == 3 at 1:3), and at least one:
+
+- ``linear`` arm, transformers' OLMo-Hybrid (``olmo_hybrid``): Gated DeltaNet layers (Yang et al. 2025, "Gated Delta
+  Networks") between plain softmax layers at 1:1, 1:3, 1:7; its 1:0 is Olmo3 (``olmo3``), the same post-norm block
+  with QK-norm and softmax everywhere (OLMo-Hybrid refuses a config without a linear layer). Dense MLPs throughout.
+- ``sliding`` arm, Olmo3 with a sliding window (query i sees key j iff i - W < j <= i): Gemma 3's 5 sliding : 1
+  global pattern, and every layer sliding; the 1:0 run is its all-global end.
+- ``gated`` arm, transformers' Qwen3-Next (``qwen3_next``, MoE off: ``num_experts=0`` gives every block the dense MLP)
+  at 1:0 and 1:3: its softmax layers carry an output gate, sigmoid(x W_g) * attention (Qiu et al. 2025, "Gated
+  Attention"), which removes sinks in dense models; its Gated DeltaNet layers are Qwen3-Next's own.
+
+Measured at the end on held-out text by ``sinklab.scan`` (the code of ``sinklab scan``): Sink_1^0.3 at T = 64 (Gu et
+al. 2024, "When Attention Sink Emerges in Language Models"; alpha_1^{l,h} = mean over the queries that can see key 1
+of A_{t,1}, Sink_1 = mean over (l, h) of [alpha_1 > 0.3]) over the softmax layers only (linear layers have no
+attention weights: scan gives them NaN rows, which the rate skips), also split into full and sliding layers;
+first-token mass (mean alpha_1 over the softmax heads), max |x| of the residual stream, validation loss. Which
+Gated DeltaNet code ran is recorded: transformers calls flash-linear-attention's Triton kernel when ``fla`` is
+importable (``python3 -m pip install fla-core einops``), its own torch reference otherwise.
+
+Partial results are written after every run; a rich table, then ONE JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from train_study import _hardware, _impl
+
+from sinklab.measure import metrics
+from sinklab.provenance import run_provenance
+from sinklab.remove.train import PRESETS, TrainConfig, train
+
+LINEAR, SLIDING, FULL = "linear_attention", "sliding_attention", "full_attention"
+LETTERS = {LINEAR: "L", SLIDING: "S", FULL: "F"}
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One run's layer layout: one full softmax layer per ``every`` layers (None: none), the others ``other``."""
+
+    arm: str
+    every: int | None
+    other: str
+
+
+RUNS: dict[str, Mix] = {
+    "softmax": Mix("linear", 1, LINEAR),  # 1:0, every layer full softmax (Olmo3)
+    "linear-1:1": Mix("linear", 2, LINEAR),
+    "linear-1:3": Mix("linear", 4, LINEAR),
+    "linear-1:7": Mix("linear", 8, LINEAR),
+    "sliding-5:1": Mix("sliding", 6, SLIDING),  # Gemma 3
+    "sliding": Mix("sliding", None, SLIDING),
+    "gated-1:0": Mix("gated", 1, LINEAR),
+    "gated-1:3": Mix("gated", 4, LINEAR),
+}
+
+
+def layer_types(mix: Mix, layers: int) -> list[str]:
+    """Layer i is full softmax iff (i + 1) % every == 0; a depth below ``every`` keeps its last layer full."""
+    if mix.every is None:
+        return [mix.other] * layers
+    full = {i for i in range(layers) if (i + 1) % mix.every == 0} or {layers - 1}
+    return [FULL if i in full else mix.other for i in range(layers)]
+
+
+def model_config(mix: Mix, preset: str, window: int) -> tuple[str, dict]:
+    """(transformers model type, config fields) of ``mix`` at ``preset``'s shape: linear layers get the softmax layers'
+    heads and head dim for keys and values; RoPE base 10,000 everywhere (Olmo3's default is 500,000)."""
+    p = PRESETS[preset]
+    types = layer_types(mix, p.layers)
+    head_dim = p.hidden // p.heads
+    linear = dict(
+        linear_num_key_heads=p.heads,
+        linear_num_value_heads=p.heads,
+        linear_key_head_dim=head_dim,
+        linear_value_head_dim=head_dim,
+    )
+    ids = dict(bos_token_id=None, eos_token_id=None, layer_types=types)
+    if mix.arm == "gated":
+        return "qwen3_next", {**ids, **linear, "head_dim": head_dim, "num_experts": 0}
+    if LINEAR in types:
+        return "olmo_hybrid", {**ids, **linear, "rope_theta": 10_000.0}
+    return "olmo3", {**ids, "rope_theta": 10_000.0, "sliding_window": window}
+
+
+def linear_kernel(architecture: str) -> str | None:
+    """The chunked gated-delta-rule function the architecture's Gated DeltaNet layers call (transformers picks it when
+    the modeling module is imported: flash-linear-attention's kernel when ``fla`` imports, else its torch reference);
+    None for an architecture without them."""
+    module = importlib.import_module(f"transformers.models.{architecture}.modeling_{architecture}")
+    wrapper = getattr(module, "torch_chunk_gated_delta_rule", None)
+    if wrapper is None:
+        return None
+    fn = inspect.getclosurevars(wrapper).nonlocals.get("implementation", wrapper)
+    name = f"{fn.__module__}.{fn.__qualname__}"
+    if name.startswith("fla."):
+        return f"flash-linear-attention (fla {importlib.import_module('fla').__version__}): {name}"
+    return f"transformers torch reference: {name}"
+
+
+def summary(name: str, mix: Mix, run: dict, eps: float) -> dict:
+    """One row of the table from a finished run: shares of the layout, the sink metrics of its softmax layers."""
+    final, types = run["final"], run["layer_types"]
+    alpha = torch.tensor(final["first_token_mass"], dtype=torch.float64)  # [L, H], NaN rows: linear layers
+
+    def rate(kind: str) -> float | None:
+        rows = [i for i, t in enumerate(types) if t == kind]
+        return metrics.sink_rate(alpha[rows], eps) if rows else None
+
+    return {
+        "run": name,
+        "arm": mix.arm,
+        "architecture": run["config"]["architecture"],
+        "softmax_share": sum(t != LINEAR for t in types) / len(types),
+        "full_attention_share": types.count(FULL) / len(types),
+        "layer_pattern": "".join(LETTERS[t] for t in types),
+        "sink_rate": final["sink_rate"],
+        "sink_rate_full": rate(FULL),
+        "sink_rate_sliding": rate(SLIDING),
+        "first_token_mass": final["first_token_mass_mean"],
+        "max_activation": final["max_activation"],
+        "val_loss": final["val_loss"],
+        "params": run["params"],
+        "train_tokens": final["tokens"],
+        "tokens_per_second": run["tokens_per_second"],
+        "seconds": final["wall_seconds"],
+    }
+
+
+def _table(rows: list[dict]) -> Table:
+    table = Table(title="sinklab hybrid study (same width, depth, data, steps and seed; only the token mixer differs)")
+    cols = ("run", "model", "layers", "softmax share", "Sink_1", "full / sliding", "1st-token mass", "max |x|", "loss")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for row in rows:
+        split = [f"{row[k]:.1%}" if row[k] is not None else "-" for k in ("sink_rate_full", "sink_rate_sliding")]
+        table.add_row(
+            row["run"],
+            row["architecture"],
+            row["layer_pattern"],
+            f"{row['softmax_share']:.3f}",
+            f"{row['sink_rate']:.1%}",
+            " / ".join(split),
+            f"{row['first_token_mass']:.3f}",
+            f"{row['max_activation']:.1f}",
+            f"{row['val_loss']:.3f}",
+        )
+    return table
+
+
+PANELS = (
+    ("sink_rate", "Sink_1^0.3 of the softmax layers (T=64)"),
+    ("first_token_mass", "first-token mass (mean alpha_1)"),
+    ("max_activation", "max |residual activation|"),
+    ("val_loss", "validation loss"),
+)
+ARMS = {
+    "linear": "full softmax + Gated DeltaNet (OLMo-Hybrid)",
+    "sliding": "full softmax + sliding window (Olmo3)",
+    "gated": "gated softmax + Gated DeltaNet (Qwen3-Next)",
+}
+
+
+def plot(rows: list[dict], path: Path, window: int) -> None:
+    """Each panel against the share of full-attention layers, one line per arm (the linear and sliding arms share
+    the all-softmax run)."""
+    from matplotlib.figure import Figure
+
+    from sinklab.report.plots import save
+
+    fig = Figure(figsize=(4.6 * len(PANELS), 4), layout="tight")
+    for ax, (key, label) in zip(fig.subplots(1, len(PANELS)), PANELS, strict=True):
+        for arm, title in ARMS.items():
+            points = sorted(
+                (r["full_attention_share"], r[key])
+                for r in rows
+                if r["arm"] == arm or (arm == "sliding" and r["run"] == "softmax")
+            )
+            if points and any(r["arm"] == arm for r in rows):
+                ax.plot(*zip(*points, strict=True), marker="o", label=title)
+        ax.set(
+            title=label,
+            xlabel=f"share of full-attention layers (others: linear or window {window})",
+            ylabel=label,
+        )
+        ax.set_xticks([0, 1 / 8, 1 / 4, 1 / 2, 1], ["0", "1/8", "1/4", "1/2", "1"])
+    fig.axes[0].legend(fontsize=7)
+    save(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=list(PRESETS))
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--corpus", default=None, help="built corpus directory (default: embedded byte corpus)")
+    parser.add_argument("--runs", nargs="*", default=list(RUNS), help=f"subset of {', '.join(RUNS)}")
+    parser.add_argument("--window", type=int, default=32, help="sliding window W of the sliding layers")
+    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/hybrid-<hw>.json)")
+    parser.add_argument("--time-limit", type=float, default=None, help="start no run that would end past it (s)")
+    args = parser.parse_args(argv)
+    unknown = [r for r in args.runs if r not in RUNS]
+    if unknown:
+        parser.error(f"unknown runs {unknown}; accepted: {', '.join(RUNS)}")
+    if args.window < 1:
+        parser.error("--window must be a positive integer")
+    hardware = _hardware()
+    out = Path(args.out or f"benchmarks/results/hybrid-{hardware}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    console = Console()
+    record: dict = {
+        "benchmark": "hybrid_study",
+        "hardware": hardware,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+        "preset": asdict(PRESETS[args.preset]) | {"name": args.preset},
+        "window": args.window,
+        "corpus": args.corpus or "embedded pydoc topics, byte tokens",
+        "note": "every run: same width, depth, heads, seed, token stream and step count; only the token mixers differ",
+        "linear_kernel": {},
+        "provenance": run_provenance(texts=args.corpus or "embedded byte corpus", seed=args.seed),
+        "rows": [],
+        "runs": [],
+    }
+    started, longest = time.perf_counter(), 0.0
+    for name in args.runs:
+        elapsed = time.perf_counter() - started
+        if args.time_limit is not None and elapsed + 1.1 * longest > args.time_limit:
+            record.setdefault("skipped", []).append(name)
+            console.print(f"[yellow]{name}: skipped, {elapsed:.0f} s spent of the {args.time_limit:.0f} s limit[/]")
+            continue
+        mix = RUNS[name]
+        architecture, fields = model_config(mix, args.preset, args.window)
+        config = TrainConfig(
+            preset=args.preset,
+            steps=args.steps,
+            corpus=args.corpus,
+            architecture=architecture,
+            model_config=fields,
+            eval_every=args.eval_every,
+            quant_eval=False,
+            seed=args.seed,
+        )
+        console.print(f"[bold]{name}[/]: {architecture} {fields['layer_types']}")
+        tick = time.perf_counter()
+        try:
+            result = train(config)
+        except Exception as exc:  # one broken layout must not cost the others their results
+            record.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/]")
+            continue
+        finally:
+            longest = max(longest, time.perf_counter() - tick)
+        kernel = linear_kernel(architecture)
+        if kernel is not None:
+            record["linear_kernel"][architecture] = kernel
+        run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
+        run["layer_types"] = fields["layer_types"]
+        record["runs"].append(run)
+        record["rows"].append(summary(name, mix, run, result.config.eps))
+        record["wall_seconds"] = time.perf_counter() - started
+        out.write_text(json.dumps(record, indent=1))
+        row = record["rows"][-1]
+        console.print(
+            f"[bold]{name}[/] done: Sink_1 {row['sink_rate']:.1%}, first-token mass {row['first_token_mass']:.3f}, "
+            f"max |x| {row['max_activation']:.1f}, val loss {row['val_loss']:.3f}, "
+            f"{result.tokens_per_second:,.0f} tok/s, {time.perf_counter() - started:.0f} s so far"
+        )
+    record["wall_seconds"] = time.perf_counter() - started
+    out.write_text(json.dumps(record, indent=1))
+    if record["rows"]:
+        plot(record["rows"], out.with_suffix(".png"), args.window)
+    Console(width=160).print(_table(record["rows"]))
+    keys = ("benchmark", "hardware", "linear_kernel", "rows", "failed", "skipped")
+    line = {k: record[k] for k in keys if k in record}
+    print(json.dumps(line))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The hybrid study (benchmarks/hybrid_study.py): layer layouts, the models they build, and the CPU smoke run."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from sinklab.errors import SinklabInputError
+from sinklab.hf import ModelView
+from sinklab.remove.train import TrainConfig, build_model
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def study(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports train_study, its neighbour
+    return importlib.import_module("hybrid_study")
+
+
+def test_layouts_put_one_full_layer_at_the_end_of_each_group(study):
+    patterns = {name: "".join(study.LETTERS[t] for t in study.layer_types(mix, 8)) for name, mix in study.RUNS.items()}
+    assert patterns == {
+        "softmax": "FFFFFFFF",
+        "linear-1:1": "LFLFLFLF",
+        "linear-1:3": "LLLFLLLF",  # OLMo-Hybrid's and Qwen3-Next's layout
+        "linear-1:7": "LLLLLLLF",
+        "sliding-5:1": "SSSSSFSS",  # Gemma 3: every sixth layer global
+        "sliding": "SSSSSSSS",
+        "gated-1:0": "FFFFFFFF",
+        "gated-1:3": "LLLFLLLF",
+    }
+    assert study.layer_types(study.RUNS["linear-1:7"], 2) == [study.LINEAR, study.FULL]  # too shallow: keep one
+
+
+def test_every_run_builds_its_layout_and_only_softmax_layers_are_sites(study):
+    for name, mix in study.RUNS.items():
+        architecture, fields = study.model_config(mix, "tiny", 16)
+        model = build_model(TrainConfig(preset="tiny", architecture=architecture, model_config=fields).resolved(), 263)
+        sites = {a.layer: (a.kind, a.window) for a in ModelView(model).attention}
+        types = fields["layer_types"]
+        expected = {i: ("sliding", 16) if t == study.SLIDING else ("full", None) for i, t in enumerate(types)}
+        assert sites == {i: kind for i, kind in expected.items() if types[i] != study.LINEAR}, name
+        mlps = {type(m).__name__ for m in ModelView(model).mlps}
+        assert not any("Moe" in n for n in mlps), f"{name}: MoE must be off ({mlps})"
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(SinklabInputError, match="unknown architecture 'no_such_model'"):
+        TrainConfig(architecture="no_such_model").resolved()
+
+
+def test_smoke_run_writes_rows_plot_and_one_json_line(study, tmp_path, capsys):
+    out = tmp_path / "hybrid.json"
+    study.main(["--preset", "tiny", "--steps", "2", "--runs", "linear-1:1", "sliding-5:1", "--out", str(out)])
+    record = json.loads(out.read_text())
+    rows = {row["run"]: row for row in record["rows"]}
+    assert set(rows) == {"linear-1:1", "sliding-5:1"} and not record.get("failed")
+    assert {"softmax_share", "layer_pattern", "sink_rate", "first_token_mass", "max_activation", "val_loss"} <= set(
+        rows["linear-1:1"]
+    )
+    assert rows["linear-1:1"]["softmax_share"] == 0.5 and rows["linear-1:1"]["layer_pattern"] == "LF"
+    assert rows["sliding-5:1"]["softmax_share"] == 1.0 and rows["sliding-5:1"]["full_attention_share"] == 0.5
+    assert rows["sliding-5:1"]["sink_rate_sliding"] is not None and rows["linear-1:1"]["sink_rate_sliding"] is None
+    assert record["linear_kernel"]["olmo_hybrid"].startswith("transformers torch reference")  # no fla here
+    assert record["provenance"]["transformers"] and out.with_suffix(".png").exists()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert [r["run"] for r in json.loads(last)["rows"]] == ["linear-1:1", "sliding-5:1"]
