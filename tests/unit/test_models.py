@@ -113,3 +113,23 @@ def test_resolve_device():
     for bad in ("tpu9", "", "cuda:99", "meta"):
         with pytest.raises(SinklabInputError, match="accepted: cpu"):
             resolve_device(bad)
+
+
+def test_an_embedded_tokenizer_that_converts_differently_is_refused(tmp_path):
+    """transformers 5.17 turns gemma3's GGUF tokenizer into one token per character without BOS: loading refuses
+    a tokenizer whose ids for the probe text differ from the reference conversion, and names the cached copy."""
+    from sinklab.models import zoo
+
+    spec = zoo.EMBEDDED["gemma3-270m"]
+
+    class Tokenizer:
+        def __init__(self, encode):
+            self.encode = encode
+
+        def __call__(self, text):
+            return type("Encoding", (), {"input_ids": self.encode(text)})()
+
+    per_character = Tokenizer(lambda text: [236700 + ord(c) % 100 for c in text])
+    with pytest.raises(SinklabInputError, match=r"gemma3-270m's tokenizer .* other token ids .* delete the cached"):
+        zoo._check_tokenizer(spec, per_character, tmp_path)
+    zoo._check_tokenizer(spec, Tokenizer(lambda text: list(spec.probe_ids)), None)  # the reference ids pass

