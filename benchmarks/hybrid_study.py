@@ -1,7 +1,10 @@
 """Attention sinks in hybrid decoders: how the share of softmax layers changes the sink.
 
-    python benchmarks/hybrid_study.py --preset small --steps 600 --corpus DIR --out $OUT/hybrid-h200.json  # H200
-    python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json                       # CPU smoke
+    python benchmarks/hybrid_study.py --preset small --steps 400 --corpus DIR --time-limit 270 --out OUT.json
+    python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json   # CPU smoke test
+
+On one H200 (transformers' torch Gated DeltaNet, no fla) the six main runs at 400 steps x 48 x 256 take an estimated
+3-4 minutes; ``--time-limit`` starts no run that would end past it, so list the runs that matter first.
 
 Every run trains one decoder from the same seed on the same token stream with the same width, depth, heads and
 recipe (sinklab's pre-training loop, ``sinklab.remove.train``); only the token mixer of each layer differs. A
