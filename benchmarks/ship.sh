@@ -2,6 +2,8 @@
 #   source benchmarks/ship.sh; stash .ship2/g0       each call: keep what it carried under /tmp/ship
 #   source benchmarks/ship.sh; install_gemma3        once the four parts of the gemma3-270m GGUF are there
 #   source benchmarks/ship.sh; install_fa4           once both parts of FlashAttention-4's CuTe DSL wheel are there
+#   source benchmarks/ship.sh; install_transformers  transformers 5.24 over the image's 5.17, whose GGUF conversion
+#                                                    of gemma3's tokenizer is wrong (sinklab.models refuses it)
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -35,4 +37,9 @@ install_fa4() {  # the CuTe DSL cu13 libraries in 2 parts, their sha256, and the
         "$SHIP"/flash_attn_4-*.whl "$SHIP"/nvidia_cu*.whl "$SHIP"/quack_kernels-*.whl "$SHIP"/torch_c_dlpack_ext-*.whl \
         || return 1
     python3 -c "import flash_attn.cute, cudnn; print('flash_attn.cute', flash_attn.cute.__file__, 'cudnn', cudnn.backend_version())"
+}
+
+install_transformers() {
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/transformers-*.whl || return 1
+    python3 -c "import transformers; print('transformers', transformers.__version__, transformers.__file__)"
 }
