@@ -483,6 +483,12 @@ def main() -> None:
     ap.add_argument("--tune", action="store_true", help="pick Triton tile configs at T=8192 first")
     ap.add_argument("--tune-only", action="store_true", help="stop after --tune (tiles go to $SINKLAB_TRITON_TILES)")
     ap.add_argument("--tune-budget-s", type=float, default=240, help="stop timing tune candidates after this")
+    ap.add_argument(
+        "--flex-shapes",
+        nargs="*",
+        default=None,
+        help="time flex-sink on these shapes only (it compiles once per shape)",
+    )
     ap.add_argument("--append", action="store_true", help="keep the rows of --out (same machine) and add these")
     ap.add_argument("--budget-s", type=float, default=1e9, help="skip the cells left after this many seconds")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kernels-h200.json")
@@ -556,6 +562,8 @@ def main() -> None:
                         "T_q": shape.Tq, "D": shape.D, "heads": shape.H, "kv_heads": shape.Hkv}  # fmt: skip
                 passes = ["fwd", "fwd_bwd"] if shape.backward else ["fwd"]
                 reason = impl.reason()
+                if impl.name == "flex-sink" and args.flex_shapes is not None and name not in args.flex_shapes:
+                    reason = "skipped: not in --flex-shapes"
                 if reason is None and time.time() - t0 > args.budget_s:
                     reason = "skipped: time budget of this run"
                 if reason is None:
