@@ -341,7 +341,7 @@ def test_written_files_and_compare(runs, tmp_path, corpus):
     header = (tmp_path / "A" / "bench.csv").read_text().splitlines()[0]
     assert "ppl@32" in header and "method" in header
     same = compare_runs(tmp_path / "A" / "bench.json", tmp_path / "B" / "bench.json")
-    assert same["changed"] == [] and same["unchanged"] > 0
+    assert same["changed"] == [] and same["unchanged"] > 0 and "date_utc" in same["provenance"]
     other = json.loads((tmp_path / "B" / "bench.json").read_text())
     other["protocol"]["hash"] = "0" * 16
     (tmp_path / "B" / "bench.json").write_text(json.dumps(other))

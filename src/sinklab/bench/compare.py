@@ -21,8 +21,11 @@ def read_bench(path: str | Path) -> dict:
 
 
 def compare_runs(a_path: str | Path, b_path: str | Path) -> dict:
-    """Per (model, method) present in both, each numeric metric of A and B and B - A. Refuses two protocols (or
-    corpora) in one line: numbers of different protocols do not compare."""
+    """Per (model, method) present in both, each numeric metric of A and B and B - A (timings excluded), with the
+    provenance of the comparison. Refuses two protocols (or corpora) in one line: numbers of different protocols do
+    not compare."""
+    from sinklab.provenance import run_provenance
+
     a, b = read_bench(a_path), read_bench(b_path)
     pa, pb = a["protocol"], b["protocol"]
     if pa.get("corpus_sha256") != pb.get("corpus_sha256"):
@@ -58,4 +61,6 @@ def compare_runs(a_path: str | Path, b_path: str | Path) -> dict:
         "unchanged": same,
         "only_in_a": sorted(keys(a) - keys(b)),
         "only_in_b": sorted(keys(b) - keys(a)),
+        "files": [str(a_path), str(b_path)],
+        "provenance": run_provenance(None),
     }
