@@ -35,13 +35,18 @@ def _interface():
     return flash_attn_func
 
 
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, variant: str, masked: bool) -> str | None:
     """Why FA4 cannot run this call (None if it can). Checked in the order that imports nothing on a CPU."""
     if variant not in VARIANTS:
         return f"variant {variant!r} (FlashAttention-4 has {', '.join(VARIANTS)})"
     if not q.is_cuda:
         return "not a CUDA tensor"
-    if torch.cuda.get_device_capability(q.device)[0] not in ARCHS:
+    if _capability(q.device)[0] not in ARCHS:
         return "not a Hopper or Blackwell GPU"
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtype {q.dtype} (FlashAttention-4 takes bfloat16 and float16, equal for q, k, v)"
