@@ -83,3 +83,14 @@ def test_explain_cli_says_which_layers_it_skips(tmp_path):
     assert result.exit_code == 0, result.output
     assert "skipped layers 0 (linear_attention): no softmax attention to measure" in result.stdout
     assert json.loads((tmp_path / "out" / "probes.json").read_text())["skipped_layers"] == LINEAR_FIRST
+
+
+def test_scan_cli_says_which_layers_it_skips(tmp_path):
+    model, tok = tiny_hybrid()
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text(TEXT)
+    args = ["scan", "--model", str(tmp_path / "model"), "--text", str(tmp_path / "text.txt")]
+    result = CliRunner().invoke(app, [*args, "--max-tokens", "48", "--num-texts", "1", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "skipped layers 0 (linear_attention): no softmax attention to measure" in result.stdout

@@ -195,3 +195,10 @@ def text_provenance(text: list[Path] | None):
     from sinklab.provenance import describe_texts, file_sources
 
     return file_sources(text) if text else describe_texts(None)
+
+
+def skipped_line(skipped: list[dict]) -> str:
+    """The layers a measurement skipped and why: 'skipped layers 0, 1, 2 (linear_attention): no softmax attention'."""
+    kinds = sorted({s["type"] for s in skipped})
+    layers = ", ".join(str(s["layer"]) for s in skipped)
+    return f"skipped layers {layers} ({', '.join(kinds)}): no softmax attention to measure"

@@ -21,6 +21,7 @@ from sinklab.cli._app import (
     command,
     model_and_sequences,
     out_option,
+    skipped_line,
     text_provenance,
 )
 
@@ -41,13 +42,6 @@ def summary_table(d: dict) -> Table:
     for probe, reason in d["not_applicable"].items():
         table.add_row(probe, "[yellow]does not apply[/]", reason, "")
     return table
-
-
-def skipped_line(skipped: list[dict]) -> str:
-    """The layers a measurement skipped and why: 'skipped layers 0, 1, 2 (linear_attention): no softmax attention'."""
-    kinds = sorted({s["type"] for s in skipped})
-    layers = ", ".join(str(s["layer"]) for s in skipped)
-    return f"skipped layers {layers} ({', '.join(kinds)}): no softmax attention to measure"
 
 
 @command("explain")

@@ -22,6 +22,7 @@ from sinklab.cli._app import (
     command,
     model_and_sequences,
     out_option,
+    skipped_line,
     text_provenance,
 )
 from sinklab.errors import SinklabInputError, check_fraction
@@ -127,6 +128,8 @@ def scan_command(
     result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)
     Console().print(summary_table(result))
+    if result.skipped_layers:
+        Console().print(skipped_line(result.skipped_layers))
     Console().print(f"wrote {out}/metrics.json, heads.csv, plots and report.html")
 
 
