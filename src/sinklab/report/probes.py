@@ -93,13 +93,22 @@ def anchor_plot(section: dict, path: Path) -> Plot:
     ax0.plot(range(1, len(mid) + 1), mid, "s--", label="middle token")
     ax0.set(xlabel="layer l", ylabel="cos(h_l, h_{l-1})", title="hidden-state direction over layers")
     ax0.legend(fontsize=8)
-    k_sink = np.nanmedian(np.asarray(m["sink_key_cosine_to_query_axis"], dtype=float), axis=1)
-    k_other = np.nanmedian(np.asarray(m["other_keys_cosine_to_query_axis"], dtype=float), axis=1)
+    k_sink = _head_median(m["sink_key_cosine_to_query_axis"])
+    k_other = _head_median(m["other_keys_cosine_to_query_axis"])
     ax1.plot(range(len(k_sink)), k_sink, "o-", label="sink key")
     ax1.plot(range(len(k_other)), k_other, "s--", label="median other key")
     ax1.set(xlabel="layer", ylabel="cosine to the query axis (median over heads)", title="keys against the query cone")
     ax1.legend(fontsize=8)
     return save(fig, path)
+
+
+def _head_median(per_layer_heads) -> np.ndarray:
+    """[L] median over heads of an [L, H] list; NaN for a layer with no value (a hybrid's linear layers)."""
+    x = np.asarray(per_layer_heads, dtype=float)
+    out = np.full(x.shape[0], np.nan)
+    measured = ~np.isnan(x).all(axis=1)
+    out[measured] = np.nanmedian(x[measured], axis=1)
+    return out
 
 
 def emergence_plot(section: dict, model: str, path: Path) -> Plot:
