@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench train-corpus train-study lint clean
+.PHONY: setup demo test test-fast bench train-corpus train-corpus-large train-study lint clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -46,6 +46,12 @@ bench: $(STAMP)
 # the pre-training corpus: Debian documentation packages + pydoc topics, tokenized to data/train-corpus (~21 MB)
 train-corpus: $(STAMP)
 	$(PY) scripts/build_train_corpus.py --out data/train-corpus
+
+# every documentation package (scripts/build_train_corpus.py --help), deduplicated, in xz parts of 55 MiB that travel
+# one device call each (install_corpus in benchmarks/ship.sh joins them there)
+train-corpus-large: $(STAMP)
+	nice -n 19 $(PY) scripts/build_train_corpus.py --packages all --out data/train-corpus-large \
+		--pack data/train-corpus-large.pack --part-mb 55
 
 # the pre-training study on a GPU (H200: about 12 minutes, about 55 s a run)
 train-study: train-corpus

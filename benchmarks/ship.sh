@@ -43,3 +43,14 @@ install_transformers() {
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/transformers-*.whl || return 1
     python3 -c "import transformers; print('transformers', transformers.__version__, transformers.__file__)"
 }
+
+install_corpus() {  # a corpus packed by build_train_corpus.py --pack (corpus.partNN + corpus.sha256) into ${1:-/tmp/corpus}
+    local dest=${1:-/tmp/corpus}
+    if ! (cd "$SHIP" && sha256sum --quiet -c corpus.sha256); then
+        echo "install_corpus: a part in $SHIP is missing or corrupted (lines above); send it again" >&2
+        return 1
+    fi
+    rm -rf "$dest" && mkdir -p "$dest" || return 1
+    cat "$SHIP"/corpus.part* | xz -d | tar -x -C "$dest" || return 1
+    echo "install_corpus: $dest ($(du -sh "$dest" | cut -f1)), train --corpus $dest"
+}

