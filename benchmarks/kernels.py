@@ -36,6 +36,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -214,9 +215,9 @@ class Impl:
 
     name: str
     variants: tuple[str, ...]
-    run: object
+    run: Callable[..., torch.Tensor]  # (variant, q, k, v, params, shape) -> out
     layout: str = "bhtd"
-    missing: object = None
+    missing: Callable[[], str | None] | None = None
 
     def reason(self) -> str | None:
         return self.missing() if self.missing else None
@@ -358,8 +359,9 @@ def time_cell(impl: Impl, variant: str, inputs: Inputs) -> dict[str, float | str
     """{"fwd": ms, "fwd_bwd": ms, "ran": which sinklab impl ran} of one implementation and variant."""
     shape = inputs.shape
     q, k, v, do = inputs.get(impl.layout)
-    params = params_for(variant, shape.H, shape.D, DEVICE) if shape.backward else {
-        n: x.detach() for n, x in params_for(variant, shape.H, shape.D, DEVICE).items()}  # fmt: skip
+    params = params_for(variant, shape.H, shape.D, DEVICE)
+    if not shape.backward:
+        params = {n: x.detach() for n, x in params.items()}
     leaves = [q, k, v, *(x for x in params.values() if isinstance(x, torch.Tensor))]
 
     def fwd():

@@ -36,7 +36,11 @@ install_fa4() {  # the CuTe DSL cu13 libraries in 2 parts, their sha256, and the
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/apache_tvm_ffi-*.whl \
         "$SHIP"/flash_attn_4-*.whl "$SHIP"/nvidia_cu*.whl "$SHIP"/quack_kernels-*.whl "$SHIP"/torch_c_dlpack_ext-*.whl \
         || return 1
-    python3 -c "import flash_attn.cute, cudnn; print('flash_attn.cute', flash_attn.cute.__file__, 'cudnn', cudnn.backend_version())"
+    # nvidia-cutlass-dsl finds its `cutlass` package through a .pth file, which Python reads in site directories
+    # only, not in a --target directory on PYTHONPATH: put the directory that .pth adds on the path instead
+    export PYTHONPATH=$PYTHONPATH:/tmp/site/nvidia_cutlass_dsl/dsl_packages
+    python3 -c "import flash_attn.cute, cudnn; print('flash_attn.cute', flash_attn.cute.__file__, 'cudnn', cudnn.backend_version())" \
+        || return 1
 }
 
 install_transformers() {

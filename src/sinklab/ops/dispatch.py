@@ -90,7 +90,7 @@ def attention(
     scale = default_scale(q, scale)
     hooks = softcap is not None or edit_logits is not None or edit_weights is not None
     kw = dict(causal=causal, attn_mask=attn_mask, key_padding=key_padding, scale=scale, window=window)
-    if impl in ("auto", "fa4") and not hooks:
+    if (impl == "fa4" or (impl == "auto" and q.is_cuda)) and not hooks:  # a CPU call under auto never tries it
         masked = attn_mask is not None or key_padding is not None
         try:
             result = _fa4.attention(
