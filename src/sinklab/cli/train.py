@@ -25,6 +25,12 @@ def train_command(
     lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
     max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
+    unique_tokens: int = typer.Option(
+        None, metavar="N", help="train on the first N tokens of the training split only (they repeat; default: all)"
+    ),
+    checkpoint_steps: str = typer.Option(
+        None, metavar="S1,S2,...", help="save the model + tokenizer at these steps under OUT/checkpoints/step-S"
+    ),
     device: str = DEVICE,
     seed: int = typer.Option(0, help="seed of the initialisation and the data order"),
 ) -> None:
@@ -32,8 +38,15 @@ def train_command(
 
     Several GPUs: torchrun --nproc_per_node N --no-python sinklab train ...
     """
+    from sinklab.errors import SinklabInputError
     from sinklab.remove.train import TrainConfig, train
 
+    try:
+        checkpoints = tuple(int(s) for s in (checkpoint_steps or "").split(",") if s.strip())
+    except ValueError:
+        raise SinklabInputError(
+            f"--checkpoint-steps {checkpoint_steps!r} is not a comma-separated list of integers"
+        ) from None
     config = TrainConfig(
         variant=variant,
         preset=preset,
@@ -46,6 +59,8 @@ def train_command(
         lr=lr,
         eval_every=eval_every,
         max_epochs=max_epochs,
+        unique_tokens=unique_tokens,
+        checkpoint_steps=checkpoints,
         device=device,
         seed=seed,
         out=str(out),
@@ -73,4 +88,10 @@ def train_command(
             f"perplexity fp32 {final['ppl_fp32']:.2f}, W8A8 per-tensor {final['ppl_w8a8_tensor']:.2f}, "
             f"per-token {final['ppl_w8a8_token']:.2f}; {result.tokens_per_second:,.0f} tokens/s"
         )
+    console.print(
+        f"{final['unique_tokens']:,} unique training tokens, {final['epochs']:.2f} epochs; Sink_1 emergence "
+        + ", ".join(f"{key.removeprefix('sink_rate_')}: {step}" for key, step in final["emergence"].items())
+    )
+    for checkpoint in final.get("checkpoints", []):
+        console.print(f"checkpoint step {checkpoint['step']}: {checkpoint['path']}")
     console.print(f"wrote {out}/train.json and {out}/curves.png")

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -97,6 +98,8 @@ class TrainConfig:
     metric_seqs: int | None = None
     eps: float = 0.3
     max_epochs: float = 2.0  # refuse runs that would pass over the training tokens more often than this
+    unique_tokens: int | None = None  # train on the first N tokens of the training split only (Gu et al.'s data sweep)
+    checkpoint_steps: tuple[int, ...] = ()  # save the model (+ tokenizer) at these steps under out/checkpoints/
     quant_eval: bool = True
     seed: int = 0
     device: str | None = None  # default: cuda if available, else cpu
@@ -129,7 +132,24 @@ class TrainConfig:
             raise SinklabInputError(f"context must be at least {METRIC_LEN} (Sink_1 is measured at T=64)")
         if filled.weight_decay < 0 or filled.lr <= 0:
             raise SinklabInputError("learning rate must be > 0 and weight decay >= 0")
-        return filled
+        if filled.unique_tokens is not None and filled.unique_tokens < 1:
+            raise SinklabInputError(f"--unique-tokens must be a positive integer, got {filled.unique_tokens}")
+        steps = tuple(sorted({int(s) for s in filled.checkpoint_steps}))
+        if steps:
+            bad = [s for s in steps if not 0 <= s <= filled.steps]
+            if bad:
+                raise SinklabInputError(
+                    f"--checkpoint-steps {', '.join(map(str, bad))} outside 0..{filled.steps} (the run's steps)"
+                )
+            if filled.out is None:
+                raise SinklabInputError("--checkpoint-steps needs an output directory (out) to save them under")
+            if filled.variant != "softmax" or filled.variant_params:
+                raise SinklabInputError(
+                    f"--checkpoint-steps saves softmax models only: a {filled.variant!r} checkpoint would load "
+                    "through sinklab.load as plain softmax (its patch needs sinklab.remove.load_patched); train "
+                    "--variant softmax or drop --checkpoint-steps"
+                )
+        return replace(filled, checkpoint_steps=steps)
 
     @property
     def name(self) -> str:
@@ -320,6 +340,57 @@ def quantized_perplexity(model: nn.Module, val: Batches, config: TrainConfig) ->
     return out
 
 
+def _train_subset(tokens: np.ndarray, config: TrainConfig, body: int, world: int) -> np.ndarray:
+    """The first ``config.unique_tokens`` tokens of the training split (all of it when None), checked to hold at
+    least one step's batch of windows (every process's) and no more than the split."""
+    n = config.unique_tokens
+    if n is None:
+        return tokens
+    if n > len(tokens):
+        raise SinklabInputError(
+            f"--unique-tokens {n:,} is larger than the corpus's training split ({len(tokens):,} tokens)"
+        )
+    least = config.batch_size * world * body
+    if n < least:
+        raise SinklabInputError(
+            f"--unique-tokens {n:,} is less than one batch: {config.batch_size * world} windows of {body} tokens "
+            f"need {least:,}"
+        )
+    return tokens[:n]
+
+
+def metric_ids(config: TrainConfig) -> torch.Tensor:
+    """The held-out sequences of T=64 every evaluation measures Sink_1 on ([metric_seqs, 64], prefix included):
+    what a checkpoint is scanned on to compare with the history row of its step."""
+    config = config.resolved()
+    corpus = _load_data(config)
+    prefix = _prefix(config, corpus, corpus.vocab_size + int(config.sink_token))
+    metric = Batches(corpus.val, METRIC_LEN - len(prefix), prefix, config.seed)
+    return metric.take(np.arange(config.metric_seqs) % metric.windows)
+
+
+def emergence(history: list[dict], thresholds: tuple[float, ...] = (0.05, 0.10)) -> dict[str, int | None]:
+    """The first evaluated step whose Sink_1 reaches each threshold ({"sink_rate_0.05": step or None, ...})."""
+    rows = sorted(history, key=lambda row: row["step"])
+    return {
+        f"sink_rate_{t:.2f}": next((row["step"] for row in rows if row["sink_rate"] >= t), None) for t in thresholds
+    }
+
+
+def save_checkpoint(model: nn.Module, tokenizer, directory: str | Path) -> Path:
+    """``save_pretrained`` the model (safetensors) and its tokenizer into ``directory`` all at once, so that
+    ``sinklab.load(directory)`` and ``sinklab scan --model directory`` read it back."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.replace(directory)
+    return directory
+
+
 # -- training ------------------------------------------------------------------------------------------------------
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -377,6 +448,7 @@ def training_loop(
     info: Callable[[dict], str] = lambda row: "",
     rank: int = 0,
     world: int = 1,
+    eval_steps: Collection[int] = (),
 ) -> LoopResult:
     """The optimisation loop ``sinklab train`` and ``sinklab adapt`` share.
 
@@ -385,8 +457,8 @@ def training_loop(
     tensor, or ``(tensor, parts)`` with named scalar parts logged as ``train_<name>``), backward, clip the gradient
     norm of the optimised parameters to ``grad_clip``, step. ``model`` may be wrapped in DDP (torchrun: gradients
     are averaged by DDP, the reported loss by an all-reduce). On rank 0 at step 0, every ``eval_every`` steps and
-    after the last step, ``evaluate(step)`` adds its metrics to a history row {step, tokens, train_loss, ...};
-    ``info(row)`` is shown beside the progress bar.
+    after the last step (and at every step of ``eval_steps``), ``evaluate(step)`` adds its metrics to a history row
+    {step, tokens, train_loss, ...}; ``info(row)`` is shown beside the progress bar.
     """
     from sinklab.progress import Progress
 
@@ -399,7 +471,7 @@ def training_loop(
     with Progress(disable=rank != 0) as progress:
         bar = progress.add_task(description, total=steps, info="")
         for step in range(steps + 1):
-            if step % eval_every == 0 or step == steps:
+            if step % eval_every == 0 or step == steps or step in eval_steps:
                 if rank == 0:
                     row = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss}
                     row.update({f"train_{k}": v for k, v in parts.items()})
@@ -451,18 +523,28 @@ def train(config: TrainConfig) -> TrainResult:
         tokenizer.add_special_tokens({"additional_special_tokens": ["<|sink|>"]})
     prefix = _prefix(config, corpus, vocab_size)
     body = config.context - len(prefix)
-    train_data = Batches(corpus.train, body, prefix, config.seed)
+    train_tokens = _train_subset(corpus.train, config, body, world)
+    train_data = Batches(train_tokens, body, prefix, config.seed)
     needed = config.steps * config.batch_size * world
     if needed > train_data.windows * config.max_epochs:
+        have = "the corpus has" if config.unique_tokens is None else "--unique-tokens gives"
         raise SinklabInputError(
             f"corpus too small: {config.steps} steps x {config.batch_size * world} sequences of {body} tokens need "
-            f"{needed * body:,} tokens, the corpus has {len(corpus.train):,} (max_epochs={config.max_epochs:g}); "
-            "give fewer --steps or a larger --corpus"
+            f"{needed * body:,} tokens, {have} {len(train_tokens):,} ({needed / train_data.windows:.2f} epochs, "
+            f"max_epochs={config.max_epochs:g}); give fewer --steps, a larger --corpus or a larger --max-epochs"
         )
     val = Batches(corpus.val, body, prefix, config.seed)
     metric = Batches(corpus.val, METRIC_LEN - len(prefix), prefix, config.seed)
     if val.windows < 1 or metric.windows < 1:
         raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {config.context}")
+    checkpoints: list[dict] = []
+
+    def evaluate_step(step: int) -> dict:
+        row = evaluate(raw, tokenizer, val, metric, config)
+        if step in config.checkpoint_steps:
+            path = save_checkpoint(raw, tokenizer, Path(config.out) / "checkpoints" / f"step-{step}")
+            checkpoints.append({"step": step, "path": str(path)})
+        return row
 
     model = build_model(config, vocab_size).to(device)
     raw = model
@@ -478,8 +560,9 @@ def train(config: TrainConfig) -> TrainResult:
         batch=lambda step: train_data.step(step, config.batch_size, rank, world),
         loss=lambda net, ids: _loss(net, ids, len(prefix)),
         lr=lambda step: _lr(step, config),
-        evaluate=lambda step: evaluate(raw, tokenizer, val, metric, config),
+        evaluate=evaluate_step,
         eval_every=config.eval_every,
+        eval_steps=frozenset(config.checkpoint_steps),
         grad_clip=config.grad_clip,
         tokens_per_step=config.batch_size * world * body,
         description=f"train {config.name}",
@@ -493,7 +576,12 @@ def train(config: TrainConfig) -> TrainResult:
         final.update(quantized_perplexity(raw, val, config))
     tokens_per_second = config.steps * config.batch_size * world * config.context / max(train_time, 1e-9)
     final["wall_seconds"] = time.perf_counter() - started
-    texts = {"corpus": config.corpus or "embedded byte corpus", "train_tokens_sha256": digest(corpus.train)}
+    final["unique_tokens"] = len(train_tokens)
+    final["epochs"] = needed / train_data.windows
+    final["emergence"] = emergence(history)
+    if config.checkpoint_steps:
+        final["checkpoints"] = checkpoints
+    texts = {"corpus": config.corpus or "embedded byte corpus", "train_tokens_sha256": digest(train_tokens)}
     provenance = run_provenance(raw, texts=texts, bos=config.bos, seed=config.seed)
     result = TrainResult(config, history, final, params, tokens_per_second, dispatched, raw, provenance)
     if rank == 0 and config.out is not None:

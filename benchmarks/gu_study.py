@@ -1,0 +1,457 @@
+"""Gu et al.'s pre-training regime on one GPU: variants x seeds at a fixed step budget, plus a unique-data sweep.
+
+    nohup python benchmarks/gu_study.py --preset small --steps 2400 --corpus /tmp/corpus --work /tmp/gu \\
+        --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
+        --checkpoint-steps 150,300,600,1200,2400 --out /tmp/gu/gu-study.json > /tmp/gu/study.log 2>&1 &
+    python benchmarks/gu_study.py ... --aggregate-only        # rebuild the JSON and plot from what has finished
+
+Gu et al. ("When Attention Sink Emerges in Language Models", 2024) pre-trained 60M LLaMA models with a fixed
+number of steps and measured Sink_1^0.3 at T=64 as training went on; with less unique data (repeated to fill the
+same steps) the sink barely formed. The plan here: every ``--variants`` x ``--seeds`` on the full corpus, plus
+softmax seed 0 on the first N training tokens for every smaller ``--sizes`` entry (the full-size softmax seed 0 is
+shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run is one
+``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt`` beside
+it); up to ``--parallel`` share the GPU, the slowest variants start first, and a run whose train.json exists is
+skipped, so the study resumes where a stopped one left off. After every finished run the study JSON (``--out``)
+and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
+``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
+numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from train_study import PUBLISHED as TRAIN_PUBLISHED
+from train_study import _hardware, _impl
+
+from sinklab.provenance import run_provenance
+from sinklab.remove.train import TrainConfig, emergence, metric_ids
+
+# Longer runs first: the Triton variants (softpick's own kernel, gated's extra projection) take longer per step.
+COST = {"softpick": 3.0, "gated": 2.5, "sigmoid": 2.0, "clipped": 2.0, "softmax1": 2.0, "sink": 2.0, "kv_bias": 2.0}
+
+PUBLISHED = {
+    "source": "Gu et al. 2024, When Attention Sink Emerges in Language Models",
+    "softmax": TRAIN_PUBLISHED["softmax"],
+    "gated": TRAIN_PUBLISHED["gated"],
+    "softpick": TRAIN_PUBLISHED["softpick"],
+    "sink_rate_60m_5b_tokens": 0.1818,
+    "train_tokens_60m": 5_000_000_000,
+    "data_size": "at a fixed step budget, sinks barely form (Sink_1 < 1 %) below about 100M unique training tokens",
+    "small_data_threshold_tokens": 100_000_000,
+    "emergence": "the first-token sink appears after 1-2k optimisation steps",
+}
+
+
+def _size_label(n: int) -> str:
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def _sizes(values: list[str]) -> list[int | None]:
+    out: list[int | None] = []
+    for value in values:
+        if value == "full":
+            out.append(None)
+            continue
+        try:
+            out.append(int(float(value)))
+        except ValueError:
+            raise SystemExit(f"--sizes: {value!r} is neither a token count nor 'full'") from None
+    return out
+
+
+def plan(args) -> list[dict]:
+    """The runs, longest first: every variant x seed at full size, softmax seed 0 at every smaller size."""
+    runs = [
+        {"name": f"{v}-s{s}", "group": v, "variant": v, "seed": s, "unique_tokens": None}
+        for v in args.variants
+        for s in args.seeds
+    ]
+    sizes = _sizes(args.sizes)
+    if None in sizes and not any(r["name"] == "softmax-s0" for r in runs):
+        runs.append({"name": "softmax-s0", "group": "softmax", "variant": "softmax", "seed": 0, "unique_tokens": None})
+    for n in sorted({n for n in sizes if n is not None}):
+        group = f"softmax-{_size_label(n)}"
+        runs.append({"name": f"{group}-s0", "group": group, "variant": "softmax", "seed": 0, "unique_tokens": n})
+    resolved = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size).resolved()
+    for run in runs:
+        run["checkpoints"] = run["name"] == "softmax-s0" and bool(args.checkpoint_steps)
+        run["max_epochs"] = args.max_epochs
+        if run["unique_tokens"] is not None:  # repeats the subset: allow as many epochs as the steps take
+            windows = max(run["unique_tokens"] // (resolved.context - 1), 1)
+            run["max_epochs"] = float(max(math.ceil(resolved.steps * resolved.batch_size / windows) + 1, 2))
+        run["command"] = _command(args, run)
+    return sorted(runs, key=lambda r: -COST.get(r["variant"], 1.0))  # stable: seeds and sizes keep their order
+
+
+def _command(args, run: dict) -> list[str]:
+    cmd = [sys.executable, "-m", "sinklab.cli", "train", "--variant", run["variant"], "--preset", args.preset]
+    cmd += ["--seed", str(run["seed"]), "--out", str(Path(args.work) / run["name"])]
+    cmd += ["--max-epochs", f"{run['max_epochs']:g}"]
+    for flag, value in (("--steps", args.steps), ("--corpus", args.corpus), ("--batch-size", args.batch_size),
+                        ("--lr", args.lr), ("--eval-every", args.eval_every), ("--device", args.device)):  # fmt: skip
+        if value is not None:
+            cmd += [flag, str(value)]
+    if run["unique_tokens"] is not None:
+        cmd += ["--unique-tokens", str(run["unique_tokens"])]
+    if run["checkpoints"]:
+        cmd += ["--checkpoint-steps", args.checkpoint_steps]
+    return cmd
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _load_run(work: Path, run: dict) -> dict | None:
+    path = work / run["name"] / "train.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# -- aggregation ---------------------------------------------------------------------------------------------------
+def _row(run: dict, record: dict) -> dict:
+    final = record["final"]
+    em = final.get("emergence") or emergence(record["history"])
+    return {
+        "run": run["group"],
+        "name": run["name"],
+        "variant": run["variant"],
+        "seed": run["seed"],
+        "sink_rate": final["sink_rate"],
+        "val_loss": final["val_loss"],
+        "max_activation": final["max_activation"],
+        "first_token_mass": final["first_token_mass_mean"],
+        "kurtosis": final["kurtosis"],
+        "ppl_fp32": final.get("ppl_fp32"),
+        "ppl_w8a8_tensor": final.get("ppl_w8a8_tensor"),
+        "emergence_5": em["sink_rate_0.05"],
+        "emergence_10": em["sink_rate_0.10"],
+        "tokens": record["history"][-1]["tokens"],
+        "unique_tokens": final.get("unique_tokens"),
+        "epochs": final.get("epochs"),
+        "tokens_per_second": record["tokens_per_second"],
+        "wall_seconds": final.get("wall_seconds"),
+        "params": record["params"],
+        "attention_impl": _impl(record.get("attention_calls") or {}),
+    }
+
+
+def _stats(values: list) -> dict:
+    got = [v for v in values if v is not None]
+    if not got:
+        return {"mean": None, "min": None, "max": None, "n": 0, "values": values}
+    return {"mean": float(np.mean(got)), "min": min(got), "max": max(got), "n": len(got), "values": values}
+
+
+def _summary(table: list[dict]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for row in table:
+        groups.setdefault(row["run"], []).append(row)
+    keys = ("sink_rate", "val_loss", "max_activation", "emergence_5", "emergence_10")
+    return {
+        group: {"seeds": [r["seed"] for r in rows], **{k: _stats([r[k] for r in rows]) for k in keys}}
+        for group, rows in groups.items()
+    }
+
+
+def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
+    """Each saved checkpoint loaded through sinklab.load and scanned on the training's held-out T=64 sequences,
+    beside the history row of its step."""
+    import sinklab
+    from sinklab.models import resolve_device
+
+    out = []
+    config = TrainConfig(**{**record["config"], "checkpoint_steps": tuple(record["config"]["checkpoint_steps"])})
+    for checkpoint in record["final"].get("checkpoints", []):
+        path = checkpoint["path"]
+        if path not in cache:
+            device = resolve_device(config.device)
+            model, tokenizer = sinklab.load(path, device=device)
+            ids = metric_ids(config)
+            scanned = sinklab.scan(
+                model, tokenizer, ids, eps=config.eps, batch_size=len(ids), keep_pattern=0, progress=False
+            )
+            cache[path] = {"sink_rate": scanned.sink_rate, "max_activation": float(scanned.layer_max_abs.max())}
+            del model
+        history = next(row for row in record["history"] if row["step"] == checkpoint["step"])
+        scan_row, train_row = cache[path], {k: history[k] for k in ("sink_rate", "max_activation")}
+        out.append({
+            "run": run["name"],
+            "step": checkpoint["step"],
+            "tokens": history["tokens"],
+            "path": path,
+            "scan": scan_row,
+            "history": train_row,
+            "sink_rate_equal": scan_row["sink_rate"] == train_row["sink_rate"],
+            "max_activation_abs_diff": abs(scan_row["max_activation"] - train_row["max_activation"]),
+        })  # fmt: skip
+    return out
+
+
+def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
+    work = Path(args.work)
+    record = dict(base)
+    table, curves, checkpoints, data_size = [], [], [], []
+    for run in runs:
+        result = _load_run(work, run)
+        if result is None:
+            continue
+        table.append(_row(run, result))
+        history = result["history"]
+        curves.append({
+            "run": run["group"], "name": run["name"], "seed": run["seed"],
+            **{k: [row[k] for row in history] for k in ("step", "tokens", "sink_rate", "max_activation", "val_loss")},
+        })  # fmt: skip
+        if run["checkpoints"]:
+            checkpoints += _checkpoints(run, result, cache)
+        if run["variant"] == "softmax" and run["seed"] == 0 and run["group"].startswith("softmax"):
+            row = table[-1]
+            data_size.append({
+                "unique_tokens": row["unique_tokens"], "full": run["unique_tokens"] is None,
+                "steps": history[-1]["step"], "tokens": row["tokens"], "epochs": row["epochs"],
+                "sink_rate": row["sink_rate"], "val_loss": row["val_loss"],
+                "max_activation": row["max_activation"], "seed": 0,
+            })  # fmt: skip
+    order = {run["name"]: i for i, run in enumerate(sorted(runs, key=lambda r: (r["unique_tokens"] is not None,
+                                                                                 r["group"], r["seed"])))}  # fmt: skip
+    table.sort(key=lambda row: order[row["name"]])
+    record.update(
+        table=table,
+        summary=_summary(table),
+        data_size=sorted(data_size, key=lambda row: row["unique_tokens"]),
+        curves=curves,
+        checkpoints=checkpoints,
+        finished=[row["name"] for row in table],
+    )
+    return record
+
+
+# -- plot ----------------------------------------------------------------------------------------------------------
+def plot(record: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(17, 5), layout="constrained")
+    axes = fig.subplots(1, 3)
+    groups: dict[str, list[dict]] = {}  # the full-size runs by variant (the data-size runs go to panel 3)
+    sized = {row["name"] for row in record["table"] if row["run"] != row["variant"]}
+    for curve in record["curves"]:
+        if curve["name"] not in sized:
+            groups.setdefault(curve["run"], []).append(curve)
+    for ax, key, label in ((axes[0], "sink_rate", "Sink_1^0.3 at T=64 (%)"), (axes[1], "max_activation", "max |x|")):
+        for i, (group, curves) in enumerate(groups.items()):
+            steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
+            tokens = [dict(zip(curves[0]["step"], curves[0]["tokens"], strict=True))[s] for s in steps]
+            values = np.array([[dict(zip(c["step"], c[key], strict=True))[s] for s in steps] for c in curves])
+            values = 100 * values if key == "sink_rate" else values
+            color = f"C{i}"
+            ax.plot(tokens, values.mean(0), color=color, label=f"{group} (mean of {len(curves)} seeds)")
+            ax.fill_between(tokens, values.min(0), values.max(0), color=color, alpha=0.2)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if groups:
+            ax.legend()
+    axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
+    axes[1].set_title("largest residual activation during training")
+    ax = axes[2]
+    points = record["data_size"]
+    if points:
+        ax.plot([p["unique_tokens"] for p in points], [100 * p["sink_rate"] for p in points], "o-", color="C0",
+                label="sinklab softmax, seed 0")  # fmt: skip
+    pub = record["published"]
+    ax.plot([pub["train_tokens_60m"]], [100 * pub["sink_rate_60m_5b_tokens"]], "r*", markersize=14,
+            label="Gu et al. 60M LLaMA, 5B tokens: 18.18 %")  # fmt: skip
+    low = min([p["unique_tokens"] for p in points] + [1e5]) / 2
+    ax.axvspan(low, pub["small_data_threshold_tokens"], color="grey", alpha=0.15,
+               label="Gu et al.: Sink_1 < 1 % below ~100M unique tokens")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("unique training tokens (repeated to fill the same steps)")
+    ax.set_ylabel("final Sink_1^0.3 (%)")
+    ax.set_title("data size")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    params = record["table"][0]["params"] / 1e6 if record["table"] else float("nan")
+    fig.suptitle(
+        f"sinklab Gu-regime study: {record['plan']['preset']} preset ({params:.1f}M parameters), "
+        f"{record['plan']['steps']} steps, {record['hardware']}"
+    )
+    fig.savefig(path, dpi=110)
+
+
+def _write(record: dict, out: Path) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(out)
+    plot(record, out.with_suffix(".png"))
+
+
+def _table(record: dict) -> Table:
+    table = Table(title=f"sinklab Gu-regime study ({record['plan']['steps']} steps)")
+    cols = ("run", "seed", "unique tok", "epochs", "val loss", "Sink_1", "max |x|", "kurtosis", "emerge 5/10 %",
+            "ppl", "ppl W8A8/t", "tok/s", "wall s")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="right")
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    for row in record["table"]:
+        table.add_row(
+            row["run"], str(row["seed"]), num(row["unique_tokens"], ",d"), num(row["epochs"], ".2f"),
+            f"{row['val_loss']:.3f}", f"{row['sink_rate']:.1%}", f"{row['max_activation']:.1f}",
+            f"{row['kurtosis']:.1f}", f"{num(row['emergence_5'], 'd')}/{num(row['emergence_10'], 'd')}",
+            num(row["ppl_fp32"], ".2f"), num(row["ppl_w8a8_tensor"], ".2f"), f"{row['tokens_per_second']:,.0f}",
+            num(row["wall_seconds"], ".0f"),
+        )  # fmt: skip
+    return table
+
+
+def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started) -> None:
+    """Keep up to ``--parallel`` runs going until the queue is empty; after each, rewrite the study record."""
+    work = Path(args.work)
+    while queue or active:
+        while queue and len(active) < args.parallel:
+            run = queue.pop(0)
+            directory = work / run["name"]
+            directory.mkdir(parents=True, exist_ok=True)
+            log = (directory / "log.txt").open("w")
+            log.write(" ".join(run["command"]) + "\n")
+            log.flush()
+            proc = subprocess.Popen(run["command"], stdout=log, stderr=subprocess.STDOUT, env=env)
+            active[run["name"]] = (proc, time.perf_counter(), log)
+            _say(f"started {run['name']} (pid {proc.pid}; {len(queue)} queued)")
+        time.sleep(0.5)
+        for name, (proc, tick, log) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            del active[name]
+            log.close()
+            run = next(r for r in runs if r["name"] == name)
+            result = _load_run(work, run)
+            seconds = time.perf_counter() - tick
+            if proc.returncode != 0 or result is None:
+                lines = (work / name / "log.txt").read_text(errors="replace").strip().splitlines()
+                failed[name] = f"exit {proc.returncode}: {lines[-1] if lines else ''}"
+                _say(f"FAILED {name} after {seconds:.0f} s: {failed[name]}")
+                continue
+            final = result["final"]
+            _say(
+                f"finished {name} in {seconds:.0f} s, Sink_1 {final['sink_rate']:.1%}, val loss "
+                f"{final['val_loss']:.3f}, max |x| {final['max_activation']:.1f} ({len(active)} running, "
+                f"{len(queue)} queued)"
+            )
+            try:  # the partial record: a device call can copy it out at any time
+                record = aggregate(args, runs, {**base, "failed": failed}, cache)
+                record["wall_seconds"] = time.perf_counter() - started
+                _write(record, out)
+            except Exception as exc:  # a broken partial record must not stop the runs still queued
+                _say(f"could not write the partial record: {type(exc).__name__}: {exc}")
+
+
+# -- main ----------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--corpus", default=None, help="built corpus directory (default: embedded byte corpus)")
+    parser.add_argument("--work", required=True, help="one directory per run: train.json, log.txt, checkpoints")
+    parser.add_argument("--parallel", type=int, default=1, help="training processes at once on the one GPU")
+    parser.add_argument("--variants", nargs="+", default=["softmax", "gated", "softpick"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--sizes", nargs="+", default=["full"], help="unique training tokens per softmax-s0 run, "
+                        "or 'full' (the whole training split)")  # fmt: skip
+    parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--eval-every", type=int, default=None)
+    parser.add_argument("--max-epochs", type=float, default=2.0, help="for the full-size runs")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None, help="study JSON (default <work>/gu-study.json); the plot beside it")
+    parser.add_argument("--aggregate-only", action="store_true", help="run nothing; rebuild JSON and plot")
+    args = parser.parse_args(argv)
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or work / "gu-study.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = plan(args)
+    hardware = _hardware()
+    base = {
+        "benchmark": "gu_study",
+        "hardware": hardware,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
+        "torch": torch.__version__,
+        "provenance": run_provenance(texts=args.corpus or "embedded pydoc topics, byte tokens"),
+        "plan": {
+            "preset": args.preset,
+            "steps": TrainConfig(preset=args.preset, steps=args.steps).resolved().steps,
+            "corpus": args.corpus or "embedded pydoc topics, byte tokens",
+            "parallel": args.parallel,
+            "variants": args.variants,
+            "seeds": args.seeds,
+            "sizes": args.sizes,
+            "checkpoint_steps": args.checkpoint_steps,
+            "runs": runs,
+        },
+        "published": PUBLISHED,
+        "note": "all runs of one study share the GPU (--parallel processes): tokens/s and wall seconds are shared",
+    }
+    cache: dict = {}
+    failed: dict[str, str] = {}
+    started = time.perf_counter()
+    if not args.aggregate_only:
+        queue = []
+        for run in runs:
+            if (work / run["name"] / "train.json").exists():
+                _say(f"skipped {run['name']} (train.json exists)")
+            else:
+                queue.append(run)
+        threads = max(1, (os.cpu_count() or 1) // args.parallel)
+        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **os.environ}
+        active: dict[str, tuple[subprocess.Popen, float, object]] = {}
+        try:
+            _run_queue(args, runs, queue, active, env, base, failed, cache, out, started)
+        finally:  # interrupted or broken: stop the runs this study started (no train.json: they run again)
+            for name, (proc, _, log) in active.items():
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                    _say(f"stopped {name} (pid {proc.pid})")
+                log.close()
+    record = aggregate(args, runs, {**base, "failed": failed}, cache)
+    record["wall_seconds"] = time.perf_counter() - started
+    record["missing"] = [run["name"] for run in runs if run["name"] not in record["finished"]]
+    _write(record, out)
+    _say(f"wrote {out} and {out.with_suffix('.png')}")
+    Console(width=180).print(_table(record))
+    summary = {
+        "benchmark": "gu_study",
+        "hardware": hardware,
+        "summary": {g: {k: v["mean"] for k, v in s.items() if k != "seeds"} for g, s in record["summary"].items()},
+        "data_size": [{k: p[k] for k in ("unique_tokens", "epochs", "sink_rate")} for p in record["data_size"]],
+        "checkpoints_match": all(c["sink_rate_equal"] for c in record["checkpoints"]),
+        "failed": failed,
+        "missing": record["missing"],
+    }
+    print(json.dumps(summary), flush=True)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The Gu-regime study (benchmarks/gu_study.py): plan, parallel subprocess runs, resume, checkpoints, the record."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("train")
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def study(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports train_study, its neighbour
+    return importlib.import_module("gu_study")
+
+
+def _args(**overrides) -> argparse.Namespace:
+    values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
+                  seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
+                  eval_every=None, max_epochs=2.0, device=None)  # fmt: skip
+    return argparse.Namespace(**{**values, **overrides})
+
+
+def test_plan_puts_the_slow_variants_first_and_only_softmax_s0_checkpoints(study):
+    runs = study.plan(_args())
+    names = [r["name"] for r in runs]
+    assert names == ["softpick-s0", "softpick-s1", "gated-s0", "gated-s1", "softmax-s0", "softmax-s1",
+                     "softmax-1M-s0"]  # fmt: skip
+    assert [r["name"] for r in runs if r["checkpoints"]] == ["softmax-s0"]
+    small = runs[-1]
+    assert small["unique_tokens"] == 1_000_000
+    # small preset: 2400 steps x 48 windows of 255 tokens over 3921 windows: 29.4 epochs, allowed 31
+    assert small["max_epochs"] == 31.0
+    cmd = " ".join(small["command"])
+    assert "--unique-tokens 1000000" in cmd and "--max-epochs 31" in cmd
+    assert "-m sinklab.cli train --variant softmax --preset small --seed 0 --out /w/softmax-1M-s0" in cmd
+    assert "--checkpoint-steps 150,300" in " ".join(runs[4]["command"])
+    assert not any("--checkpoint-steps" in r["command"] for r in runs if r["name"] != "softmax-s0")
+
+
+def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys):
+    work, out = tmp_path / "gu", tmp_path / "gu-study.json"
+    argv = ["--preset", "tiny", "--steps", "4", "--eval-every", "2", "--work", str(work), "--parallel", "2",
+            "--variants", "softmax", "gated", "--seeds", "0", "1", "--sizes", "2000", "full",
+            "--checkpoint-steps", "1,4", "--out", str(out)]  # fmt: skip
+    record = study.main(argv)
+    printed = capsys.readouterr().out
+    assert "started gated-s0" in printed and "finished softmax-2k-s0" in printed
+    assert printed.index("started gated-s0") < printed.index("started softmax-s0")  # slow variants first
+    summary = json.loads(printed.strip().splitlines()[-1])
+    assert summary["benchmark"] == "gu_study" and summary["failed"] == {} and summary["missing"] == []
+    saved = json.loads(out.read_text())
+    for key in ("benchmark", "hardware", "torch", "provenance", "plan", "table", "summary", "data_size", "curves",
+                "checkpoints", "published"):  # fmt: skip
+        assert key in saved, key
+    assert [(r["run"], r["seed"]) for r in saved["table"]] == [
+        ("gated", 0), ("gated", 1), ("softmax", 0), ("softmax", 1), ("softmax-2k", 0)
+    ]  # fmt: skip
+    row = saved["table"][-1]
+    assert row["unique_tokens"] == 2000 and row["epochs"] == pytest.approx(4 * 8 / (2000 // 63))
+    keys = ("sink_rate", "val_loss", "max_activation", "first_token_mass", "kurtosis", "ppl_fp32", "ppl_w8a8_tensor",
+            "emergence_5", "emergence_10", "tokens", "tokens_per_second", "wall_seconds")  # fmt: skip
+    for key in keys:
+        assert key in row, key
+    assert saved["summary"]["softmax"]["sink_rate"]["n"] == 2
+    assert saved["data_size"][0]["unique_tokens"] == 2000 and len(saved["data_size"]) == 2
+    assert {c["name"] for c in saved["curves"]} == {"gated-s0", "gated-s1", "softmax-s0", "softmax-s1",
+                                                    "softmax-2k-s0"}  # fmt: skip
+    assert [c["step"] for c in saved["checkpoints"]] == [1, 4]
+    for checkpoint in saved["checkpoints"]:
+        assert Path(checkpoint["path"]).is_dir()
+        assert checkpoint["sink_rate_equal"], checkpoint
+        assert checkpoint["scan"]["max_activation"] == pytest.approx(checkpoint["history"]["max_activation"], rel=1e-4)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert (work / "gated-s1" / "log.txt").read_text().startswith(record["plan"]["runs"][1]["command"][0])
+
+    # a second call runs nothing: every run's train.json exists
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/train.json")}
+    again = study.main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("skipped ") == 5 and "started" not in printed
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*/train.json")} == stamps
+    assert again["table"] == record["table"]
