@@ -66,12 +66,17 @@ def _model_part(model) -> dict:
         return {}
     name = getattr(model.config, "_name_or_path", "") or type(model).__name__
     param = next(model.parameters(), None)
-    return {
+    out = {
         **model_source(name),
         "class": type(model).__name__,
         "dtype": None if param is None else str(param.dtype).removeprefix("torch."),
         "device": None if param is None else str(param.device),
     }
+    placed = getattr(model, "hf_device_map", None)  # accelerate's placement (from_pretrained(device_map=...))
+    if placed:
+        out["device_map"] = {name: str(device) for name, device in placed.items()}
+        out["device"] = ",".join(dict.fromkeys(out["device_map"].values()))
+    return out
 
 
 def run_provenance(

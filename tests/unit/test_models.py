@@ -76,7 +76,7 @@ def test_gguf_paths_are_routed(tmp_path, monkeypatch):
     """A .gguf file, or a directory holding one, loads through transformers' gguf_file argument."""
     calls = []
 
-    def fake(directory, gguf_file, dtype):
+    def fake(directory, gguf_file, dtype, placement=None):
         calls.append((directory, gguf_file))
         return load("tiny-llama")
 

@@ -177,16 +177,19 @@ def check_text_options(eps: float, max_tokens: int, num_texts: int, bos: str, mi
         raise SinklabInputError(f"unknown --bos {bos!r}; accepted: auto, always, never")
 
 
-def model_and_sequences(model: str, text: list[Path] | None, max_tokens: int, num_texts: int, bos: str, device, dtype):
+def model_and_sequences(
+    model: str, text: list[Path] | None, max_tokens: int, num_texts: int, bos: str, device, dtype, **placement
+):
     """Read the texts (before the slow load), load the model, then cut exactly ``num_texts`` sequences of
-    ``max_tokens`` tokens or refuse with the numbers the texts give. Returns (model, tokenizer, sequences)."""
+    ``max_tokens`` tokens or refuse with the numbers the texts give. Returns (model, tokenizer, sequences).
+    ``placement``: ``device_map``, ``max_memory``, ``offload_folder`` for ``sinklab.load`` (then ``device`` None)."""
     from sinklab.data import read_texts, token_sequences
     from sinklab.models import load
     from sinklab.progress import status
 
     texts = read_texts(text)
     with status(f"loading {model}"):
-        net, tokenizer = load(model, device=device, dtype=dtype)
+        net, tokenizer = load(model, device=device, dtype=dtype, **placement)
     return net, tokenizer, token_sequences(tokenizer, texts, max_tokens, num_texts, bos, exact=True)
 
 

@@ -27,6 +27,35 @@ from sinklab.cli._app import (
 )
 from sinklab.errors import SinklabInputError, check_fraction
 
+DEVICE_MAP = typer.Option(
+    None,
+    metavar="MAP",
+    help="Split the model with accelerate: auto, balanced, balanced_low_0, sequential (every visible GPU, then cpu, "
+    'then disk), a device, or a JSON object {"model.layers.0": 0, ...}; replaces --device.',
+)
+MAX_MEMORY = typer.Option(
+    None,
+    metavar="LIMITS",
+    help="With --device-map auto/balanced/sequential: per-device limits, e.g. 0=20GiB,cpu=64GiB.",
+)
+OFFLOAD_FOLDER = typer.Option(None, metavar="DIR", help="Where modules a --device-map puts on disk are kept.")
+
+
+def placement_options(
+    ctx: typer.Context, device: str, device_map, max_memory, offload_folder
+) -> tuple[str | None, dict]:
+    """(device, placement) for ``sinklab.load``, checked before anything slow: --device-map replaces --device
+    (given both, refused)."""
+    from sinklab.models.zoo import placement_kwargs
+
+    placement = placement_kwargs(device_map, max_memory, offload_folder)
+    if not placement:
+        return device, {}
+    if ctx.get_parameter_source("device").name not in ("DEFAULT", "DEFAULT_MAP"):
+        raise SinklabInputError("give --device or --device-map, not both (a single device: --device-map cuda:0)")
+    return None, placement
+
+
 IMAGES = typer.Option(
     None,
     metavar="DIR",
@@ -80,6 +109,7 @@ def summary_table(result) -> Table:
 
 @command("scan")
 def scan_command(
+    ctx: typer.Context,
     model: str = MODEL,
     text: list[Path] = TEXT,
     max_tokens: int = MAX_TOKENS,
@@ -100,6 +130,9 @@ def scan_command(
     norm_ratio: float = typer.Option(
         3.0, metavar="K", help="Images: ... or when its norm > K x the median patch norm (scale-free), K > 1."
     ),
+    device_map: str = DEVICE_MAP,
+    max_memory: str = MAX_MEMORY,
+    offload_folder: Path = OFFLOAD_FOLDER,
 ) -> None:
     """Measure attention sinks and massive activations; write metrics.json, heads.csv, plots and report.html.
     On an image encoder: [CLS] and register sinks, high-norm patch tokens and sink maps over the images."""
@@ -109,10 +142,13 @@ def scan_command(
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=2)
     if sink_threshold is not None:
         check_fraction("--sink-threshold", sink_threshold)
+    device, placement = placement_options(ctx, device, device_map, max_memory, offload_folder)
     if images is not None or is_vision_model(model):
-        _scan_images(model, text, images, eps, out, device, dtype, batch_size, sink_threshold, high_norm, norm_ratio)
+        _scan_images(
+            model, text, images, eps, out, device, dtype, batch_size, sink_threshold, high_norm, norm_ratio, placement
+        )
         return
-    net, tokenizer, seqs = model_and_sequences(model, text, max_tokens, num_texts, bos, device, dtype)
+    net, tokenizer, seqs = model_and_sequences(model, text, max_tokens, num_texts, bos, device, dtype, **placement)
     result = scan(
         net,
         tokenizer,
@@ -145,6 +181,7 @@ def _scan_images(
     sink_threshold: float | None,
     high_norm: float,
     norm_ratio: float,
+    placement: dict | None = None,
 ) -> None:
     """`sinklab scan` on an image encoder: images read (and refused) before the slow load."""
     from sinklab.data.images import read_images
@@ -163,7 +200,7 @@ def _scan_images(
         raise SinklabInputError(f"--high-norm must be > 0 and --norm-ratio > 1, got {high_norm} and {norm_ratio}")
     items = read_images(images)
     with status(f"loading {model}"):
-        net, processor = load(model, device=device, dtype=dtype)
+        net, processor = load(model, device=device, dtype=dtype, **(placement or {}))
     result = scan_images(
         net, processor, items, eps, batch_size=batch_size, sink_threshold=sink_threshold, high_norm=high_norm,
         norm_ratio=norm_ratio, model_name=model,

@@ -183,8 +183,10 @@ class AttentionSite:
         T, S = query.shape[2], key.shape[2]
         causal, window, padding, mask = split_mask(attention_mask, T, S, causal, window, query.device)
         query, key, value = _compute_dtype(query, key, value)
+        hidden = self.hidden  # stashed by a torch pre-hook, which runs before accelerate moves the module's inputs
+        hidden = hidden.to(query.device) if hidden is not None and hidden.device != query.device else hidden
         call = AttentionCall(
-            self.layer, causal, window, padding, mask, scale, softcap, dropout, sinks, hidden=self.hidden, site=self
+            self.layer, causal, window, padding, mask, scale, softcap, dropout, sinks, hidden=hidden, site=self
         )
         self.hidden = None
         if self.sites.padding is None or self.layer == self.sites.first_layer:
@@ -456,9 +458,14 @@ class ModelSites:
 
         return hook
 
-    def _call(self, layer: int) -> AttentionCall:
+    def _call(self, layer: int, like: torch.Tensor | None = None) -> AttentionCall:
+        """A block hook's call; the padding (from the first layer) moved to ``like``'s device, which differs when a
+        device_map splits the model."""
         site = self._by_layer.get(layer)
-        return AttentionCall(layer, key_padding=self.padding, site=site, cache=None if site is None else site.cache)
+        padding = self.padding
+        if padding is not None and like is not None and padding.device != like.device:
+            padding = padding.to(like.device)
+        return AttentionCall(layer, key_padding=padding, site=site, cache=None if site is None else site.cache)
 
     def _output_hook(self, layer: int, part: str):
         name = f"layers.{layer}.{part}"
@@ -469,7 +476,7 @@ class ModelSites:
                 return None
             tensor = new = _first(output)
             for fn in fns:
-                out = fn(new, self._call(layer))
+                out = fn(new, self._call(layer, new))
                 new = new if out is None else out
             return None if new is tensor else _replace_first(output, new)
 
@@ -484,7 +491,7 @@ class ModelSites:
                 return None
             tensor = new = args[0] if args else kwargs["hidden_states"]
             for fn in fns:
-                out = fn(new, self._call(layer))
+                out = fn(new, self._call(layer, new))
                 new = new if out is None else out
             if new is tensor:
                 return None

@@ -250,7 +250,7 @@ class Observer(Method):
         def hook(hidden: torch.Tensor, call: AttentionCall) -> None:
             if self.record_residual:
                 padding = call.key_padding
-                valid = None if padding is None else padding[:, -hidden.shape[1] :]
+                valid = None if padding is None else padding[:, -hidden.shape[1] :].to(hidden.device)
                 stats = residual_stats(hidden, valid)
                 self.residual[layer] = stats
                 for f in fields(stats):

@@ -25,7 +25,7 @@ from sinklab.hf import ModelView
 from sinklab.hf.arch import layer_types, vision_layout
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer, ResidualStats, skipped_layers
-from sinklab.models import check_model, check_token_ids
+from sinklab.models import check_model, check_token_ids, input_device
 from sinklab.ops.stats import AttentionStats
 from sinklab.progress import Progress
 from sinklab.provenance import describe_texts, run_provenance
@@ -197,14 +197,18 @@ class _Accumulator:
         self.sequences += B
         self.tokens += int(mask.sum())
         self._add_residual(obs, ids, first, decode)
-        groups: dict[tuple, list[int]] = defaultdict(list)  # layers whose statistics stack (same shapes, slot or not)
+        # layers whose statistics stack: same shapes, slot or not, and same device (a model split by a device_map
+        # keeps each layer's statistics where the layer ran; only the small per-group results travel)
+        groups: dict[tuple, list[int]] = defaultdict(list)
         for layer, stats in obs.attention.items():
-            groups[(tuple(stats.colsum.shape), stats.slot is None)].append(layer)
+            groups[(tuple(stats.colsum.shape), stats.slot is None, stats.colsum.device)].append(layer)
         best = heads = None  # [B, S]: max mass over layers and heads, number of (layer, head) pairs above threshold
         hit_layers: list[int] = []
         hits = []
         for layers in groups.values():
             g_best, g_heads, g_hits = self._add_layers([obs.attention[i] for i in layers], layers, first)
+            if best is not None:  # [B, S] results of another device's layers: to the first group's device
+                g_best, g_heads, g_hits = (t.to(best.device) for t in (g_best, g_heads, g_hits))
             best = g_best if best is None else torch.maximum(best, g_best)
             heads = g_heads if heads is None else heads + g_heads
             hits.append(g_hits)
@@ -269,7 +273,11 @@ class _Accumulator:
         layers = sorted(obs.residual)
         if not layers:
             return
-        res = {f.name: torch.stack([getattr(obs.residual[i], f.name) for i in layers]) for f in fields(ResidualStats)}
+        here = getattr(obs.residual[layers[0]], fields(ResidualStats)[0].name).device  # no-op moves on one device
+        res = {
+            f.name: torch.stack([getattr(obs.residual[i], f.name).to(here) for i in layers])
+            for f in fields(ResidualStats)
+        }
         res = {name: value.cpu() for name, value in res.items()}  # [L', B, ...]
         self.layer_max[layers] = torch.maximum(self.layer_max[layers], res["max_abs"].double().amax(1))
         self.layer_median[layers] += res["median_abs"].double().sum(1)
@@ -406,7 +414,7 @@ def scan(
     sink_threshold = eps if sink_threshold is None else sink_threshold
     min_queries = min_queries or max(1, min(32, longest // 4))
     acc = _Accumulator(num_layers, num_heads, hidden, eps, sink_threshold, min_queries)
-    device = next(model.parameters()).device
+    device = input_device(model)  # the embedding's device: a split model's first parameter may live elsewhere
     base = model.base_model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     causal = is_causal(model)

