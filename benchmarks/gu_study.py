@@ -76,7 +76,8 @@ def _sizes(values: list[str]) -> list[int | None]:
 
 
 def plan(args) -> list[dict]:
-    """The runs, longest first: every variant x seed at full size, softmax seed 0 at every smaller size."""
+    """The runs, longest first: every variant x seed at full size, softmax seed 0 at every smaller size, and with
+    ``--long-steps`` one softmax seed 0 run that long (the baseline's own curve past the comparison budget)."""
     runs = [
         {"name": f"{v}-s{s}", "group": v, "variant": v, "seed": s, "unique_tokens": None}
         for v in args.variants
@@ -88,23 +89,30 @@ def plan(args) -> list[dict]:
     for n in sorted({n for n in sizes if n is not None}):
         group = f"softmax-{_size_label(n)}"
         runs.append({"name": f"{group}-s0", "group": group, "variant": "softmax", "seed": 0, "unique_tokens": n})
+    if args.long_steps:
+        runs.append({"name": "softmax-long-s0", "group": "softmax-long", "variant": "softmax", "seed": 0,
+                     "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every})  # fmt: skip
     resolved = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size).resolved()
+    saver = "softmax-long-s0" if args.long_steps else "softmax-s0"
     for run in runs:
-        run["checkpoints"] = run["name"] == "softmax-s0" and bool(args.checkpoint_steps)
+        run.setdefault("steps", resolved.steps)
+        run["checkpoints"] = run["name"] == saver and bool(args.checkpoint_steps)
         run["max_epochs"] = args.max_epochs
         if run["unique_tokens"] is not None:  # repeats the subset: allow as many epochs as the steps take
             windows = max(run["unique_tokens"] // (resolved.context - 1), 1)
-            run["max_epochs"] = float(max(math.ceil(resolved.steps * resolved.batch_size / windows) + 1, 2))
+            run["max_epochs"] = float(max(math.ceil(run["steps"] * resolved.batch_size / windows) + 1, 2))
         run["command"] = _command(args, run)
-    return sorted(runs, key=lambda r: -COST.get(r["variant"], 1.0))  # stable: seeds and sizes keep their order
+    # stable: seeds and sizes keep their order
+    return sorted(runs, key=lambda r: -COST.get(r["variant"], 1.0) * r["steps"] / resolved.steps)
 
 
 def _command(args, run: dict) -> list[str]:
     cmd = [sys.executable, "-m", "sinklab.cli", "train", "--variant", run["variant"], "--preset", args.preset]
     cmd += ["--seed", str(run["seed"]), "--out", str(Path(args.work) / run["name"])]
     cmd += ["--max-epochs", f"{run['max_epochs']:g}"]
-    for flag, value in (("--steps", args.steps), ("--corpus", args.corpus), ("--batch-size", args.batch_size),
-                        ("--lr", args.lr), ("--eval-every", args.eval_every), ("--device", args.device)):  # fmt: skip
+    for flag, value in (("--steps", run["steps"]), ("--corpus", args.corpus), ("--batch-size", args.batch_size),
+                        ("--lr", args.lr), ("--eval-every", run.get("eval_every") or args.eval_every),
+                        ("--device", args.device)):  # fmt: skip
         if value is not None:
             cmd += [flag, str(value)]
     if run["unique_tokens"] is not None:
@@ -143,6 +151,7 @@ def _row(run: dict, record: dict) -> dict:
         "emergence_10": em["sink_rate_0.10"],
         "tokens": record["history"][-1]["tokens"],
         "unique_tokens": final.get("unique_tokens"),
+        "unique_tokens_requested": run["unique_tokens"],
         "epochs": final.get("epochs"),
         "tokens_per_second": record["tokens_per_second"],
         "wall_seconds": final.get("wall_seconds"),
@@ -219,7 +228,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
         })  # fmt: skip
         if run["checkpoints"]:
             checkpoints += _checkpoints(run, result, cache)
-        if run["variant"] == "softmax" and run["seed"] == 0 and run["group"].startswith("softmax"):
+        if run["variant"] == "softmax" and run["seed"] == 0 and run["steps"] == base["plan"]["steps"]:
             row = table[-1]
             data_size.append({
                 "unique_tokens": row["unique_tokens"], "full": run["unique_tokens"] is None,
@@ -248,7 +257,7 @@ def plot(record: dict, path: Path) -> None:
     fig = Figure(figsize=(17, 5), layout="constrained")
     axes = fig.subplots(1, 3)
     groups: dict[str, list[dict]] = {}  # the full-size runs by variant (the data-size runs go to panel 3)
-    sized = {row["name"] for row in record["table"] if row["run"] != row["variant"]}
+    sized = {row["name"] for row in record["table"] if row["unique_tokens_requested"] is not None}
     for curve in record["curves"]:
         if curve["name"] not in sized:
             groups.setdefault(curve["run"], []).append(curve)
@@ -375,7 +384,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=["full"], help="unique training tokens per softmax-s0 run, "
                         "or 'full' (the whole training split)")  # fmt: skip
-    parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size")
+    parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size "
+                        "(the --long-steps run when there is one)")  # fmt: skip
+    parser.add_argument("--long-steps", type=int, default=None, help="add one softmax seed 0 run of this many steps")
+    parser.add_argument("--long-eval-every", type=int, default=None, help="its evaluation interval")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--eval-every", type=int, default=None)
@@ -407,6 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
             "seeds": args.seeds,
             "sizes": args.sizes,
             "checkpoint_steps": args.checkpoint_steps,
+            "long_steps": args.long_steps,
             "runs": runs,
         },
         "published": PUBLISHED,

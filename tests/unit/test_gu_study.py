@@ -23,7 +23,7 @@ def study(monkeypatch):
 def _args(**overrides) -> argparse.Namespace:
     values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
-                  eval_every=None, max_epochs=2.0, device=None)  # fmt: skip
+                  eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None)  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -42,6 +42,16 @@ def test_plan_puts_the_slow_variants_first_and_only_softmax_s0_checkpoints(study
     assert "-m sinklab.cli train --variant softmax --preset small --seed 0 --out /w/softmax-1M-s0" in cmd
     assert "--checkpoint-steps 150,300" in " ".join(runs[4]["command"])
     assert not any("--checkpoint-steps" in r["command"] for r in runs if r["name"] != "softmax-s0")
+
+
+def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
+    runs = study.plan(_args(long_steps=24000, long_eval_every=500, variants=["softmax", "sigmoid"], seeds=[0]))
+    assert [r["name"] for r in runs] == ["softmax-long-s0", "sigmoid-s0", "softmax-s0", "softmax-1M-s0"]
+    long = runs[0]
+    assert [r["name"] for r in runs if r["checkpoints"]] == ["softmax-long-s0"]
+    cmd = " ".join(long["command"])
+    assert "--steps 24000" in cmd and "--eval-every 500" in cmd and "--checkpoint-steps 150,300" in cmd
+    assert all("--steps 2400 " in " ".join(r["command"]) + " " for r in runs[1:])
 
 
 def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys):
