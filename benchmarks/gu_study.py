@@ -89,11 +89,11 @@ def plan(args) -> list[dict]:
     for n in sorted({n for n in sizes if n is not None}):
         group = f"softmax-{_size_label(n)}"
         runs.append({"name": f"{group}-s0", "group": group, "variant": "softmax", "seed": 0, "unique_tokens": n})
-    if args.long_steps:
-        runs.append({"name": "softmax-long-s0", "group": "softmax-long", "variant": "softmax", "seed": 0,
+    for seed in args.long_seeds if args.long_steps else []:
+        runs.append({"name": f"softmax-long-s{seed}", "group": "softmax-long", "variant": "softmax", "seed": seed,
                      "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every})  # fmt: skip
     resolved = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size).resolved()
-    saver = "softmax-long-s0" if args.long_steps else "softmax-s0"
+    saver = f"softmax-long-s{args.long_seeds[0]}" if args.long_steps else "softmax-s0"
     for run in runs:
         run.setdefault("steps", resolved.steps)
         run["checkpoints"] = run["name"] == saver and bool(args.checkpoint_steps)
@@ -387,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size "
                         "(the --long-steps run when there is one)")  # fmt: skip
     parser.add_argument("--long-steps", type=int, default=None, help="add one softmax seed 0 run of this many steps")
+    parser.add_argument("--long-seeds", nargs="+", type=int, default=[0], help="seeds of the long run (the first "
+                        "saves the checkpoints)")  # fmt: skip
     parser.add_argument("--long-eval-every", type=int, default=None, help="its evaluation interval")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -420,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
             "sizes": args.sizes,
             "checkpoint_steps": args.checkpoint_steps,
             "long_steps": args.long_steps,
+            "long_seeds": args.long_seeds if args.long_steps else [],
             "runs": runs,
         },
         "published": PUBLISHED,

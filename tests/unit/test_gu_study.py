@@ -23,7 +23,8 @@ def study(monkeypatch):
 def _args(**overrides) -> argparse.Namespace:
     values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
-                  eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None)  # fmt: skip
+                  eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None,
+                  long_seeds=[0])  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -52,6 +53,9 @@ def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
     cmd = " ".join(long["command"])
     assert "--steps 24000" in cmd and "--eval-every 500" in cmd and "--checkpoint-steps 150,300" in cmd
     assert all("--steps 2400 " in " ".join(r["command"]) + " " for r in runs[1:])
+    two = study.plan(_args(long_steps=24000, long_seeds=[0, 1], variants=["softmax"], seeds=[0], sizes=["full"]))
+    assert [r["name"] for r in two] == ["softmax-long-s0", "softmax-long-s1", "softmax-s0"]
+    assert [r["name"] for r in two if r["checkpoints"]] == ["softmax-long-s0"]
 
 
 def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys):
