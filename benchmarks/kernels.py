@@ -440,21 +440,34 @@ def print_table(rows: list[dict], shapes: list[str], kind: str, console: Console
 
 def plot(result: dict, path: Path) -> None:
     """Left: forward+backward TFLOP/s per shape of the baselines and sinklab's sink; right: every (impl, variant)
-    against sdpa-cudnn, forward+backward, as a heat map with a colour bar."""
+    against sdpa-cudnn of its own run, one cell per shape and pass (forward+backward, forward), as a heat map with a
+    colour bar. Rows of a merged file carry ``run``; an (impl, variant) timed in more than one run gets one heat-map
+    row per run ("[run a]"), the bars take the last run's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in result["rows"] if r.get("ms") and r["pass"] == "fwd_bwd"]
-    shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
-    labels = list(dict.fromkeys(f"{r['impl']} / {r['variant']}" for r in rows))
-    if not rows:
+    timed = [r for r in result["rows"] if r.get("ms")]
+    if not timed:
         return
-    fig, (ax, hm) = plt.subplots(1, 2, figsize=(17, 6), gridspec_kw={"width_ratios": [1.2, 1]})
+    runs_of: dict[str, set] = {}
+    for r in timed:
+        runs_of.setdefault(f"{r['impl']} / {r['variant']}", set()).add(r.get("run"))
+
+    def label(r: dict) -> str:
+        base = f"{r['impl']} / {r['variant']}"
+        return f"{base} [run {r['run']}]" if len(runs_of[base]) > 1 else base
+
+    rows = [r for r in timed if r["pass"] == "fwd_bwd"]
+    shapes = [s for s in SHAPES if any(r["shape"] == s for r in rows)]
+    cols = [(s, p) for s in SHAPES for p in ("fwd_bwd", "fwd") if any(r["shape"] == s and r["pass"] == p
+                                                                      for r in timed)]  # fmt: skip
+    labels = list(dict.fromkeys(label(r) for r in timed))
+    fig, (ax, hm) = plt.subplots(1, 2, figsize=(22, 8), gridspec_kw={"width_ratios": [1, 1.3]})
     bars = [lab for lab in ("sdpa-cudnn / softmax", "sdpa-flash / softmax", "fa4 / softmax", "fa4-sink / sink",
                             "flex-sink / sink", "sinklab / sink", "sinklab-triton / sink",
-                            "sinklab-triton / softpick") if lab in labels]  # fmt: skip
+                            "sinklab-triton / softpick") if lab in runs_of]  # fmt: skip
     width = 0.8 / max(len(bars), 1)
     value = {(f"{r['impl']} / {r['variant']}", r["shape"]): r for r in rows}
     for i, lab in enumerate(bars):
@@ -464,17 +477,19 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xlabel("shape (B=2, H=16 unless named; bf16, causal)")
     ax.set_ylabel("forward+backward TFLOP/s")
     ax.legend(fontsize=7, ncol=2)
-    grid = [[(value.get((lab, s), {}).get("ratio_vs_sdpa") or math.nan) for s in shapes] for lab in labels]
+    cell = {(label(r), r["shape"], r["pass"]): r for r in timed}
+    grid = [[(cell.get((lab, s, p), {}).get("ratio_vs_sdpa") or math.nan) for s, p in cols] for lab in labels]
     im = hm.imshow(grid, cmap="RdYlGn", vmin=0.4, vmax=1.2, aspect="auto")
-    hm.set_xticks(range(len(shapes)), shapes, rotation=30, fontsize=7, ha="right")
+    names = {"fwd_bwd": "fwd+bwd", "fwd": "fwd"}
+    hm.set_xticks(range(len(cols)), [f"{s} {names[p]}" for s, p in cols], rotation=40, fontsize=7, ha="right")
     hm.set_yticks(range(len(labels)), labels, fontsize=7)
-    hm.set_xlabel("shape")
+    hm.set_xlabel("shape, pass")
     hm.set_ylabel("implementation / variant")
     for i, line in enumerate(grid):
         for j, x in enumerate(line):
             if not math.isnan(x):
-                hm.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=hm, label="speed / sdpa-cudnn (forward+backward)")
+                hm.text(j, i, f"{x:.2f}", ha="center", va="center", fontsize=5.5)
+    fig.colorbar(im, ax=hm, label="speed / sdpa-cudnn of the same run")
     fig.suptitle(f"{result['device']}: attention with and without sinks")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
