@@ -55,9 +55,8 @@ def test_two_gloo_ranks_train_the_same_model(tmp_path):
 # against one mean over 2b rows), an error of a few ulps that the steps carry along.
 #
 # Process 0 and 1 are the DDP ranks (per-process batch b); process 2 is the single-process reference (batch 2b),
-# run at the same time. The held-out CE/KL of an evaluation reads eval_batches batches of the *per-process* batch
-# size on rank 0, so the ranks evaluate eval_batches=2 batches of b and the reference 1 batch of 2b: the same
-# 2b held-out windows.
+# run at the same time, with the same eval_batches: an evaluation on rank 0 reads eval_batches batches of the global
+# batch (train.heldout_batches), so the ranks and the reference score the same held-out windows.
 RTOL = 1e-5  # fp32 reduction-order tolerance (see above); a wrong split or a missing average is off by far more
 
 
@@ -127,7 +126,7 @@ def _assert_written_once(tmp_path, out, files: set[str]) -> None:
 def test_two_ranks_at_batch_b_match_one_process_at_batch_2b(tmp_path):
     out = tmp_path / "out"
     common = dict(preset="tiny", steps=4, eval_every=2, quant_eval=False, device="cpu", seed=0)
-    per_rank = dict(common, batch_size=4, eval_batches=2, out=str(out))
+    per_rank = dict(common, batch_size=4, eval_batches=1, out=str(out))
     single = dict(common, batch_size=8, eval_batches=1)
     records, params = _run_three(tmp_path, "train", per_rank, single)
     rank0, rank1, one = records
@@ -149,7 +148,7 @@ def test_adapt_two_ranks_at_batch_b_match_one_process_at_batch_2b(tmp_path):
     common = dict(model="tiny-llama", variant="gated", trainable="variant", tokens=4 * 64 * 4, lr=3e-2, context=64,
                   long_context=128, window=32, num_sinks=2, eval_seqs=4, long_seqs=2, eval_every=2,
                   device="cpu")  # fmt: skip
-    per_rank = dict(common, batch_size=2, eval_batches=2, out=str(out))
+    per_rank = dict(common, batch_size=2, eval_batches=1, out=str(out))
     single = dict(common, batch_size=4, eval_batches=1)
     records, params = _run_three(tmp_path, "adapt", per_rank, single)
     rank0, rank1, one = records

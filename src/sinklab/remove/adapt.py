@@ -54,7 +54,7 @@ from sinklab.errors import SinklabInputError
 from sinklab.hf.site import ModelSites, sites
 from sinklab.method import Method
 from sinklab.ops.stats import StatsRequest
-from sinklab.remove.train import Batches, LoopResult, _autocast, _distributed, training_loop
+from sinklab.remove.train import Batches, LoopResult, _autocast, _distributed, heldout_batches, training_loop
 from sinklab.remove.variant import CONFIG_KEY, PREFIX, patch, patch_variants
 
 TRAINABLE = ("variant", "lora", "attention", "all")
@@ -562,8 +562,7 @@ def measure(model: nn.Module, data: _Data, config: AdaptConfig, teacher=None) ->
         row["stream_unavailable"] = long["stream_unavailable"]
     ce, kl = [], []
     prefix_len = len(data.val.prefix)
-    for i in range(config.eval_batches):
-        ids = data.val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % data.val.windows)
+    for ids in heldout_batches(data.val, config.eval_batches, config.batch_size):
         ids = ids.to(device)
         targets = _targets(ids, prefix_len)
         with _autocast(device):

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -299,16 +299,25 @@ def _scan_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) ->
     }
 
 
+def heldout_batches(val: Batches, eval_batches: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The held-out windows of one evaluation, in chunks of the per-process ``batch_size``: ``eval_batches`` batches
+    of the *global* batch (``batch_size`` x world size under torchrun), so N processes at batch b evaluate exactly
+    what one process at batch N * b does (every chunk has as many predicted tokens, so the mean of chunk means is
+    that process's mean)."""
+    world = _distributed()[1]
+    for i in range(eval_batches * world):
+        yield val.take(np.arange(i * batch_size, (i + 1) * batch_size) % val.windows)  # [batch_size, T]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config: TrainConfig) -> dict:
     """Validation loss at the training context; sink and residual metrics on ``metric_seqs`` sequences of T=64."""
     model.eval()
     device = next(model.parameters()).device
     losses = []
-    for i in range(config.eval_batches):
-        ids = val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % val.windows).to(device)
+    for ids in heldout_batches(val, config.eval_batches, config.batch_size):
         with _autocast(device):
-            losses.append(_loss(model, ids, len(val.prefix)).item())
+            losses.append(_loss(model, ids.to(device), len(val.prefix)).item())
     ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
     row = {"val_loss": float(np.mean(losses))}
     row.update(_scan_metrics(model, tokenizer, ids, config.eps))
@@ -325,12 +334,10 @@ def quantized_perplexity(model: nn.Module, val: Batches, config: TrainConfig) ->
     device = next(model.parameters()).device
     model.eval()
 
-    def loss() -> float:
-        total = 0.0
-        for i in range(config.eval_batches):
-            ids = val.take(np.arange(i * config.batch_size, (i + 1) * config.batch_size) % val.windows)
-            total += _loss(model, ids.to(device), len(val.prefix)).item()  # fp32: only the rounding differs
-        return total / config.eval_batches
+    def loss() -> float:  # fp32: only the rounding differs
+        losses = [_loss(model, ids.to(device), len(val.prefix)).item()
+                  for ids in heldout_batches(val, config.eval_batches, config.batch_size)]  # fmt: skip
+        return float(np.mean(losses))
 
     out = {"ppl_fp32": math.exp(loss())}
     for granularity in ("tensor", "token"):
