@@ -9,7 +9,6 @@ is the subset of ``rich.progress.Progress`` the loops use: ``add_task``, ``advan
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
@@ -57,8 +56,6 @@ class Progress:
     """Progress of long loops: a rich bar on a terminal, periodic plain lines on stderr otherwise.
 
     ``disable`` shows nothing; ``interval`` is the most seconds between plain lines; ``file`` defaults to stderr.
-    While it is open in the main thread with Python's default Ctrl-C handler, a Ctrl-C that Python swallowed (one
-    that landed in a finalizer, printed as "Exception ignored in ...") is raised again at the next ``update``.
     """
 
     def __init__(self, *, disable: bool = False, interval: float = 10.0, file: TextIO | None = None):
@@ -68,21 +65,12 @@ class Progress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
-        self._interrupted = False
-        self._previous_handler = None
 
     @property
     def file(self) -> TextIO:
         return self._file or sys.stderr
 
-    def _interrupt(self, signum, frame) -> None:
-        self._interrupted = True
-        raise KeyboardInterrupt
-
     def __enter__(self) -> Progress:
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._previous_handler = signal.signal(signal.SIGINT, self._interrupt)
         if not self.disable and self.file.isatty():
             from rich.console import Console
             from rich.progress import (
@@ -120,9 +108,6 @@ class Progress:
                     self._print(task)
 
     def __exit__(self, *exc) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
@@ -161,9 +146,6 @@ class Progress:
         info: str | None = None,
     ) -> None:
         """Move a task on by ``advance`` and/or change its description, total or trailing info."""
-        if self._interrupted:  # a Ctrl-C that did not stop the loop (swallowed in a finalizer): stop it here
-            self._interrupted = False
-            raise KeyboardInterrupt
         task = self._tasks[task_id]
         task.completed += advance
         renamed = description is not None and description != task.description

@@ -1,10 +1,7 @@
 """Plain progress lines (stderr not a terminal): a finished task says its last line once, then stays quiet."""
 
 import io
-import signal
 import time
-
-import pytest
 
 from sinklab.progress import Progress
 
@@ -27,24 +24,3 @@ def test_finished_tasks_stop_printing_in_logs():
     assert sum("second:  50%" in x for x in lines) >= 2  # heartbeat while unfinished
     assert lines[-1].startswith("sinklab: second: 100% (2/2)") and lines[-1].endswith("ppl 7.8")
     assert sum("second: 100%" in x for x in lines) == 2  # the final line, then the news
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
-def test_a_ctrl_c_swallowed_in_a_finalizer_stops_the_loop_at_the_next_update():
-    """Python prints and drops a KeyboardInterrupt raised inside __del__; Progress raises it again at the next update,
-    and gives the previous Ctrl-C handler back on exit."""
-
-    class Finalized:
-        def __del__(self):  # the SIGINT handler running inside a finalizer, as it can at any bytecode
-            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
-
-    before = signal.getsignal(signal.SIGINT)
-    with Progress(file=io.StringIO(), interval=0) as progress:
-        task = progress.add_task("loop", total=3)
-        progress.update(task, advance=1)
-        obj = Finalized()
-        del obj  # the interrupt is swallowed here ("Exception ignored in ...")
-        with pytest.raises(KeyboardInterrupt):
-            progress.update(task, advance=1)
-        progress.update(task, advance=1)  # raised once
-    assert signal.getsignal(signal.SIGINT) is before
