@@ -186,12 +186,13 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
 
     out = []
     config = TrainConfig(**{**record["config"], "checkpoint_steps": tuple(record["config"]["checkpoint_steps"])})
-    for checkpoint in record["final"].get("checkpoints", []):
+    checkpoints = record["final"].get("checkpoints", [])
+    if any(c["path"] not in cache for c in checkpoints):  # the held-out sequences, read from the corpus once
+        ids, device = metric_ids(config), resolve_device(config.device)
+    for checkpoint in checkpoints:
         path = checkpoint["path"]
         if path not in cache:
-            device = resolve_device(config.device)
             model, tokenizer = sinklab.load(path, device=device)
-            ids = metric_ids(config)
             scanned = sinklab.scan(
                 model, tokenizer, ids, eps=config.eps, batch_size=len(ids), keep_pattern=0, progress=False
             )

@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from train_study import _hardware, _impl
+from train_study import _hardware, _impl, train_guarded
 
 from sinklab.measure import metrics
 from sinklab.provenance import run_provenance
-from sinklab.remove.train import PRESETS, TrainConfig, train
+from sinklab.remove.train import PRESETS, TrainConfig
 
 LINEAR, SLIDING, FULL = "linear_attention", "sliding_attention", "full_attention"
 LETTERS = {LINEAR: "L", SLIDING: "S", FULL: "F"}
@@ -263,15 +263,11 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
         )
         console.print(f"[bold]{name}[/]: {architecture} {fields['layer_types']}")
-        tick = time.perf_counter()
-        try:
-            result = train(config)
-        except Exception as exc:  # one broken layout must not cost the others their results
-            record.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
-            console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/]")
+        result, error, seconds = train_guarded(config, name, console)
+        longest = max(longest, seconds)
+        if result is None:
+            record.setdefault("failed", {})[name] = error
             continue
-        finally:
-            longest = max(longest, time.perf_counter() - tick)
         kernel = linear_kernel(architecture)
         if kernel is not None:
             record["linear_kernel"][architecture] = kernel

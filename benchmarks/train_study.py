@@ -25,7 +25,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sinklab.remove.train import TrainConfig, train
+from sinklab.remove.train import TrainConfig, TrainResult, train
 from sinklab.report.train import training_curves
 
 # run name -> TrainConfig overrides (the baseline: softmax, weight decay 0.1, BOS at every sequence start)
@@ -59,6 +59,18 @@ PUBLISHED: dict[str, str] = {
     "wd0": "Gu et al.: weight decay 0 -> 15.20 %",
     "wd0.5": "Gu et al.: weight decay 0.5 -> 41.08 %",
 }
+
+
+def train_guarded(config: TrainConfig, name: str, console: Console) -> tuple[TrainResult | None, str | None, float]:
+    """``(result, None, seconds)`` of one run, or ``(None, "Type: message", seconds)`` when it raised: one broken run
+    must not cost a study the others' results."""
+    tick = time.perf_counter()
+    try:
+        return train(config), None, time.perf_counter() - tick
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]{name} failed: {error}[/]")
+        return None, error, time.perf_counter() - tick
 
 
 def _hardware() -> str:
@@ -208,15 +220,11 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(
                 f"--append: {name} would not share the budget of the runs in {out}: {_budget(record['runs'][0])}"
             )
-        tick = time.perf_counter()
-        try:
-            result = train(config)
-        except Exception as exc:  # one broken variant must not cost the others their results
-            call.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"
-            console.print(f"[red]{name} failed: {type(exc).__name__}: {exc}[/]")
+        result, error, seconds = train_guarded(config, name, console)
+        longest = max(longest, seconds)
+        if result is None:
+            call.setdefault("failed", {})[name] = error
             continue
-        finally:
-            longest = max(longest, time.perf_counter() - tick)
         run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
         record["runs"].append(run)
         call["runs"].append(name)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator
@@ -385,17 +384,12 @@ def emergence(history: list[dict], thresholds: tuple[float, ...] = (0.05, 0.10))
 
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: str | Path) -> Path:
-    """``save_pretrained`` the model (safetensors) and its tokenizer into ``directory`` all at once, so that
-    ``sinklab.load(directory)`` and ``sinklab scan --model directory`` read it back."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.replace(directory)
-    return directory
+    """``save_pretrained`` the model (safetensors) and its tokenizer into ``directory`` all at once
+    (``staged_output``), so that ``sinklab.load(directory)`` and ``sinklab scan --model directory`` read it back."""
+    with staged_output(directory) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(directory)
 
 
 # -- training ------------------------------------------------------------------------------------------------------
