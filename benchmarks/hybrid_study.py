@@ -119,14 +119,14 @@ def linear_kernel(architecture: str) -> str | None:
     return f"transformers torch reference: {name}"
 
 
-def summary(name: str, mix: Mix, run: dict, eps: float) -> dict:
+def summary(name: str, mix: Mix, run: dict) -> dict:
     """One row of the table from a finished run: shares of the layout, the sink metrics of its softmax layers."""
     final, types = run["final"], run["layer_types"]
-    alpha = torch.tensor(final["first_token_mass"], dtype=torch.float64)  # [L, H], NaN rows: linear layers
+    share = torch.tensor(final["sink_share"], dtype=torch.float64)  # [L, H], NaN rows: linear layers
 
     def rate(kind: str) -> float | None:
         rows = [i for i, t in enumerate(types) if t == kind]
-        return metrics.sink_rate(alpha[rows], eps) if rows else None
+        return metrics.sink_rate(share[rows]) if rows else None
 
     return {
         "run": name,
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
         run["layer_types"] = fields["layer_types"]
         record["runs"].append(run)
-        record["rows"].append(summary(name, mix, run, result.config.eps))
+        record["rows"].append(summary(name, mix, run))
         record["wall_seconds"] = time.perf_counter() - started
         out.write_text(json.dumps(record, indent=1))
         row = record["rows"][-1]

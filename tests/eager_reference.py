@@ -35,3 +35,19 @@ def eager_stats(model, ids, mask, is_decoder):
         entropy = -torch.special.xlogy(A, A).sum((-1, -2)) / valid.sum(1, keepdim=True)
         stats.append((colsum, alpha, entropy))
     return stats
+
+
+def gu_sink_rate(model, ids, eps):
+    """Sink_1^eps as Gu et al.'s evaluation code computes it (sail-sg/Attention-Sink, eval_sink_open_source.py):
+    eager attentions of unpadded [N, T] ids, importance = (A / ratios).sum(-2), (importance > eps).mean over
+    samples, layers and heads, at the first token. The ratios broadcast along the key axis: key k is divided by the
+    T - k queries that see it."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model.base_model(input_ids=ids, output_attentions=True).attentions
+    model.set_attn_implementation(previous)
+    scores = torch.stack(attentions, dim=1).double()  # [N, L, H, T, T]
+    ratios = torch.arange(scores.shape[-2], 0, -1, dtype=scores.dtype)[None, None, None, :].expand(scores.shape)
+    importance = (scores / ratios).sum(dim=-2)  # [N, L, H, T]
+    return float((importance > eps).double().mean(dim=(0, 1, 2))[0])

@@ -37,7 +37,9 @@ def test_metrics_contract(tiny, tmp_path):
     assert 0.0 <= d["sink_rate"] <= 1.0
     alpha = torch.tensor(d["first_token_mass"])
     assert alpha.shape == (4, 4) and (alpha >= 0).all() and (alpha <= 1).all()
-    assert d["sink_rate"] == pytest.approx(float((alpha > d["eps"]).double().mean()))
+    share = torch.tensor(d["sink_share"])
+    assert share.shape == (4, 4) and d["sink_rate"] == pytest.approx(float(share.mean()))
+    assert d["sink_rate_of_mean"] == pytest.approx(float((alpha > d["eps"]).double().mean()))
     for sink in d["sinks"]:
         assert {"position", "token", "mass", "heads"} <= set(sink) and sink["mass"] > d["eps"]
     result.save(tmp_path / "out")
@@ -117,3 +119,18 @@ def test_failed_save_leaves_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         result.save(tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sink_rate_is_gu_et_al_per_sequence_statistic():
+    """scan's Sink_1 is the statistic of Gu et al.'s code (each sequence thresholded, then averaged), not the
+    threshold of the sequence-mean alpha_1: at an eps where the two differ on these sequences, scan gives theirs.
+    (Their code divides by T - k + 1 queries, so the model has full causal attention only.)"""
+    from eager_reference import gu_sink_rate
+
+    model, tok = load("tiny-llama")
+    ids = torch.tensor(token_sequences(tok, read_texts(None), 64, 6))
+    probe = scan(model, tok, ids, 0.3, max_tokens=64, num_texts=None, progress=False, batch_size=6)
+    eps = float(probe.first_token_mass.flatten().sort().values[probe.first_token_mass.numel() // 2])
+    result = scan(model, tok, ids, eps, max_tokens=64, num_texts=None, progress=False, batch_size=4)
+    assert result.sink_rate == pytest.approx(gu_sink_rate(model, ids, eps), abs=1e-9)
+    assert result.sink_rate != pytest.approx(result.sink_rate_of_mean)  # the test separates the two definitions

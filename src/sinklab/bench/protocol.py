@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.measure.metrics import DORMANT_OUTPUT_RATIO
 
-VERSION = "2"  # 2: the dormant-head share and the no-op value-norm ratio (``dormant_ratio``)
+# 2: the dormant-head share and the no-op value-norm ratio; 3: Sink_1 thresholds every sequence alone (Gu et al.)
+VERSION = "3"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 - First-token mass alpha_1^{l,h} and sink rate Sink_1^eps (Gu et al. 2024, "When Attention Sink Emerges in
   Language Models"): alpha_k = mean attention key k receives over the queries that may attend it;
-  Sink_k^eps = mean over (l, h) of [alpha_k^{l,h} > eps].
+  Sink_k^eps = mean over sequences and (l, h) of [alpha_k^{l,h} > eps], each sequence thresholded alone.
 - Sink discovery: every key whose mean received mass exceeds a threshold in some head (non-initial sinks such as
   delimiters, [SEP]); keys that few queries can see are skipped (their mean is noise).
 - Massive activations (Sun et al. 2024): |x| > 100 and about 1000x the median |x| of that hidden state.
@@ -44,10 +44,25 @@ def is_sink(mass: torch.Tensor, eps: float) -> torch.Tensor:
     return mass > eps
 
 
-def sink_rate(alpha: torch.Tensor, eps: float) -> float:
-    """Sink_1^eps: fraction of (layer, head) pairs of softmax attention layers whose alpha_1 (averaged over sequences)
-    exceeds eps."""
-    alpha = alpha[~alpha.isnan()]  # layers without softmax attention (NaN rows) do not count
+def sink_share(alpha: torch.Tensor, eps: float) -> torch.Tensor:
+    """[N, ..., H] alpha_1 of N sequences -> [..., H] share of the sequences in which each head's alpha_1 exceeds
+    eps; NaN where the block has no softmax attention (a hybrid's linear layers)."""
+    share = is_sink(alpha, eps).double().mean(0)
+    return share.masked_fill(alpha.isnan().any(0), float("nan"))
+
+
+def sink_rate(share: torch.Tensor) -> float:
+    """Sink_1^eps (Gu et al. 2024) from ``sink_share``: the mean over sequences, layers and heads of
+    [alpha_1 > eps], every sequence thresholded alone as in their evaluation code
+    (``(importance_scores > epsilon).mean(dim=(0, 1, 2))``, sail-sg/Attention-Sink). NaN rows do not count."""
+    return float(share[~share.isnan()].mean())
+
+
+def sink_rate_of_mean(alpha: torch.Tensor, eps: float) -> float:
+    """Share of the (layer, head) pairs whose alpha_1 averaged over sequences ([L, H] ``alpha``) exceeds eps: which
+    heads are sinks on average. ``sink_rate`` before sinklab 0.2 was this; it differs from Gu et al.'s statistic
+    where a head's alpha_1 straddles eps across sequences."""
+    alpha = alpha[~alpha.isnan()]
     return float(is_sink(alpha, eps).double().mean())
 
 

@@ -52,19 +52,19 @@ def _observed(model, ids: torch.Tensor, eps: float) -> dict[str, float | None]:
     for stats in obs.attention.values():
         added = stats.colsum.shape[-1] - T  # keys a method prepended (prefix slots) come first
         first = torch.full((ids.shape[0],), added, dtype=torch.long)
-        alpha.append(metrics.first_token_mass(stats, first).float().mean(0).cpu())  # [H]
+        alpha.append(metrics.first_token_mass(stats, first).float().cpu())  # [B, H]
         if added:
             rows = stats.rows[:, None].clamp_min(1)
             prefix.append((stats.colsum[:, :, :added].sum(-1) / rows).float().mean().cpu())
         if stats.slot is not None:
             slot.append(metrics.mean_slot_mass(stats).float().mean().cpu())
-    alpha_lh = torch.stack(alpha)  # [L_attn, H]
+    alpha_blh = torch.stack(alpha, dim=1)  # [B, L_attn, H]
     out = {
         "ppl": _ppl(logits, ids),
         "max_abs": max(float(r.max_abs.max()) for r in obs.residual.values()),
         "kurtosis": max(float(r.kurtosis.float().mean()) for r in obs.residual.values()),
-        "sink_rate": metrics.sink_rate(alpha_lh, eps),
-        "first_token_mass": float(alpha_lh.mean()),
+        "sink_rate": metrics.sink_rate(metrics.sink_share(alpha_blh, eps)),
+        "first_token_mass": float(alpha_blh.mean()),
     }
     if prefix:
         out["prefix_mass"] = float(torch.stack(prefix).mean())

@@ -51,6 +51,7 @@ class ScanResult:
     eps: float
     sink_threshold: float
     first_token_mass: torch.Tensor  # [L, H] alpha_1 averaged over sequences
+    sink_share: torch.Tensor  # [L, H] share of the sequences in which the head's alpha_1 exceeds eps
     entropy: torch.Tensor  # [L, H] mean row entropy (nats)
     top_other_mass: torch.Tensor  # [L, H] largest mean mass on a non-first key, averaged over sequences
     sinks: list[dict]
@@ -69,8 +70,18 @@ class ScanResult:
 
     @property
     def sink_rate(self) -> float:
-        """Gu et al.'s Sink_1^eps."""
-        return metrics.sink_rate(self.first_token_mass, self.eps)
+        """Gu et al.'s Sink_1^eps: every sequence thresholded alone (``metrics.sink_rate``)."""
+        return metrics.sink_rate(self.sink_share)
+
+    @property
+    def sink_heads(self) -> torch.Tensor:
+        """[L, H] bool: heads whose sequence-mean alpha_1 exceeds eps."""
+        return metrics.is_sink(self.first_token_mass, self.eps)
+
+    @property
+    def sink_rate_of_mean(self) -> float:
+        """Share of heads whose sequence-mean alpha_1 exceeds eps (``metrics.sink_rate_of_mean``)."""
+        return metrics.sink_rate_of_mean(self.first_token_mass, self.eps)
 
     def strongest_head(self) -> tuple[int, int]:
         """(layer, head) with the largest first-token mass."""
@@ -88,7 +99,9 @@ class ScanResult:
             "sequence_length": self.sequence_length,
             "eps": self.eps,
             "sink_rate": self.sink_rate,
+            "sink_rate_of_mean": self.sink_rate_of_mean,
             "first_token_mass": _rounded(self.first_token_mass),
+            "sink_share": _rounded(self.sink_share),
             "sinks": self.sinks,
             "massive_activations": self.massive_activations,
             "entropy": _rounded(self.entropy),
@@ -176,6 +189,7 @@ class _Accumulator:
         self.L, self.H = num_layers, num_heads
         self.eps, self.sink_threshold, self.min_queries = eps, sink_threshold, min_queries
         self.alpha = torch.zeros(num_layers, num_heads, dtype=torch.float64)
+        self.sink_hits = torch.zeros(num_layers, num_heads, dtype=torch.float64)  # sequences with alpha_1 > eps
         self.entropy = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.other = torch.zeros(num_layers, num_heads, dtype=torch.float64)
         self.slot = torch.zeros(num_layers, num_heads, dtype=torch.float64)
@@ -248,7 +262,12 @@ class _Accumulator:
         B = stats.colsum.shape[0] // G
         first = first.to(stats.colsum.device).repeat(G)  # [G * B]
         self.attention_layers.update(layers)
-        per_head = {"alpha": metrics.first_token_mass(stats, first), "entropy": metrics.mean_entropy(stats)}
+        alpha = metrics.first_token_mass(stats, first)  # [G * B, H]
+        per_head = {
+            "alpha": alpha,
+            "sink_hits": metrics.is_sink(alpha, self.eps),
+            "entropy": metrics.mean_entropy(stats),
+        }
         if stats.slot is not None:  # a learned sink slot (gpt-oss sinks, sink/kv_bias variants): its own column
             per_head["slot"] = metrics.mean_slot_mass(stats)
             self.has_slot = True
@@ -327,6 +346,7 @@ class _Accumulator:
             tokens=self.tokens,
             num_sequences=n,
             first_token_mass=self.per_attention_layer(self.alpha / n),
+            sink_share=self.per_attention_layer(self.sink_hits / n),
             entropy=self.per_attention_layer(self.entropy / n),
             top_other_mass=self.per_attention_layer(self.other / n),
             sinks=self.sink_list(),

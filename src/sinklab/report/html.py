@@ -82,7 +82,8 @@ def heads_rows(result) -> list[dict]:
                 "kv_head": head // group,
                 "layer_type": result.layer_types[layer],
                 "first_token_mass": round(alpha, 6),
-                "is_sink": int(alpha > result.eps),
+                "is_sink": int(result.sink_heads[layer, head]),
+                "sink_share": round(float(result.sink_share[layer, head]), 6),
                 "entropy": round(float(result.entropy[layer, head]), 6),
                 "top_other_key_mass": round(float(result.top_other_mass[layer, head]), 6),
             }
@@ -120,7 +121,9 @@ def render_html(result, plots: list[Plot]) -> str:
 <h2>Massive activations (|x| &gt; 100 and &ge; 1000x the median, Sun et al. 2024)</h2>
 {table_html(d["massive_activations"], ["layer", "position", "token", "dim", "value", "ratio_to_median", "sequences"])}
 <p>Definitions: alpha_1 is the mean attention the first token receives over the queries that may attend it
-(Gu et al. 2024); Sink_1^eps is the share of heads with alpha_1 &gt; eps. Full per-head numbers: heads.csv.</p>"""
+(Gu et al. 2024); Sink_1^eps is the share of (sequence, head) pairs with alpha_1 &gt; eps, every sequence
+thresholded alone as in Gu et al.'s code (heads.csv: sink_share per head; is_sink: the mean alpha_1 &gt; eps; the
+share of such heads is sink_rate_of_mean = {d["sink_rate_of_mean"]:.2%}).</p>"""
     if result.vision is not None:
         body += vision_html(result)
     return page(f"sinklab scan: {d['model']}", summary, d.get("provenance"), body)

@@ -83,9 +83,9 @@ class ProbeContext:
         return torch.stack([b.run.alpha for b in self.baselines]).mean(0)
 
     def sink_rate(self, passes: list[Pass], position: int = 0) -> float:
-        """Gu et al.'s Sink^eps of key ``position``, alpha averaged over sequences first (as ``scan`` does)."""
-        alpha = torch.stack([p.key_mass(position) for p in passes]).mean(0)
-        return metrics.sink_rate(alpha, self.eps)
+        """Gu et al.'s Sink^eps of key ``position``, every pass thresholded alone (as ``scan`` does)."""
+        alpha = torch.stack([p.key_mass(position) for p in passes])  # [N, L, H]
+        return metrics.sink_rate(metrics.sink_share(alpha, self.eps))
 
     def effect(self, passes: list[Pass]) -> dict:
         """Loss and sink rate of same-input intervention passes against the baseline."""

@@ -21,7 +21,6 @@ from rich.console import Console
 
 from sinklab.data import BosMode
 from sinklab.errors import SinklabInputError, check_fraction
-from sinklab.measure import metrics
 from sinklab.measure.engine import skipped_layers
 from sinklab.measure.probes._common import ProbeNotApplicable, has_lm_head, record, rounded
 from sinklab.measure.probes.anchor import AnchorProbe
@@ -191,8 +190,7 @@ def explain(
     if not sections:
         raise SinklabInputError(f"no requested probe applies to this model: {'; '.join(skipped.values())}")
     base = [b.run for b in ctx.baselines]
-    alpha = ctx.baseline_alpha()
-    baseline = {"sink_rate": metrics.sink_rate(alpha, eps), "mean_alpha_1": float(alpha.nanmean())}
+    baseline = {"sink_rate": ctx.sink_rate(base), "mean_alpha_1": float(ctx.baseline_alpha().nanmean())}
     if ctx.lm:
         baseline["loss"] = sum(p.loss() for p in base) / len(base)
     else:
