@@ -110,11 +110,26 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert all(_lr(s, cfg) >= _lr(s + 1, cfg) for s in range(10, 99))
 
 
+def test_gu60m_preset_is_gu_et_al_shape():
+    """The gu60m preset is sail-sg/Attention-Sink's tinyllama_60M: 10 layers x 768, 8 heads, FFN 1536, context 2048,
+    59M parameters besides the embedding; a constant learning rate is min_lr_ratio 1."""
+    cfg = TrainConfig(preset="gu60m", min_lr_ratio=1.0).resolved()
+    assert (cfg.context, cfg.lr, cfg.warmup, cfg.metric_seqs) == (2048, 4e-4, 100, 100)
+    with torch.device("meta"):
+        model = build_model(cfg, 49152)
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size) == (10, 768, 8, 1536)
+    body = sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    assert body == pytest.approx(59e6, rel=0.01)
+    assert _lr(cfg.warmup, cfg) == _lr(cfg.steps - 1, cfg) == pytest.approx(4e-4)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"variant": "flash"}, "unknown variant 'flash'; accepted: softmax"),
-        ({"preset": "huge"}, "unknown preset 'huge'; accepted: tiny, small"),
+        ({"preset": "huge"}, "unknown preset 'huge'; accepted: tiny, small, gu60m"),
+        ({"min_lr_ratio": 1.5}, "--min-lr-ratio must be in"),
         ({"bos": "auto"}, "unknown --bos 'auto'; accepted: always, never"),
         ({"steps": 100_000}, "corpus too small"),
         ({"steps": 0}, "--steps must be a positive integer"),

@@ -14,7 +14,9 @@ from sinklab.cli._app import DEVICE, command, out_option
 @command("train")
 def train_command(
     variant: str = typer.Option("softmax", help="softmax, softmax1, sink, kv_bias, softpick, clipped, sigmoid, gated"),
-    preset: str = typer.Option("tiny", help="tiny (CPU, seconds) or small (GPU study, ~50M parameters)"),
+    preset: str = typer.Option(
+        "tiny", help="tiny (CPU, seconds), small (GPU study, ~50M parameters) or gu60m (Gu et al.'s 60M, context 2048)"
+    ),
     steps: int = typer.Option(None, help="optimizer steps (default: the preset's)"),
     out: Path = out_option("train", "train.json and curves.png"),
     corpus: str = typer.Option(None, help="corpus directory from scripts/build_train_corpus.py (default: embedded)"),
@@ -23,6 +25,8 @@ def train_command(
     bos: str = typer.Option("always", help="always: every sequence starts with BOS; never: no BOS"),
     batch_size: int = typer.Option(None, help="sequences per step and process (default: the preset's)"),
     lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
+    min_lr_ratio: float = typer.Option(0.1, help="final learning rate of the cosine over the peak (1: constant)"),
+    context: int = typer.Option(None, help="training sequence length (default: the preset's)"),
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
     max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
     unique_tokens: int = typer.Option(
@@ -57,6 +61,8 @@ def train_command(
         bos=bos,
         batch_size=batch_size,
         lr=lr,
+        min_lr_ratio=min_lr_ratio,
+        context=context,
         eval_every=eval_every,
         max_epochs=max_epochs,
         unique_tokens=unique_tokens,

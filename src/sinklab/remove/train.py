@@ -68,6 +68,9 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(64, 2, 4, 128, 64, 8, 3e-3, 5, 30, 10, 2, 8),
     # GPU study scale: 8 x 512, SmolLM2's 49k vocabulary tied in and out (~50M parameters), context 256
     "small": Preset(512, 8, 8, 1376, 256, 48, 2e-3, 100, 1000, 100, 8, 64),
+    # Gu et al.'s 60M LLaMA (sail-sg/Attention-Sink, tinyllama_60M: 10 x 768, 8 heads, FFN 1536, context 2048,
+    # lr 4e-4, warmup 100, Sink_1 on 100 sequences); their batch is 512 x 2048, here 16 x 2048 per process
+    "gu60m": Preset(768, 10, 8, 1536, 2048, 16, 4e-4, 100, 2000, 250, 4, 100),
 }
 
 
@@ -131,6 +134,8 @@ class TrainConfig:
             raise SinklabInputError(f"context must be at least {METRIC_LEN} (Sink_1 is measured at T=64)")
         if filled.weight_decay < 0 or filled.lr <= 0:
             raise SinklabInputError("learning rate must be > 0 and weight decay >= 0")
+        if not 0 <= filled.min_lr_ratio <= 1:
+            raise SinklabInputError(f"--min-lr-ratio must be in [0, 1] (1: constant), got {filled.min_lr_ratio}")
         if filled.unique_tokens is not None and filled.unique_tokens < 1:
             raise SinklabInputError(f"--unique-tokens must be a positive integer, got {filled.unique_tokens}")
         steps = tuple(sorted({int(s) for s in filled.checkpoint_steps}))
@@ -291,7 +296,9 @@ def _scan_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) ->
     result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
     return {
         "sink_rate": result.sink_rate,
+        "sink_rate_of_mean": result.sink_rate_of_mean,
         "first_token_mass": result.first_token_mass.tolist(),
+        "sink_share": result.sink_share.tolist(),
         "max_activation": float(result.layer_max_abs.max()),
         "kurtosis": float(result.layer_kurtosis.max()),
         "max_activation_by_layer": result.layer_max_abs.tolist(),
