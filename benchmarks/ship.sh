@@ -4,6 +4,8 @@
 #   source benchmarks/ship.sh; install_fa4           once both parts of FlashAttention-4's CuTe DSL wheel are there
 #   source benchmarks/ship.sh; install_transformers  transformers 5.24 over the image's 5.17, whose GGUF conversion
 #                                                    of gemma3's tokenizer is wrong (sinklab.models refuses it)
+#   source benchmarks/ship.sh; install_fla           flash-linear-attention (fla-core, flash-linear-attention, einops):
+#                                                    transformers' Gated DeltaNet then runs fla's Triton kernel
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -41,6 +43,12 @@ install_fa4() {  # the CuTe DSL cu13 libraries in 2 parts, their sha256, and the
     export PYTHONPATH=$PYTHONPATH:/tmp/site/nvidia_cutlass_dsl/dsl_packages
     python3 -c "import flash_attn.cute, cudnn; print('flash_attn.cute', flash_attn.cute.__file__, 'cudnn', cudnn.backend_version())" \
         || return 1
+}
+
+install_fla() {  # tests/gpu/test_fla_gated_delta.py checks the kernel against transformers' torch reference
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/fla_core-*.whl \
+        "$SHIP"/flash_linear_attention-*.whl "$SHIP"/einops-*.whl || return 1
+    python3 -c "import fla, einops; print('fla', fla.__version__, fla.__file__)"
 }
 
 install_transformers() {
