@@ -4,6 +4,7 @@
         --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
         --checkpoint-steps 150,300,600,1200,2400 --out /tmp/gu/gu-study.json > /tmp/gu/study.log 2>&1 &
     python benchmarks/gu_study.py ... --aggregate-only        # rebuild the JSON and plot from what has finished
+    python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 ...   # Gu et al.'s own recipe
 
 Gu et al. ("When Attention Sink Emerges in Language Models", 2024) pre-trained 60M LLaMA models with a fixed
 number of steps and measured Sink_1^0.3 at T=64 as training went on; with less unique data (repeated to fill the
@@ -92,7 +93,9 @@ def plan(args) -> list[dict]:
     for seed in args.long_seeds if args.long_steps else []:
         runs.append({"name": f"softmax-long-s{seed}", "group": "softmax-long", "variant": "softmax", "seed": seed,
                      "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every})  # fmt: skip
-    resolved = TrainConfig(preset=args.preset, steps=args.steps, batch_size=args.batch_size).resolved()
+    resolved = TrainConfig(
+        preset=args.preset, steps=args.steps, batch_size=args.batch_size, context=args.context
+    ).resolved()
     saver = f"softmax-long-s{args.long_seeds[0]}" if args.long_steps else "softmax-s0"
     for run in runs:
         run.setdefault("steps", resolved.steps)
@@ -112,7 +115,8 @@ def _command(args, run: dict) -> list[str]:
     cmd += ["--max-epochs", f"{run['max_epochs']:g}"]
     for flag, value in (("--steps", run["steps"]), ("--corpus", args.corpus), ("--batch-size", args.batch_size),
                         ("--lr", args.lr), ("--eval-every", run.get("eval_every") or args.eval_every),
-                        ("--device", args.device)):  # fmt: skip
+                        ("--device", args.device), ("--context", args.context), ("--bos", args.bos),
+                        ("--min-lr-ratio", args.min_lr_ratio)):  # fmt: skip
         if value is not None:
             cmd += [flag, str(value)]
     if run["unique_tokens"] is not None:
@@ -393,6 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--long-eval-every", type=int, default=None, help="its evaluation interval")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--context", type=int, default=None, help="training sequence length (default: the preset's)")
+    parser.add_argument("--bos", default=None, help="always / never (Gu et al. pack documents without BOS: never)")
+    parser.add_argument("--min-lr-ratio", type=float, default=None, help="1: constant learning rate (Gu et al.'s 60M)")
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--max-epochs", type=float, default=2.0, help="for the full-size runs")
     parser.add_argument("--device", default=None)
