@@ -78,6 +78,7 @@ def summary_table(result) -> Table:
             f"{d['num_sequences']} x {d['sequence_length']} ({prefix} + {vision.grid[0]}x{vision.grid[1]} patches)",
         )
     table.add_row(f"Sink_1^{d['eps']} (Gu et al.)", f"{d['sink_rate']:.1%}")
+    table.add_row("heads sinks on average", f"{int(result.sink_heads.sum())} ({d['sink_rate_of_mean']:.1%})")
     table.add_row(
         "strongest sink head", f"layer {layer} head {head}: alpha_1 = {result.first_token_mass[layer, head]:.3f}"
     )
