@@ -4,7 +4,8 @@
         --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
         --checkpoint-steps 150,300,600,1200,2400 --out /tmp/gu/gu-study.json > /tmp/gu/study.log 2>&1 &
     python benchmarks/gu_study.py ... --aggregate-only        # rebuild the JSON and plot from what has finished
-    python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 ...   # Gu et al.'s own recipe
+    python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 --metric-windows documents ...
+                                                              # Gu et al.'s own recipe and probe
 
 Gu et al. ("When Attention Sink Emerges in Language Models", 2024) pre-trained 60M LLaMA models with a fixed
 number of steps and measured Sink_1^0.3 at T=64 as training went on; with less unique data (repeated to fill the
@@ -116,7 +117,7 @@ def _command(args, run: dict) -> list[str]:
     for flag, value in (("--steps", run["steps"]), ("--corpus", args.corpus), ("--batch-size", args.batch_size),
                         ("--lr", args.lr), ("--eval-every", run.get("eval_every") or args.eval_every),
                         ("--device", args.device), ("--context", args.context), ("--bos", args.bos),
-                        ("--min-lr-ratio", args.min_lr_ratio)):  # fmt: skip
+                        ("--min-lr-ratio", args.min_lr_ratio), ("--metric-windows", args.metric_windows)):  # fmt: skip
         if value is not None:
             cmd += [flag, str(value)]
     if run["unique_tokens"] is not None:
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--context", type=int, default=None, help="training sequence length (default: the preset's)")
     parser.add_argument("--bos", default=None, help="always / never (Gu et al. pack documents without BOS: never)")
     parser.add_argument("--min-lr-ratio", type=float, default=None, help="1: constant learning rate (Gu et al.'s 60M)")
+    parser.add_argument("--metric-windows", default=None, help="stream / documents (Gu et al. probe document starts)")
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--max-epochs", type=float, default=2.0, help="for the full-size runs")
     parser.add_argument("--device", default=None)

@@ -24,7 +24,8 @@ def _args(**overrides) -> argparse.Namespace:
     values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
                   eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None,
-                  long_seeds=[0], context=None, bos=None, min_lr_ratio=None)  # fmt: skip
+                  long_seeds=[0], context=None, bos=None, min_lr_ratio=None,
+                  metric_windows=None)  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -48,10 +49,12 @@ def test_plan_puts_the_slow_variants_first_and_only_softmax_s0_checkpoints(study
 def test_gu_recipe_flags_reach_every_run(study):
     """Gu et al.'s recipe: the gu60m preset, no BOS (their packing), a constant learning rate; the sizes' epochs
     follow the context the runs train at."""
-    runs = study.plan(_args(preset="gu60m", bos="never", min_lr_ratio=1.0, context=1024, steps=100))
+    runs = study.plan(_args(preset="gu60m", bos="never", min_lr_ratio=1.0, context=1024, steps=100,
+                            metric_windows="documents"))  # fmt: skip
     for run in runs:
         cmd = " ".join(run["command"])
         assert "--preset gu60m" in cmd and "--bos never" in cmd and "--min-lr-ratio 1.0" in cmd
+        assert "--metric-windows documents" in cmd
         assert "--context 1024" in cmd
     # 100 steps x 16 windows of 1023 tokens over 977 windows of the 1M subset: 1.6 epochs, allowed 3
     assert [r["max_epochs"] for r in runs if r["unique_tokens"]] == [3.0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from sinklab.remove.train import (
     Batches,
     TrainConfig,
     _lr,
+    _metric_sequences,
     _scan_metrics,
     build_model,
     train,
@@ -124,6 +126,43 @@ def test_gu60m_preset_is_gu_et_al_shape():
     assert _lr(cfg.warmup, cfg) == _lr(cfg.steps - 1, cfg) == pytest.approx(4e-4)
 
 
+@pytest.fixture(scope="module")
+def documents_corpus(tmp_path_factory):
+    """A built byte corpus whose held-out split has a few documents, each ended by EOS."""
+    from sinklab.data.train_corpus import build_corpus
+
+    root = tmp_path_factory.mktemp("documents")
+    (root / "docs").mkdir()
+    for i in range(80):
+        words = " ".join(f"token{i}x{j}" for j in range(30 + 5 * (i % 5)))  # 250-450 characters, none repeated
+        (root / "docs" / f"doc{i:02d}.txt").write_text(f"Document {i}. {words}")
+    build_corpus(root / "built", packages=[], extra=[root / "docs"], tokenizer="byte", heldout=0.25)
+    return str(root / "built")
+
+
+def test_metric_windows_documents_are_held_out_document_starts(documents_corpus):
+    """--metric-windows documents: Gu et al.'s probe, the first 64 tokens of held-out documents (BOS first under
+    --bos always); stream: consecutive windows of the held-out stream, as before."""
+    from sinklab.data.train_corpus import load_corpus
+
+    corpus = load_corpus(documents_corpus)
+    val = np.asarray(corpus.val)
+    ends = np.flatnonzero(val == corpus.eos_token_id)
+    starts = [s for s, e in zip([0, *(ends[:-1] + 1)], ends, strict=True) if e - s >= METRIC_LEN - 1]
+    assert len(starts) >= 4
+    cfg = TrainConfig(preset="tiny", corpus=documents_corpus, metric_windows="documents", metric_seqs=4)
+    ids = _metric_sequences(cfg.resolved(), corpus, [corpus.bos_token_id])
+    assert ids.shape == (4, METRIC_LEN) and (ids[:, 0] == corpus.bos_token_id).all()
+    for row, start in zip(ids[:, 1:].numpy(), starts, strict=False):
+        assert np.array_equal(row, val[start : start + METRIC_LEN - 1])
+    assert corpus.load_tokenizer().decode(ids[0, 1:10].tolist()).startswith("Document")
+    stream = _metric_sequences(replace(cfg, metric_windows="stream").resolved(), corpus, [])
+    assert np.array_equal(stream.flatten().numpy(), val[: 4 * METRIC_LEN])
+    too_many = replace(cfg, metric_seqs=len(starts) + 1).resolved()
+    with pytest.raises(SinklabInputError, match=f"held-out split has {len(starts)} documents of at least 63 tokens"):
+        _metric_sequences(too_many, corpus, [corpus.bos_token_id])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -131,6 +170,7 @@ def test_gu60m_preset_is_gu_et_al_shape():
         ({"preset": "huge"}, "unknown preset 'huge'; accepted: tiny, small, gu60m"),
         ({"min_lr_ratio": 1.5}, "--min-lr-ratio must be in"),
         ({"bos": "auto"}, "unknown --bos 'auto'; accepted: always, never"),
+        ({"metric_windows": "random"}, "unknown --metric-windows 'random'; accepted: stream, documents"),
         ({"steps": 100_000}, "corpus too small"),
         ({"steps": 0}, "--steps must be a positive integer"),
         ({"context": 32}, "context must be at least 64"),

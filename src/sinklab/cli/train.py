@@ -27,6 +27,9 @@ def train_command(
     lr: float = typer.Option(None, help="peak learning rate (default: the preset's)"),
     min_lr_ratio: float = typer.Option(0.1, help="final learning rate of the cosine over the peak (1: constant)"),
     context: int = typer.Option(None, help="training sequence length (default: the preset's)"),
+    metric_windows: str = typer.Option(
+        "stream", help="Sink_1 measured on: stream (held-out T=64 windows) or documents (their first 64 tokens, Gu)"
+    ),
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
     max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
     unique_tokens: int = typer.Option(
@@ -63,6 +66,7 @@ def train_command(
         lr=lr,
         min_lr_ratio=min_lr_ratio,
         context=context,
+        metric_windows=metric_windows,
         eval_every=eval_every,
         max_epochs=max_epochs,
         unique_tokens=unique_tokens,

@@ -42,6 +42,7 @@ from sinklab.report.files import staged_output
 
 VARIANTS = ("softmax", "softmax1", "sink", "kv_bias", "softpick", "clipped", "sigmoid", "gated")
 BOS_MODES = ("always", "never")
+METRIC_WINDOWS = ("stream", "documents")
 METRIC_LEN = 64  # Gu et al. measure Sink_1 on sequences of T = 64 tokens
 
 
@@ -98,6 +99,9 @@ class TrainConfig:
     eval_every: int | None = None
     eval_batches: int | None = None
     metric_seqs: int | None = None
+    # what Sink_1 is measured on: consecutive T=64 windows of the held-out stream, or the first tokens of held-out
+    # documents (Gu et al. probe the start of 100 texts)
+    metric_windows: Literal["stream", "documents"] = "stream"
     eps: float = 0.3
     max_epochs: float = 2.0  # refuse runs that would pass over the training tokens more often than this
     unique_tokens: int | None = None  # train on the first N tokens of the training split only (Gu et al.'s data sweep)
@@ -115,6 +119,10 @@ class TrainConfig:
             raise SinklabInputError(f"unknown variant {self.variant!r}; accepted: {', '.join(VARIANTS)}")
         if self.bos not in BOS_MODES:
             raise SinklabInputError(f"unknown --bos {self.bos!r}; accepted: {', '.join(BOS_MODES)}")
+        if self.metric_windows not in METRIC_WINDOWS:
+            raise SinklabInputError(
+                f"unknown --metric-windows {self.metric_windows!r}; accepted: {', '.join(METRIC_WINDOWS)}"
+            )
         from transformers import CONFIG_MAPPING
 
         if self.architecture not in CONFIG_MAPPING:
@@ -316,17 +324,16 @@ def heldout_batches(val: Batches, eval_batches: int, batch_size: int) -> Iterato
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, tokenizer, val: Batches, metric: Batches, config: TrainConfig) -> dict:
-    """Validation loss at the training context; sink and residual metrics on ``metric_seqs`` sequences of T=64."""
+def evaluate(model: nn.Module, tokenizer, val: Batches, metric: torch.Tensor, config: TrainConfig) -> dict:
+    """Validation loss at the training context; sink and residual metrics on the [metric_seqs, 64] ``metric`` ids."""
     model.eval()
     device = next(model.parameters()).device
     losses = []
     for ids in heldout_batches(val, config.eval_batches, config.batch_size):
         with _autocast(device):
             losses.append(_loss(model, ids.to(device), len(val.prefix)).item())
-    ids = metric.take(np.arange(config.metric_seqs) % metric.windows)
     row = {"val_loss": float(np.mean(losses))}
-    row.update(_scan_metrics(model, tokenizer, ids, config.eps))
+    row.update(_scan_metrics(model, tokenizer, metric, config.eps))
     row["first_token_mass_mean"] = float(np.nanmean(row["first_token_mass"]))  # NaN rows: a hybrid's linear layers
     model.train()
     return row
@@ -377,8 +384,29 @@ def metric_ids(config: TrainConfig) -> torch.Tensor:
     what a checkpoint is scanned on to compare with the history row of its step."""
     config = config.resolved()
     corpus = _load_data(config)
-    prefix = _prefix(config, corpus, corpus.vocab_size + int(config.sink_token))
-    metric = Batches(corpus.val, METRIC_LEN - len(prefix), prefix, config.seed)
+    return _metric_sequences(config, corpus, _prefix(config, corpus, corpus.vocab_size + int(config.sink_token)))
+
+
+def _metric_sequences(config: TrainConfig, corpus, prefix: list[int]) -> torch.Tensor:
+    """[metric_seqs, 64]: ``prefix`` and then consecutive windows of the held-out stream (``stream``) or the first
+    tokens of held-out documents of at least that length (``documents``; documents end with EOS)."""
+    body = METRIC_LEN - len(prefix)
+    tokens = np.asarray(corpus.val)
+    if config.metric_windows == "documents":
+        if corpus.eos_token_id is None:
+            raise SinklabInputError("--metric-windows documents needs a corpus whose documents end with EOS")
+        ends = np.flatnonzero(tokens == corpus.eos_token_id)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        starts = starts[ends - starts >= body]
+        if len(starts) < config.metric_seqs:
+            raise SinklabInputError(
+                f"--metric-windows documents: the held-out split has {len(starts)} documents of at least {body} "
+                f"tokens, {config.metric_seqs} are measured; use --metric-windows stream or a larger corpus"
+            )
+        tokens = np.concatenate([tokens[s : s + body] for s in starts[: config.metric_seqs]])
+    metric = Batches(tokens, body, prefix, config.seed)
+    if metric.windows < 1:
+        raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {METRIC_LEN}")
     return metric.take(np.arange(config.metric_seqs) % metric.windows)
 
 
@@ -542,9 +570,9 @@ def train(config: TrainConfig) -> TrainResult:
             f"max_epochs={config.max_epochs:g}); give fewer --steps, a larger --corpus or a larger --max-epochs"
         )
     val = Batches(corpus.val, body, prefix, config.seed)
-    metric = Batches(corpus.val, METRIC_LEN - len(prefix), prefix, config.seed)
-    if val.windows < 1 or metric.windows < 1:
+    if val.windows < 1:
         raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {config.context}")
+    metric = _metric_sequences(config, corpus, prefix)
     checkpoints: list[dict] = []
 
     def evaluate_step(step: int) -> dict:
