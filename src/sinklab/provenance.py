@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -34,23 +35,26 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    """The commit of the checkout sinklab runs from (an editable install), else None."""
+def _git(*args: str) -> str | None:
     try:
         proc = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--show-toplevel", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", "-C", str(Path(__file__).parent), *args], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    lines = proc.stdout.split()
-    if proc.returncode != 0 or len(lines) != 2:
-        return None
-    top, commit = lines
-    is_ours = (Path(top) / "src" / "sinklab" / Path(__file__).name).resolve() == Path(__file__).resolve()
-    return commit if is_ours else None  # not the commit of some other repository sinklab is installed inside
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout sinklab runs from (an editable install or a source tree), with ``-dirty`` when
+    tracked files differ from it; else ``$SINKLAB_COMMIT`` (a copy of the tree without its .git, such as a device
+    run's, says its commit there), else None."""
+    lines = (_git("rev-parse", "--show-toplevel", "--short", "HEAD") or "").split()
+    if len(lines) == 2:
+        top, commit = lines
+        if (Path(top) / "src" / "sinklab" / Path(__file__).name).resolve() == Path(__file__).resolve():
+            return commit + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    return os.environ.get("SINKLAB_COMMIT") or None  # not a checkout of sinklab (or another repository's)
 
 
 def digest(data: object) -> str:
@@ -94,8 +98,10 @@ def run_provenance(
     ``sequences``: the token ids measured (hashed); ``texts``: where they came from (file names, "embedded corpus");
     ``images``: the images measured (``image_record``).
     """
+    from sinklab import __version__
+
     out = {
-        "sinklab": _version("sinklab"),
+        "sinklab": __version__,  # the code that runs, whatever an install's metadata says
         "sinklab_commit": _git_commit(),
         "transformers": _version("transformers"),
         "torch": _version("torch"),
