@@ -66,21 +66,20 @@ def save(fig: Figure, path: Path) -> Plot:
 
 
 def sink_profile(result, path: Path) -> Plot:
-    """Per layer: mean first-token mass and the share of heads above eps."""
+    """Per layer: mean first-token mass and Sink_1 (the share of sequence x head pairs above eps; their mean over
+    the layers is the title's Sink_1)."""
     alpha = result.first_token_mass
     layers = range(result.num_layers)
     fig = Figure(figsize=(8, 3.6), layout="tight")
     ax = fig.subplots()
-    ax.bar(
-        layers, (alpha > result.eps).double().mean(1), color="#c9d7ee", label=f"share of heads, alpha_1 > {result.eps}"
-    )
+    ax.bar(layers, result.sink_share.mean(1), color="#c9d7ee", label=f"Sink_1 of the layer (alpha_1 > {result.eps})")
     ax.plot(layers, alpha.mean(1), "o-", color="#1f4e9c", label="mean alpha_1 (first-token mass)")
     for i, kind in enumerate(result.layer_types):
         if kind == "sliding_attention":
             ax.axvspan(i - 0.5, i + 0.5, color="#eeeeee", zorder=-1)
     ax.set(
         xlabel="layer",
-        ylabel="attention mass / share of heads",
+        ylabel="attention mass / Sink_1",
         ylim=(0, 1.05),
         title=f"{result.model}: Sink_1^{result.eps} = {result.sink_rate:.1%}",
     )
