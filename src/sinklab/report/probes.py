@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sinklab.report.files import staged_output
 from sinklab.report.html import figure_html, page, table_html
@@ -165,10 +166,11 @@ def interventions_plot(d: dict, path: Path) -> Plot | None:
         y = np.arange(len(names))
         ax0.barh(y, loss, color="#1f4e9c")
         ax0.set_yticks(y, names, fontsize=8)
-        ax1.barh(y, rate, color="#c0392b")
+        ax1.barh(y, 100 * np.asarray(rate, dtype=float), color="#c0392b")
         ax1.set_yticks(y, [""] * len(names))
+        ax1.xaxis.set_major_locator(MaxNLocator(nbins=6))  # readable ticks whatever the range
         ax0.set(xlabel="loss change (nats/token)", ylabel=what, title=f"next-token loss: {what}")
-        ax1.set(xlabel="sink-rate change", ylabel=what, title=f"Sink_1^{d['eps']}: {what}")
+        ax1.set(xlabel="Sink_1 change (percentage points)", ylabel=what, title=f"Sink_1^{d['eps']}: {what}")
         for ax in (ax0, ax1):
             ax.axvline(0, color="#666", lw=0.8)
     return save(fig, path)
