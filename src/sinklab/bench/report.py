@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from sinklab.report.files import staged_output
-from sinklab.report.html import figure_html, page
+from sinklab.report.page import figure_html, page
 from sinklab.report.plots import Plot, save
 
 SORT_JS = """<script>document.querySelectorAll('table.sortable th').forEach((th,i)=>th.onclick=()=>{

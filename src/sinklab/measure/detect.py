@@ -42,7 +42,7 @@ from sinklab.errors import SinklabInputError, check_fraction
 from sinklab.hf import AttentionCall, ModelSites, ModelView
 from sinklab.measure import metrics
 from sinklab.measure.engine import release_freed_memory
-from sinklab.measure.scanner import _batches
+from sinklab.measure.scanner import padded_batches
 from sinklab.method import Method
 from sinklab.ops.stats import AttentionStats, StatsRequest, query_validity
 from sinklab.progress import Progress
@@ -235,7 +235,7 @@ def _as_pairs(inputs) -> list[tuple[str, str | None]]:
 
 def _padded(seqs: list[list[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, W] ids and [B, W] 0/1 mask of one batch, padded on the left or the right (scan's batching rule)."""
-    _, ids, mask = next(_batches(seqs, len(seqs), pad_id, left_pad=left))
+    _, ids, mask = next(padded_batches(seqs, len(seqs), pad_id, left_pad=left))
     return ids, mask
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -30,7 +29,7 @@ from sinklab.hf import ModelView
 from sinklab.hf.arch import VisionLayout, layer_types
 from sinklab.measure import metrics
 from sinklab.measure.engine import Observer
-from sinklab.measure.scanner import ScanResult, _Accumulator, _rounded
+from sinklab.measure.result import Accumulator, ScanResult, VisionScan
 from sinklab.models import input_device
 from sinklab.progress import Progress
 from sinklab.provenance import image_record, run_provenance
@@ -45,74 +44,6 @@ def high_norm_patches(norms: torch.Tensor, high_norm: float, norm_ratio: float):
     norm > norm_ratio * median [..., P], median [...])``, the median over the patches of each image and layer."""
     median = norms.median(dim=-1).values
     return norms > high_norm, norms > norm_ratio * median[..., None], median
-
-
-@dataclass
-class VisionScan:
-    """The image-specific part of an image scan (``ScanResult.vision``); ``to_dict()`` is metrics.json's ``vision``.
-
-    Norm statistics have L + 1 rows: the output of each block, then the model's output (``norm_layers``)."""
-
-    images: list[dict]  # per image: name, width, height as given
-    input_size: tuple[int, int]  # pixel values' height, width
-    grid: tuple[int, int]  # patch rows, columns
-    labels: list[str]  # one per token: prefix labels, then "patch r,c"
-    prefix_mass: torch.Tensor  # [L, H, P] share of attention on each prefix token
-    patch_peak: torch.Tensor  # [L, H] mean over images of the largest mean mass on one patch
-    high_norm: float
-    norm_ratio: float
-    patch_norm_median: torch.Tensor  # [L + 1] median patch norm, mean over images
-    patch_norm_max: torch.Tensor  # [L + 1] largest patch norm over images
-    prefix_norm: torch.Tensor  # [L + 1, P] norm of each prefix token, mean over images
-    above_threshold: torch.Tensor  # [L + 1] high-norm patches by norm > high_norm, over all images
-    above_ratio: torch.Tensor  # [L + 1] high-norm patches by norm > norm_ratio x median
-    high_norm_tokens: list[dict]  # the model output's high-norm patches by either rule
-    maps: torch.Tensor  # [M, L, rows, cols] head-mean attention received per patch, the first M images
-    token_norm: torch.Tensor  # [M, L + 1, T] token norms of the first M images
-    pixels: torch.Tensor  # [M, C, H, W] what the model saw, for drawing
-
-    @property
-    def num_prefix(self) -> int:
-        return self.prefix_mass.shape[-1]
-
-    @property
-    def prefix(self) -> list[str]:
-        return self.labels[: self.num_prefix]
-
-    @property
-    def norm_layers(self) -> list[str]:
-        return [*map(str, range(self.prefix_mass.shape[0])), "output"]
-
-    @property
-    def map_layer(self) -> int:
-        """The layer whose strongest patch sink is largest (mean over heads): the one the maps show."""
-        return int(self.patch_peak.mean(1).argmax())
-
-    def to_dict(self) -> dict:
-        patches = len(self.images) * self.grid[0] * self.grid[1]
-        return {
-            "images": self.images,
-            "input_size": list(self.input_size),
-            "patch_grid": list(self.grid),
-            "prefix_tokens": self.prefix,
-            "prefix_mass": {label: _rounded(self.prefix_mass[..., p]) for p, label in enumerate(self.prefix)},
-            "patch_peak_mass": _rounded(self.patch_peak),
-            "map_layer": self.map_layer,
-            "token_norms": {
-                "layers": self.norm_layers,
-                "median_patch": _rounded(self.patch_norm_median, 4),
-                "max_patch": _rounded(self.patch_norm_max, 4),
-                "prefix": {label: _rounded(self.prefix_norm[:, p], 4) for p, label in enumerate(self.prefix)},
-            },
-            "high_norm": {
-                "threshold": self.high_norm,
-                "ratio_to_median": self.norm_ratio,
-                "patches": patches,
-                "above_threshold": self.above_threshold.tolist(),
-                "above_ratio": self.above_ratio.tolist(),
-                "tokens": self.high_norm_tokens,
-            },
-        }
 
 
 class _VisionAccumulator:
@@ -233,7 +164,7 @@ def scan_images(
     T = len(labels)
     L, H = view.num_layers, view.require_attention()[0].num_heads
     sink_threshold = eps if sink_threshold is None else sink_threshold
-    acc = _Accumulator(L, H, view.config.hidden_size, eps, sink_threshold, min_queries or max(1, min(32, T // 4)))
+    acc = Accumulator(L, H, view.config.hidden_size, eps, sink_threshold, min_queries or max(1, min(32, T // 4)))
     part = _VisionAccumulator(L, H, layout, grid, high_norm, norm_ratio, max_maps)
     param = next(model.parameters())
     norms: dict[int, torch.Tensor] = {}

@@ -741,7 +741,7 @@ def save(result: AdaptResult, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     from sinklab.report.files import staged_output
-    from sinklab.report.html import figure_html, page, table_html
+    from sinklab.report.page import figure_html, page, table_html
     from sinklab.report.train import training_curves
 
     record = result.to_dict()

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sinklab.report.files import staged_output
-from sinklab.report.html import figure_html, page, table_html
+from sinklab.report.page import figure_html, page, table_html
 from sinklab.report.plots import Plot, save
 
 

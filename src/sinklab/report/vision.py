@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from sinklab.report.page import table_html
 from sinklab.report.plots import Plot, save
 
 OVERLAY_ALPHA = 0.6
@@ -96,7 +97,6 @@ def vision_plots(result, out_dir: Path) -> list[Plot]:
 
 def vision_html(result) -> str:
     """The report's image section: images, prefix masses per layer, high-norm counts per layer and tokens."""
-    from sinklab.report.html import table_html  # html.py imports this module
 
     d = result.vision.to_dict()
     v = result.vision
