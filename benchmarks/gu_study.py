@@ -146,6 +146,7 @@ def _row(run: dict, record: dict) -> dict:
         "variant": run["variant"],
         "seed": run["seed"],
         "sink_rate": final["sink_rate"],
+        "sink_rate_of_mean": final.get("sink_rate_of_mean"),  # the statistic of the studies made with sinklab 0.1
         "val_loss": final["val_loss"],
         "max_activation": final["max_activation"],
         "first_token_mass": final["first_token_mass_mean"],
@@ -176,7 +177,7 @@ def _summary(table: list[dict]) -> dict:
     groups: dict[str, list[dict]] = {}
     for row in table:
         groups.setdefault(row["run"], []).append(row)
-    keys = ("sink_rate", "val_loss", "max_activation", "emergence_5", "emergence_10")
+    keys = ("sink_rate", "sink_rate_of_mean", "val_loss", "max_activation", "emergence_5", "emergence_10")
     return {
         group: {"seeds": [r["seed"] for r in rows], **{k: _stats([r[k] for r in rows]) for k in keys}}
         for group, rows in groups.items()

@@ -136,6 +136,7 @@ def summary(name: str, mix: Mix, run: dict) -> dict:
         "full_attention_share": types.count(FULL) / len(types),
         "layer_pattern": "".join(LETTERS[t] for t in types),
         "sink_rate": final["sink_rate"],
+        "sink_rate_of_mean": final.get("sink_rate_of_mean"),  # the statistic of the studies made with sinklab 0.1
         "sink_rate_full": rate(FULL),
         "sink_rate_sliding": rate(SLIDING),
         "first_token_mass": final["first_token_mass_mean"],

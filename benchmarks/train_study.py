@@ -94,6 +94,7 @@ def _summary(run: dict, base: dict | None) -> dict:
         "config": run["name"],
         "val_loss": final["val_loss"],
         "sink_rate": final["sink_rate"],
+        "sink_rate_of_mean": final.get("sink_rate_of_mean"),  # the statistic of the studies made with sinklab 0.1
         "first_token_mass": final["first_token_mass_mean"],
         "max_activation": final["max_activation"],
         "kurtosis": final["kurtosis"],
