@@ -1,0 +1,79 @@
+"""Which 64 tokens Gu et al.'s Sink_1 is measured on: the probe choices of ``sinklab train``, on a pretrained model.
+
+Gu et al. measure Sink_1 on the first 64 tokens of 100 texts without BOS; ``sinklab train`` measured it on
+consecutive held-out windows (``--metric-windows stream``) behind BOS (``--bos always``). This script scans the
+model whose tokenizer built the corpus (smollm2-135m for the Debian corpora) on the four combinations (windows or
+document starts, BOS or not), 100 sequences of the held-out split, and reports Sink_1 (Gu et al.'s per-sequence
+statistic), the share of heads that are sinks on average, and the mean first-token mass. The sequences are the ones
+``sinklab train`` measures (``remove.train.metric_ids`` for the gu60m preset), so the numbers say how much the probe
+alone moves Sink_1 on a trained model.
+
+    python benchmarks/sink_probe.py --corpus data/train-corpus-large [--hardware cpu2]
+
+Prints a table, then one JSON line; saves benchmarks/results/sink-probe-<hardware>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import sinklab
+from sinklab.models import EMBEDDED
+from sinklab.provenance import run_provenance
+from sinklab.remove.train import TrainConfig, metric_ids
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="a corpus built by scripts/build_train_corpus.py")
+    parser.add_argument("--hardware", default="cpu2")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/sink-probe-<hardware>.json")
+    args = parser.parse_args(argv)
+    meta = json.loads((Path(args.corpus) / "meta.json").read_text())
+    name = meta["tokenizer"]  # the token ids are this model's: no other model can read them
+    if name not in EMBEDDED:
+        parser.error(f"--corpus {args.corpus}: tokenized for {name!r}, not an embedded model")
+    started = time.perf_counter()
+    rows = []
+    model, tok = sinklab.load(name)
+    for windows in ("stream", "documents"):
+        for bos in ("never", "always"):  # the corpus's BOS id is its tokenizer's, the model's own
+            config = TrainConfig(preset="gu60m", corpus=args.corpus, metric_windows=windows, bos=bos)
+            ids = metric_ids(config)
+            result = sinklab.scan(model, tok, ids, 0.3, max_tokens=ids.shape[1], num_texts=None, bos="never",
+                                  batch_size=20, progress=False)  # fmt: skip
+            rows.append({"model": name, "windows": windows, "bos": bos, "sequences": len(ids),
+                         "sink_rate": result.sink_rate, "sink_rate_of_mean": result.sink_rate_of_mean,
+                         "first_token_mass": float(result.first_token_mass.nanmean())})  # fmt: skip
+            print(f"{name} {windows} bos-{bos}: Sink_1 {result.sink_rate:.1%}", flush=True)
+    table = Table(title="Sink_1^0.3 at T=64 by probe (100 held-out sequences)")
+    for column in ("model", "windows", "BOS", "Sink_1", "heads sinks on average", "first-token mass"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["model"], r["windows"], r["bos"], f"{r['sink_rate']:.1%}", f"{r['sink_rate_of_mean']:.1%}",
+                      f"{r['first_token_mass']:.3f}")  # fmt: skip
+    Console().print(table)
+    record = {
+        "benchmark": "sink_probe",
+        "hardware": args.hardware,
+        "corpus": {"path": args.corpus, "tokenizer": meta["tokenizer"], "tokens": meta["tokens"]},
+        "rows": rows,
+        "wall_seconds": time.perf_counter() - started,
+        "provenance": run_provenance(None, texts={"source": args.corpus}),
+    }
+    out = Path(args.out or RESULTS / f"sink-probe-{args.hardware}.json")
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps({"benchmark": "sink_probe", "rows": len(rows), "out": str(out)}))
+    return record
+
+
+if __name__ == "__main__":
+    main()
