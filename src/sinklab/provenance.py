@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-_COMMAND: ContextVar[str | None] = ContextVar("sinklab_command", default=None)
+_COMMAND: ContextVar[tuple[str, str | None] | None] = ContextVar("sinklab_command", default=None)
 
 
 @contextmanager
 def command_line(argv: list[str]):
-    """Within this block results record ``argv`` as the command that made them (the CLI sets it)."""
-    token = _COMMAND.set(" ".join(["sinklab", *argv]))
+    """Within this block results record ``argv`` as the command that made them, and the commit the command started
+    on (a commit made while it runs does not relabel it; the CLI sets it)."""
+    token = _COMMAND.set((" ".join(["sinklab", *argv]), _git_commit()))
     try:
         yield
     finally:
@@ -100,13 +101,14 @@ def run_provenance(
     """
     from sinklab import __version__
 
+    command, commit = _COMMAND.get() or (f"python api ({Path(sys.argv[0]).name or 'interactive'})", _git_commit())
     out = {
         "sinklab": __version__,  # the code that runs, whatever an install's metadata says
-        "sinklab_commit": _git_commit(),
+        "sinklab_commit": commit,
         "transformers": _version("transformers"),
         "torch": _version("torch"),
         "python": platform.python_version(),
-        "command": _COMMAND.get() or f"python api ({Path(sys.argv[0]).name or 'interactive'})",
+        "command": command,
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": _model_part(model),
         "bos": bos,

@@ -39,3 +39,13 @@ def test_a_copied_tree_or_another_repository_reads_sinklab_commit(monkeypatch, t
     assert provenance._git_commit() == "def5678"
     monkeypatch.setattr(provenance, "_git", _fake_git(tmp_path, ""))  # sinklab installed inside another repository
     assert provenance._git_commit() == "def5678"
+
+
+def test_a_command_keeps_the_commit_it_started_on(monkeypatch):
+    top = Path(provenance.__file__).resolve().parents[2]
+    monkeypatch.setattr(provenance, "_git", _fake_git(top, ""))
+    with provenance.command_line(["scan", "--model", "tiny-llama"]):
+        monkeypatch.setattr(provenance, "_git", lambda *args: f"{top}\nfff9999\n" if args[0] == "rev-parse" else "")
+        record = provenance.run_provenance(None)
+    assert record["sinklab_commit"] == "abc1234" and record["command"] == "sinklab scan --model tiny-llama"
+    assert provenance.run_provenance(None)["sinklab_commit"] == "fff9999"  # outside a command: read when written
