@@ -1,0 +1,35 @@
+"""benchmarks/sink_probe.py on the embedded smollm2-135m: the four probes of sinklab train, on a corpus built with
+the model's own tokenizer (document starts and windows, with and without BOS)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from sinklab.data.train_corpus import build_corpus
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("smollm2")]
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+def test_sink_probe_scans_the_four_probes(tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(480):  # about a quarter is held out: more than the 100 documents the gu60m preset measures
+        (docs / f"doc{i:03d}.txt").write_text(f"Document {i}. " + " ".join(f"word{i}x{j}" for j in range(40)))
+    build_corpus(tmp_path / "corpus", packages=[], extra=[docs], tokenizer="smollm2-135m", heldout=0.25)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    probe = importlib.import_module("sink_probe")
+    record = probe.main(["--corpus", str(tmp_path / "corpus"), "--out", str(tmp_path / "probe.json")])
+    assert json.loads((tmp_path / "probe.json").read_text())["rows"] == record["rows"]
+    assert [(r["windows"], r["bos"]) for r in record["rows"]] == [
+        ("stream", "never"), ("stream", "always"), ("documents", "never"), ("documents", "always")
+    ]  # fmt: skip
+    for row in record["rows"]:
+        assert row["model"] == "smollm2-135m" and row["sequences"] == 100
+        assert 0.3 < row["sink_rate"] <= 1 and 0 <= row["sink_rate_of_mean"] <= 1
+    assert record["provenance"]["sinklab"] and record["corpus"]["tokenizer"] == "smollm2-135m"
