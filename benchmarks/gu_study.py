@@ -4,6 +4,7 @@
         --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
         --checkpoint-steps 150,300,600,1200,2400 --out /tmp/gu/gu-study.json > /tmp/gu/study.log 2>&1 &
     python benchmarks/gu_study.py ... --aggregate-only        # rebuild the JSON and plot from what has finished
+    python benchmarks/gu_study.py ... --start-until 1200      # a lease: start no run after 20 minutes
     python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 --metric-windows documents ...
                                                               # Gu et al.'s own recipe and probe
 
@@ -341,6 +342,9 @@ def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started
     """Keep up to ``--parallel`` runs going until the queue is empty; after each, rewrite the study record."""
     work = Path(args.work)
     while queue or active:
+        if queue and args.start_until is not None and time.perf_counter() - started > args.start_until:
+            _say(f"--start-until {args.start_until:g} s passed: {len(queue)} runs left for a later call")
+            queue.clear()  # listed under "missing"; a later call with the same --work starts them
         while queue and len(active) < args.parallel:
             run = queue.pop(0)
             directory = work / run["name"]
@@ -407,6 +411,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-epochs", type=float, default=2.0, help="for the full-size runs")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="study JSON (default <work>/gu-study.json); the plot beside it")
+    parser.add_argument(
+        "--start-until",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start no run after S seconds (a device lease ends; the rest wait for a later call)",
+    )
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing; rebuild JSON and plot")
     args = parser.parse_args(argv)
     if args.parallel < 1:

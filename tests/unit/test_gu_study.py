@@ -118,3 +118,14 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
     assert printed.count("skipped ") == 5 and "started" not in printed
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/train.json")} == stamps
     assert again["table"] == record["table"]
+
+
+def test_start_until_leaves_the_queue_for_a_later_call(study, tmp_path, capsys):
+    """--start-until: past it no run starts; the record lists them as missing, and nothing was trained."""
+    work = tmp_path / "gu"
+    argv = ["--preset", "tiny", "--steps", "2", "--work", str(work), "--variants", "softmax", "--seeds", "0", "1",
+            "--start-until", "0", "--out", str(tmp_path / "gu.json")]  # fmt: skip
+    record = study.main(argv)
+    assert "runs left for a later call" in capsys.readouterr().out
+    assert record["missing"] == ["softmax-s0", "softmax-s1"] and record["table"] == []
+    assert not list(work.glob("*/train.json"))
