@@ -50,6 +50,7 @@ def test_metrics_contract(tiny, tmp_path):
         "heads.csv",
         "sink_profile.png",
         "heads_heatmap.png",
+        "sink_share_heatmap.png",
         "massive_activations.png",
         "attention_map.png",
     } <= files

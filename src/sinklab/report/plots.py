@@ -103,6 +103,15 @@ def head_heatmap(result, path: Path) -> Plot:
     return _layer_head_map(result.first_token_mass, title, label, path)
 
 
+def sink_share_heatmap(result, path: Path) -> Plot | None:
+    """Layer x head heatmap of the share of sequences in which each head is a sink (how stable Sink_1's heads are;
+    None for a single sequence, where it is alpha_1 > eps)."""
+    if result.num_sequences < 2:
+        return None
+    title = f"share of the {result.num_sequences} sequences in which a head is a sink"
+    return _layer_head_map(result.sink_share, title, f"share of sequences with alpha_1 > {result.eps}", path)
+
+
 def slot_heatmap(result, path: Path) -> Plot | None:
     """Layer x head heatmap of the attention a learned sink slot takes (gpt-oss sinks, sink/kv_bias variants)."""
     slot = getattr(result, "sink_slot_mass", None)
@@ -164,6 +173,7 @@ def all_plots(result, out_dir: Path) -> list[Plot]:
     made = [
         sink_profile(result, out_dir / "sink_profile.png"),
         head_heatmap(result, out_dir / "heads_heatmap.png"),
+        sink_share_heatmap(result, out_dir / "sink_share_heatmap.png"),
         slot_heatmap(result, out_dir / "sink_slot_heatmap.png"),
         massive_activations(result, out_dir / "massive_activations.png"),
         attention_map(result, out_dir / "attention_map.png"),
