@@ -17,6 +17,7 @@ def heads_rows(result) -> list[dict]:
     kv_bias variants) and an image encoder's prefix-token and top-patch masses are columns of their own."""
     group = result.num_heads // max(1, result.num_kv_heads)
     vision = result.vision
+    sink_heads = result.sink_heads  # [L, H], computed once
     rows = []
     for layer in range(result.num_layers):
         for head in range(result.num_heads):
@@ -27,7 +28,7 @@ def heads_rows(result) -> list[dict]:
                 "kv_head": head // group,
                 "layer_type": result.layer_types[layer],
                 "first_token_mass": round(alpha, 6),
-                "is_sink": int(result.sink_heads[layer, head]),
+                "is_sink": int(sink_heads[layer, head]),
                 "sink_share": round(float(result.sink_share[layer, head]), 6),
                 "entropy": round(float(result.entropy[layer, head]), 6),
                 "top_other_key_mass": round(float(result.top_other_mass[layer, head]), 6),
