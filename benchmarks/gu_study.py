@@ -4,7 +4,8 @@
         --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
         --checkpoint-steps 150,300,600,1200,2400 --out /tmp/gu/gu-study.json > /tmp/gu/study.log 2>&1 &
     python benchmarks/gu_study.py ... --aggregate-only        # rebuild the JSON and plot from what has finished
-    python benchmarks/gu_study.py ... --start-until 1200      # a lease: start no run after 20 minutes
+    python benchmarks/gu_study.py ... --finish-by 1200 --first softmax-s0 softmax-s1
+                                                              # a lease: runs that end within 20 minutes, baseline first
     python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 --metric-windows documents ...
                                                               # Gu et al.'s own recipe and probe
 
@@ -14,7 +15,8 @@ same steps) the sink barely formed. The plan here: every ``--variants`` x ``--se
 softmax seed 0 on the first N training tokens for every smaller ``--sizes`` entry (the full-size softmax seed 0 is
 shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run is one
 ``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt`` beside
-it); up to ``--parallel`` share the GPU, the slowest variants start first, and a run whose train.json exists is
+it); up to ``--parallel`` share the GPU, the runs named by ``--first`` and then the slowest variants start first, and
+a run whose train.json exists is
 skipped, so the study resumes where a stopped one left off. After every finished run the study JSON (``--out``)
 and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
 ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
@@ -338,15 +340,30 @@ def _table(record: dict) -> Table:
     return table
 
 
+def _expected_seconds(run: dict, durations: list[tuple[dict, float]]) -> float:
+    """How long ``run`` should take, from the slowest finished run scaled by steps and ``COST`` (0 before any run
+    has finished: the first wave always fits)."""
+
+    def cost(r: dict) -> float:
+        return COST.get(r["variant"], 1.0) * r["steps"]
+
+    return max((seconds * cost(run) / cost(done) for done, seconds in durations), default=0.0)
+
+
 def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started) -> None:
     """Keep up to ``--parallel`` runs going until the queue is empty; after each, rewrite the study record."""
     work = Path(args.work)
+    durations: list[tuple[dict, float]] = []  # (run, wall seconds) of the finished runs
     while queue or active:
-        if queue and args.start_until is not None and time.perf_counter() - started > args.start_until:
-            _say(f"--start-until {args.start_until:g} s passed: {len(queue)} runs left for a later call")
-            queue.clear()  # listed under "missing"; a later call with the same --work starts them
         while queue and len(active) < args.parallel:
-            run = queue.pop(0)
+            run = queue[0]
+            elapsed, expected = time.perf_counter() - started, _expected_seconds(run, durations)
+            if args.finish_by is not None and elapsed + expected > args.finish_by:
+                _say(f"--finish-by {args.finish_by:g} s: {run['name']} would end at about {elapsed + expected:.0f} s; "
+                     f"{len(queue)} runs left for a later call")  # fmt: skip
+                queue.clear()  # listed under "missing"; a later call with the same --work starts them
+                break
+            queue.pop(0)
             directory = work / run["name"]
             directory.mkdir(parents=True, exist_ok=True)
             log = (directory / "log.txt").open("w")
@@ -364,6 +381,7 @@ def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started
             run = next(r for r in runs if r["name"] == name)
             result = _load_run(work, run)
             seconds = time.perf_counter() - tick
+            durations.append((run, seconds))
             if proc.returncode != 0 or result is None:
                 lines = (work / name / "log.txt").read_text(errors="replace").strip().splitlines()
                 failed[name] = f"exit {proc.returncode}: {lines[-1] if lines else ''}"
@@ -412,12 +430,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="study JSON (default <work>/gu-study.json); the plot beside it")
     parser.add_argument(
-        "--start-until",
+        "--finish-by",
         type=float,
         default=None,
         metavar="S",
-        help="start no run after S seconds (a device lease ends; the rest wait for a later call)",
+        help="start a run only if it should end within S seconds of the study's start, judged by the slowest "
+        "finished run (a device lease ends; the rest wait for a later call)",
     )
+    parser.add_argument("--first", nargs="+", default=[], metavar="RUN", help="start these runs first, in this "
+                        "order (a lease that may end early: the baseline seeds before the variants)")  # fmt: skip
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing; rebuild JSON and plot")
     args = parser.parse_args(argv)
     if args.parallel < 1:
@@ -427,6 +448,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or work / "gu-study.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = plan(args)
+    names = [run["name"] for run in runs]
+    unknown = [name for name in args.first if name not in names]
+    if unknown:
+        parser.error(f"--first: {', '.join(unknown)} not in the plan; accepted: {', '.join(names)}")
+    runs.sort(key=lambda run: args.first.index(run["name"]) if run["name"] in args.first else len(args.first))
     hardware = _hardware()
     base = {
         "benchmark": "gu_study",

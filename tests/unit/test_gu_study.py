@@ -120,12 +120,55 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
     assert again["table"] == record["table"]
 
 
-def test_start_until_leaves_the_queue_for_a_later_call(study, tmp_path, capsys):
-    """--start-until: past it no run starts; the record lists them as missing, and nothing was trained."""
+def test_finish_by_leaves_the_queue_for_a_later_call(study, tmp_path, capsys):
+    """--finish-by: no run starts that would end past it; the record lists them as missing, nothing was trained."""
     work = tmp_path / "gu"
     argv = ["--preset", "tiny", "--steps", "2", "--work", str(work), "--variants", "softmax", "--seeds", "0", "1",
-            "--start-until", "0", "--out", str(tmp_path / "gu.json")]  # fmt: skip
+            "--finish-by", "0", "--out", str(tmp_path / "gu.json")]  # fmt: skip
     record = study.main(argv)
     assert "runs left for a later call" in capsys.readouterr().out
     assert record["missing"] == ["softmax-s0", "softmax-s1"] and record["table"] == []
     assert not list(work.glob("*/train.json"))
+
+
+def test_expected_seconds_scales_the_slowest_finished_run(study):
+    """A run's expected wall time: the slowest finished run, scaled by steps and variant cost; 0 before any."""
+    softmax = {"variant": "softmax", "steps": 1000}
+    gated = {"variant": "gated", "steps": 2000}
+    assert study._expected_seconds(gated, []) == 0.0
+    done = [(softmax, 100.0), ({"variant": "softmax", "steps": 500}, 80.0)]
+    assert study._expected_seconds(softmax, done) == pytest.approx(160.0)  # the 500-step run was slower per step
+    assert study._expected_seconds(gated, done) == pytest.approx(160.0 * 2 * study.COST["gated"])
+
+
+def test_first_starts_the_named_runs_first_and_refuses_unknown_names(study, tmp_path, capsys):
+    work = tmp_path / "gu"
+    argv = [
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--work",
+        str(work),
+        "--variants",
+        "softmax",
+        "gated",
+        "--seeds",
+        "0",
+        "1",
+        "--first",
+        "softmax-s1",
+        "softmax-s0",
+        "--finish-by",
+        "0",
+        "--out",
+        str(tmp_path / "gu.json"),
+    ]
+    record = study.main(argv)
+    assert [run["name"] for run in record["plan"]["runs"]] == ["softmax-s1", "softmax-s0", "gated-s0", "gated-s1"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        study.main([*argv[:-4], "--first", "sigmoid-s0"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--first: sigmoid-s0 not in the plan; accepted: gated-s0, gated-s1, softmax-s0, softmax-s1" in err
