@@ -39,6 +39,8 @@ SHAPES = {
     # the shapes benchmarks/kernels.py --check uses (same compiled kernels as the timed ones)
     "bf16-d64-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=64, dtype=torch.bfloat16, causal=True),
     "bf16-d128-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=128, dtype=torch.bfloat16, causal=True),
+    # Gu et al.'s 60M model: D = 96 runs zero-padded to 128
+    "bf16-d96-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=96, dtype=torch.bfloat16, causal=True),
 }
 STATS_SHAPES = ["fp16-d128-causal-gqa-pad-1537", "bf16-d128-window-gqa-maskpad-kvcache", "bf16-d64-causal-bthd-256"]
 
@@ -103,7 +105,7 @@ def test_dispatcher_routes_cuda_to_the_kernels():
 
 @pytest.mark.parametrize(
     ("dtype", "D", "mask"),
-    [(torch.float32, 64, None), (torch.bfloat16, 96, None), (torch.bfloat16, 64, "float-bias")],
+    [(torch.float32, 64, None), (torch.bfloat16, 160, None), (torch.bfloat16, 64, "float-bias")],
 )
 def test_unsupported_inputs_raise_and_the_dispatcher_falls_back(dtype, D, mask):
     # causal=False: the CPU paths build causal masks on the CPU when attn_mask is None (sinklab.ops.masks)

@@ -3,10 +3,11 @@ and every statistic of each kernel mode, and the byte histograms of the half-pre
 
 ``TRITON_INTERPRET=1`` must be set before triton is imported, so the kernels run in one subprocess (this file
 with ``--worker``) that prints one JSON line per case; the tests below assert on those lines. Small shapes
-(T <= 45, D 16/32) with 16 x 16 tiles, so every block kind (masked edges, unmasked interior, GQA heads, padded
-rows with no key) is exercised, and again with other tiles pinned (``TILED``: dK/dV in two launches, tensor
-descriptors, the decode tiles at one query). float32 must match to 1e-5 and float16 to 1e-2 (bfloat16 is not
-supported by the interpreter's numpy backend; it runs natively in tests/gpu). Skipped when triton is not installed.
+(T <= 45, D 16/32, and D 24 zero-padded to 32) with 16 x 16 tiles, so every block kind (masked edges, unmasked
+interior, GQA heads, padded rows with no key) is exercised, and again with other tiles pinned (``TILED``: dK/dV in
+two launches, tensor descriptors, the decode tiles at one query). float32 must match to 1e-5 and float16 to 1e-2
+(bfloat16 is not supported by the interpreter's numpy backend; it runs natively in tests/gpu). Skipped when triton
+is not installed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ SHAPES = [
         "float32",
         dict(B=1, T=21, S=40, D=16, causal=True, window=12, pad="key_padding"),
     ),
+    ("causal-d24-zero-padded-fp32", "float32", dict(B=1, T=29, S=29, D=24, causal=True, Hkv=2)),
 ]
 # (name, dtype, kwargs of make_case, pinned tiles {pass: Tiles kwargs}, with statistics): the launch variants
 TILED = [

@@ -4,10 +4,11 @@ take.
 ``attention(q, k, v, *, variant=<kernel mode name>, ...)`` expects every parameter resolved by the dispatcher
 (``sinklab.ops.attention``) and raises ``NotImplementedError(reason)`` for what the kernels do not take (the
 dispatcher then runs the chunked path): tensors off CUDA (unless ``TRITON_INTERPRET=1``), float32/float64 inputs,
-head dims other than 16/32/64/128, an additive float ``attn_mask`` or a mask that varies over heads or queries
-(anything but key padding broadcastable as [B, 1, 1, S]), a tensor ``eps``/``gamma``/``zeta`` (learnable or not
-a scalar), an unknown mode name, and statistics together with gradients. Key padding, causal and sliding-window
-masks and GQA run in the kernels.
+head dims above 128, an additive float ``attn_mask`` or a mask that varies over heads or queries (anything but key
+padding broadcastable as [B, 1, 1, S]), a tensor ``eps``/``gamma``/``zeta`` (learnable or not a scalar), an unknown
+mode name, and statistics together with gradients. Key padding, causal and sliding-window masks and GQA run in the
+kernels. Head dims other than 16/32/64/128 (Gu et al.'s 60M model has D = 96) run zero-padded to the next of these:
+zero columns change no logit q . k and give zero output columns, which are cut off.
 """
 
 from __future__ import annotations
@@ -517,8 +518,8 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None
         return f"dtype {q.dtype} (kernels take bfloat16 and float16)"
     if q.dtype != k.dtype or q.dtype != v.dtype:
         return "q, k, v dtypes differ"
-    if q.shape[-1] not in HEAD_DIMS or v.shape[-1] != q.shape[-1]:
-        return f"head dim {q.shape[-1]} (kernels take {HEAD_DIMS}, equal for q, k, v)"
+    if q.shape[-1] > HEAD_DIMS[-1] or v.shape[-1] != q.shape[-1]:
+        return f"head dim {q.shape[-1]} (kernels take up to {HEAD_DIMS[-1]}, equal for q, k, v)"
     return None
 
 
@@ -583,6 +584,16 @@ def attention(
     reason = unsupported(q, k, v)
     if reason is not None:
         raise NotImplementedError(reason)
+    D = q.shape[-1]
+    width = next(d for d in HEAD_DIMS if d >= D)
+    if width != D:  # zero-padded to the kernels' head dim; the scale stays 1 / sqrt(D)
+        pad = functools.partial(torch.nn.functional.pad, pad=(0, width - D))
+        q, k, v = pad(q), pad(k), pad(v)
+        params = {n: pad(x) if n in ("k_bias", "v_bias") else x for n, x in params.items()}  # [H, D] / [D]
+        scale = 1.0 / math.sqrt(D) if scale is None else scale
+        kw = dict(variant=variant, causal=causal, attn_mask=attn_mask, key_padding=key_padding, window=window)
+        result = attention(q, k, v, scale=scale, stats=stats, **kw, **params)
+        return result[..., :D] if stats is None else (result[0][..., :D], result[1])
     tensors = [x for x in (q, k, v, *params.values()) if isinstance(x, torch.Tensor)]
     if stats is not None and torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
         raise NotImplementedError("statistics together with gradients (the statistics path runs without autograd)")
