@@ -45,8 +45,10 @@ from train_study import _hardware, _impl
 from sinklab.provenance import run_provenance
 from sinklab.remove.train import TrainConfig, emergence, metric_ids
 
-# Longer runs first: the Triton variants (softpick's own kernel, gated's extra projection) take longer per step.
-COST = {"softpick": 3.0, "gated": 2.5, "sigmoid": 2.0, "clipped": 2.0, "softmax1": 2.0, "sink": 2.0, "kv_bias": 2.0}
+# Seconds per step against the softmax baseline, measured on the H200 (train-study-h200.json: each run alone at the
+# small preset; gu60m-h200.json: gated 1.10, sigmoid 1.05 at gu60m): the slower runs start first, and --finish-by
+# scales a finished run's time by it for a variant not measured yet in the study.
+COST = {"kv_bias": 1.2, "gated": 1.15, "sink": 1.15, "sigmoid": 1.05, "softmax1": 1.05}
 
 PUBLISHED = {
     "source": "Gu et al. 2024, When Attention Sink Emerges in Language Models",
@@ -278,7 +280,8 @@ def plot(record: dict, path: Path) -> None:
             values = np.array([[dict(zip(c["step"], c[key], strict=True))[s] for s in steps] for c in curves])
             values = 100 * values if key == "sink_rate" else values
             color = f"C{i}"
-            ax.plot(tokens, values.mean(0), color=color, label=f"{group} (mean of {len(curves)} seeds)")
+            seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
+            ax.plot(tokens, values.mean(0), color=color, label=f"{group} ({seeds})")
             ax.fill_between(tokens, values.min(0), values.max(0), color=color, alpha=0.2)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
@@ -304,9 +307,10 @@ def plot(record: dict, path: Path) -> None:
     ax.set_title("data size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    params = record["table"][0]["params"] / 1e6 if record["table"] else float("nan")
+    baseline = [row["params"] for row in record["table"] if row["variant"] == "softmax"]  # variants may add some
+    params = baseline[0] / 1e6 if baseline else float("nan")
     fig.suptitle(
-        f"sinklab Gu-regime study: {record['plan']['preset']} preset ({params:.1f}M parameters), "
+        f"sinklab Gu-regime study: {record['plan']['preset']} preset (softmax: {params:.1f}M parameters), "
         f"{record['plan']['steps']} steps, {record['hardware']}"
     )
     fig.savefig(path, dpi=110)
@@ -341,13 +345,14 @@ def _table(record: dict) -> Table:
 
 
 def _expected_seconds(run: dict, durations: list[tuple[dict, float]]) -> float:
-    """How long ``run`` should take, from the slowest finished run scaled by steps and ``COST`` (0 before any run
-    has finished: the first wave always fits)."""
+    """How long ``run`` should take: the slowest finished run of its variant scaled by steps, else the slowest
+    finished run scaled by steps and ``COST`` (0 before any run has finished: the first wave always fits)."""
 
     def cost(r: dict) -> float:
         return COST.get(r["variant"], 1.0) * r["steps"]
 
-    return max((seconds * cost(run) / cost(done) for done, seconds in durations), default=0.0)
+    same = [(done, seconds) for done, seconds in durations if done["variant"] == run["variant"]]
+    return max((seconds * cost(run) / cost(done) for done, seconds in same or durations), default=0.0)
 
 
 def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started) -> None:

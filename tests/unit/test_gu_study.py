@@ -32,7 +32,7 @@ def _args(**overrides) -> argparse.Namespace:
 def test_plan_puts_the_slow_variants_first_and_only_softmax_s0_checkpoints(study):
     runs = study.plan(_args())
     names = [r["name"] for r in runs]
-    assert names == ["softpick-s0", "softpick-s1", "gated-s0", "gated-s1", "softmax-s0", "softmax-s1",
+    assert names == ["gated-s0", "gated-s1", "softmax-s0", "softmax-s1", "softpick-s0", "softpick-s1",
                      "softmax-1M-s0"]  # fmt: skip
     assert [r["name"] for r in runs if r["checkpoints"]] == ["softmax-s0"]
     small = runs[-1]
@@ -42,7 +42,7 @@ def test_plan_puts_the_slow_variants_first_and_only_softmax_s0_checkpoints(study
     cmd = " ".join(small["command"])
     assert "--unique-tokens 1000000" in cmd and "--max-epochs 31" in cmd
     assert "-m sinklab.cli train --variant softmax --preset small --seed 0 --out /w/softmax-1M-s0" in cmd
-    assert "--checkpoint-steps 150,300" in " ".join(runs[4]["command"])
+    assert "--checkpoint-steps 150,300" in " ".join(runs[2]["command"])
     assert not any("--checkpoint-steps" in r["command"] for r in runs if r["name"] != "softmax-s0")
 
 
@@ -132,13 +132,16 @@ def test_finish_by_leaves_the_queue_for_a_later_call(study, tmp_path, capsys):
 
 
 def test_expected_seconds_scales_the_slowest_finished_run(study):
-    """A run's expected wall time: the slowest finished run, scaled by steps and variant cost; 0 before any."""
+    """A run's expected wall time: the slowest finished run of its variant, else of any variant scaled by steps
+    and variant cost; 0 before any."""
     softmax = {"variant": "softmax", "steps": 1000}
     gated = {"variant": "gated", "steps": 2000}
     assert study._expected_seconds(gated, []) == 0.0
     done = [(softmax, 100.0), ({"variant": "softmax", "steps": 500}, 80.0)]
     assert study._expected_seconds(softmax, done) == pytest.approx(160.0)  # the 500-step run was slower per step
     assert study._expected_seconds(gated, done) == pytest.approx(160.0 * 2 * study.COST["gated"])
+    measured = [*done, ({"variant": "gated", "steps": 1000}, 110.0)]  # its own variant's time wins once measured
+    assert study._expected_seconds(gated, measured) == pytest.approx(220.0)
 
 
 def test_first_starts_the_named_runs_first_and_refuses_unknown_names(study, tmp_path, capsys):
