@@ -48,7 +48,25 @@ install_fa4() {  # the CuTe DSL cu13 libraries in 2 parts, their sha256, and the
 install_fla() {  # tests/gpu/test_fla_gated_delta.py checks the kernel against transformers' torch reference
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/fla_core-*.whl \
         "$SHIP"/flash_linear_attention-*.whl "$SHIP"/einops-*.whl || return 1
-    python3 -c "import fla, einops; print('fla', fla.__version__, fla.__file__)"
+    python3 -c "import fla, einops; print('fla', fla.__version__, fla.__file__)" || return 1
+    # fla 0.6 refuses the gated backward on Hopper with Triton 3.4-3.7.0 (wrong results, fla issue 640) unless
+    # tilelang is installed; then transformers would crash at the first backward: take fla out again, so its torch
+    # reference runs (hybrid_study.py records which kernel ran)
+    if ! python3 - <<'PY'
+import torch
+from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+x = [torch.randn(1, 64, 1, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+g = torch.full((1, 64, 1), -0.1, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+beta = torch.full((1, 64, 1), 0.5, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+try:
+    chunk_gated_delta_rule(*x, g, beta, use_qk_l2norm_in_kernel=True)[0].sum().backward()
+except RuntimeError as err:
+    raise SystemExit(f"fla cannot run here: {str(err).splitlines()[0]}")
+PY
+    then
+        rm -rf /tmp/site/fla /tmp/site/fla_core* /tmp/site/flash_linear_attention*
+        echo "install_fla: removed fla again; transformers' torch Gated DeltaNet runs (bring tilelang or Triton >= 3.7.1)"
+    fi
 }
 
 install_transformers() {

@@ -40,7 +40,12 @@ def test_fla_chunk_gated_delta_rule_equals_torch_reference(heads, length):
         (out.float() * grad_out).sum().backward()
         return out.float(), state.float(), {n: t.grad.float() for n, t in leaves.items()}
 
-    out, state, grads = run(fla.chunk_gated_delta_rule, torch.bfloat16)
+    try:
+        out, state, grads = run(fla.chunk_gated_delta_rule, torch.bfloat16)
+    except RuntimeError as err:  # fla's own guard: this Triton gives wrong gradients on this GPU (fla issue 640)
+        if "incorrect results" not in str(err):
+            raise
+        pytest.skip(f"fla refuses to run here: {str(err).splitlines()[0]}")
     ref_out, ref_state, ref_grads = run(torch_reference(), torch.float32)
     assert_close(out, ref_out, torch.bfloat16, "output")
     assert_close(state, ref_state, torch.bfloat16, "final state")
