@@ -129,6 +129,8 @@ def _command(args, run: dict) -> list[str]:
         cmd += ["--unique-tokens", str(run["unique_tokens"])]
     if run["checkpoints"]:
         cmd += ["--checkpoint-steps", args.checkpoint_steps]
+    if args.compile:
+        cmd += ["--compile"]
     return cmd
 
 
@@ -433,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--max-epochs", type=float, default=2.0, help="for the full-size runs")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every run's training steps")
     parser.add_argument("--out", default=None, help="study JSON (default <work>/gu-study.json); the plot beside it")
     parser.add_argument(
         "--finish-by",

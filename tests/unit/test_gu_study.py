@@ -25,7 +25,7 @@ def _args(**overrides) -> argparse.Namespace:
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
                   eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None,
                   long_seeds=[0], context=None, bos=None, min_lr_ratio=None,
-                  metric_windows=None)  # fmt: skip
+                  metric_windows=None, compile=False)  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -50,15 +50,16 @@ def test_gu_recipe_flags_reach_every_run(study):
     """Gu et al.'s recipe: the gu60m preset, no BOS (their packing), a constant learning rate; the sizes' epochs
     follow the context the runs train at."""
     runs = study.plan(_args(preset="gu60m", bos="never", min_lr_ratio=1.0, context=1024, steps=100,
-                            metric_windows="documents"))  # fmt: skip
+                            metric_windows="documents", compile=True))  # fmt: skip
     for run in runs:
         cmd = " ".join(run["command"])
         assert "--preset gu60m" in cmd and "--bos never" in cmd and "--min-lr-ratio 1.0" in cmd
+        assert run["command"][-1] == "--compile"
         assert "--metric-windows documents" in cmd
         assert "--context 1024" in cmd
     # 100 steps x 16 windows of 1023 tokens over 977 windows of the 1M subset: 1.6 epochs, allowed 3
     assert [r["max_epochs"] for r in runs if r["unique_tokens"]] == [3.0]
-    assert not any("--bos" in r["command"] for r in study.plan(_args()))
+    assert not any("--bos" in r["command"] or "--compile" in r["command"] for r in study.plan(_args()))
 
 
 def test_long_baseline_runs_first_and_takes_the_checkpoints(study):

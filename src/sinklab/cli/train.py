@@ -38,6 +38,9 @@ def train_command(
     checkpoint_steps: str = typer.Option(
         None, metavar="S1,S2,...", help="save the model + tokenizer at these steps under OUT/checkpoints/step-S"
     ),
+    compile_steps: bool = typer.Option(
+        False, "--compile", help="torch.compile the training steps (evaluations run the plain model)"
+    ),
     device: str = DEVICE,
     seed: int = typer.Option(0, help="seed of the initialisation and the data order"),
 ) -> None:
@@ -71,6 +74,7 @@ def train_command(
         max_epochs=max_epochs,
         unique_tokens=unique_tokens,
         checkpoint_steps=checkpoints,
+        compile=compile_steps,
         device=device,
         seed=seed,
         out=str(out),

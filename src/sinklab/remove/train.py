@@ -107,6 +107,7 @@ class TrainConfig:
     unique_tokens: int | None = None  # train on the first N tokens of the training split only (Gu et al.'s data sweep)
     checkpoint_steps: tuple[int, ...] = ()  # save the model (+ tokenizer) at these steps under out/checkpoints/
     quant_eval: bool = True
+    compile: bool = False  # torch.compile the training steps (evaluations, checkpoints and scans use the plain module)
     seed: int = 0
     device: str | None = None  # default: cuda if available, else cpu
     out: str | None = None  # write train.json and plots here
@@ -586,6 +587,8 @@ def train(config: TrainConfig) -> TrainResult:
     raw = model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        model = torch.compile(model)  # shares raw's parameters: the optimiser and evaluations see the same tensors
     optimizer = _optimizer(raw, config, fused=device.type == "cuda")
     params = sum(p.numel() for p in raw.parameters())
     started = time.perf_counter()
