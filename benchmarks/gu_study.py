@@ -143,6 +143,12 @@ def _load_run(work: Path, run: dict) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _partial_history(work: Path, run: dict) -> list[dict]:
+    """The evaluations a run without train.json has written so far (``history.jsonl``; a run the lease cut)."""
+    path = work / run["name"] / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 # -- aggregation ---------------------------------------------------------------------------------------------------
 def _row(run: dict, record: dict) -> dict:
     final = record["final"]
@@ -229,16 +235,24 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
 def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
     work = Path(args.work)
     record = dict(base)
-    table, curves, checkpoints, data_size = [], [], [], []
+    table, curves, checkpoints, data_size, partial = [], [], [], [], []
+    keys = ("step", "tokens", "sink_rate", "max_activation", "val_loss")
     for run in runs:
         result = _load_run(work, run)
         if result is None:
+            history = _partial_history(work, run)
+            if history:  # unfinished: its curve so far, never a table row
+                last = history[-1]
+                partial.append({"name": run["name"], "run": run["group"], "seed": run["seed"],
+                                "steps_planned": run["steps"], **{k: last[k] for k in keys}})  # fmt: skip
+                curves.append({"run": run["group"], "name": run["name"], "seed": run["seed"], "partial": True,
+                               **{k: [row[k] for row in history] for k in keys}})  # fmt: skip
             continue
         table.append(_row(run, result))
         history = result["history"]
         curves.append({
             "run": run["group"], "name": run["name"], "seed": run["seed"],
-            **{k: [row[k] for row in history] for k in ("step", "tokens", "sink_rate", "max_activation", "val_loss")},
+            **{k: [row[k] for row in history] for k in keys},
         })  # fmt: skip
         if run["checkpoints"]:
             checkpoints += _checkpoints(run, result, cache)
@@ -259,6 +273,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
         data_size=sorted(data_size, key=lambda row: row["unique_tokens"]),
         curves=curves,
         checkpoints=checkpoints,
+        partial=partial,
         finished=[row["name"] for row in table],
     )
     return record
@@ -273,8 +288,9 @@ def plot(record: dict, path: Path) -> None:
     groups: dict[str, list[dict]] = {}  # the full-size runs by variant (the data-size runs go to panel 3)
     sized = {row["name"] for row in record["table"] if row["unique_tokens_requested"] is not None}
     for curve in record["curves"]:
-        if curve["name"] not in sized:
+        if curve["name"] not in sized and not curve.get("partial"):
             groups.setdefault(curve["run"], []).append(curve)
+    unfinished = [curve for curve in record["curves"] if curve.get("partial")]
     for ax, key, label in ((axes[0], "sink_rate", "Sink_1^0.3 at T=64 (%)"), (axes[1], "max_activation", "max |x|")):
         for i, (group, curves) in enumerate(groups.items()):
             steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
@@ -285,10 +301,14 @@ def plot(record: dict, path: Path) -> None:
             seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
             ax.plot(tokens, values.mean(0), color=color, label=f"{group} ({seeds})")
             ax.fill_between(tokens, values.min(0), values.max(0), color=color, alpha=0.2)
+        for j, curve in enumerate(unfinished):  # a run the lease cut: its curve so far, dashed
+            values = np.array(curve[key]) * (100 if key == "sink_rate" else 1)
+            ax.plot(curve["tokens"], values, "--", color=f"C{len(groups) + j}",
+                    label=f"{curve['name']} (unfinished at step {curve['step'][-1]})")  # fmt: skip
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if groups:
+        if groups or unfinished:
             ax.legend()
     axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
     axes[1].set_title("largest residual activation during training")

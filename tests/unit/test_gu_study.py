@@ -176,3 +176,21 @@ def test_first_starts_the_named_runs_first_and_refuses_unknown_names(study, tmp_
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--first: sigmoid-s0 not in the plan; accepted: gated-s0, gated-s1, softmax-s0, softmax-s1" in err
+
+
+def test_a_run_cut_short_keeps_its_curve_but_no_table_row(study, tmp_path):
+    """A run without train.json (the lease ended in it) is listed under ``partial`` with its last evaluation and
+    drawn dashed from ``history.jsonl``; it stays missing and out of the table and summary."""
+    work, out = tmp_path / "gu", tmp_path / "gu.json"
+    rows = [{"step": s, "tokens": 100 * s, "sink_rate": r, "max_activation": 10.0 + s, "val_loss": 5.0 - s / 10}
+            for s, r in ((0, 0.0), (2, 0.05), (4, 0.125))]  # fmt: skip
+    (work / "softmax-s1").mkdir(parents=True)
+    (work / "softmax-s1" / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    record = study.main(["--preset", "tiny", "--steps", "8", "--work", str(work), "--variants", "softmax",
+                         "--seeds", "0", "1", "--aggregate-only", "--out", str(out)])  # fmt: skip
+    assert record["partial"] == [{"name": "softmax-s1", "run": "softmax", "seed": 1, "steps_planned": 8, **rows[-1]}]
+    assert [c["name"] for c in record["curves"]] == ["softmax-s1"] and record["curves"][0]["partial"]
+    assert record["curves"][0]["sink_rate"] == [0.0, 0.05, 0.125]
+    assert record["table"] == [] and record["summary"] == {}
+    assert record["missing"] == ["softmax-s0", "softmax-s1"]
+    assert out.with_suffix(".png").stat().st_size > 10_000

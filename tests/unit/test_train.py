@@ -51,6 +51,9 @@ def test_tiny_run_learns_and_measures_every_metric(tmp_path):
     record = json.loads((out / "train.json").read_text())
     assert record["history"][-1]["val_loss"] == last["val_loss"]
     assert (out / "curves.png").stat().st_size > 1000
+    # the rows as they happened (what a run cut short keeps): the same history, one JSON line per evaluation
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert json.dumps(rows) == json.dumps(record["history"])
 
 
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "softmax"])

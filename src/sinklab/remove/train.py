@@ -486,6 +486,7 @@ def training_loop(
     rank: int = 0,
     world: int = 1,
     eval_steps: Collection[int] = (),
+    on_row: Callable[[dict], None] = lambda row: None,
 ) -> LoopResult:
     """The optimisation loop ``sinklab train`` and ``sinklab adapt`` share.
 
@@ -495,7 +496,8 @@ def training_loop(
     norm of the optimised parameters to ``grad_clip``, step. ``model`` may be wrapped in DDP (torchrun: gradients
     are averaged by DDP, the reported loss by an all-reduce). On rank 0 at step 0, every ``eval_every`` steps and
     after the last step (and at every step of ``eval_steps``), ``evaluate(step)`` adds its metrics to a history row
-    {step, tokens, train_loss, ...}; ``info(row)`` is shown beside the progress bar.
+    {step, tokens, train_loss, ...}; ``info(row)`` is shown beside the progress bar and ``on_row(row)`` sees it as
+    soon as it exists.
     """
     from sinklab.progress import Progress
 
@@ -514,6 +516,7 @@ def training_loop(
                     row.update({f"train_{k}": v for k, v in parts.items()})
                     row.update(evaluate(step))
                     history.append(row)
+                    on_row(row)
                     progress.update(bar, info=info(row))
                 if step == steps:
                     break
@@ -575,6 +578,15 @@ def train(config: TrainConfig) -> TrainResult:
         raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {config.context}")
     metric = _metric_sequences(config, corpus, prefix)
     checkpoints: list[dict] = []
+    partial = None if config.out is None or rank != 0 else Path(config.out) / "history.jsonl"
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text("")
+
+    def write_row(row: dict) -> None:  # a run cut short (a device lease that ends) keeps its curve so far
+        if partial is not None:
+            with partial.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     def evaluate_step(step: int) -> dict:
         row = evaluate(raw, tokenizer, val, metric, config)
@@ -608,6 +620,7 @@ def train(config: TrainConfig) -> TrainResult:
         info=lambda row: f"val {row['val_loss']:.3f} sink {row['sink_rate']:.1%}",
         rank=rank,
         world=world,
+        on_row=write_row,
     )
     history, train_loss, train_time, dispatched = loop.history, loop.train_loss, loop.train_time, loop.attention_calls
     final = dict(history[-1]) if rank == 0 else {"train_loss": train_loss}  # the loss is averaged over ranks
