@@ -139,7 +139,7 @@ def test_two_ranks_at_batch_b_match_one_process_at_batch_2b(tmp_path):
     _assert_same_weights(params[0], params[2], params[1])
     # metrics once, on rank 0: rank 1 evaluates nothing and writes nothing
     assert rank1["history"] == [] and "val_loss" not in rank1["final"]
-    _assert_written_once(tmp_path, out, {"train.json", "curves.png"})
+    _assert_written_once(tmp_path, out, {"train.json", "history.jsonl", "curves.png"})
     assert json.loads((out / "train.json").read_text())["history"] == history
 
 
