@@ -1,13 +1,16 @@
 """Attention sinks in hybrid decoders: how the share of softmax layers changes the sink.
 
     python benchmarks/hybrid_study.py --preset small --steps 400 --corpus DIR --time-limit 270 --out OUT.json
+    python benchmarks/hybrid_study.py ... --seeds 0 1 2 --resume      # more seeds; keep what OUT.json has
     python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json   # CPU smoke test
 
 On one H200 (transformers' torch Gated DeltaNet, no fla) the six main runs at 400 steps x 48 x 256 take an estimated
 3-4 minutes; ``--time-limit`` starts no run that would end past it, so list the runs that matter first.
 
-Every run trains one decoder from the same seed on the same token stream with the same width, depth, heads and
-recipe (sinklab's pre-training loop, ``sinklab.remove.train``); only the token mixer of each layer differs. A
+For each of ``--seeds`` (all layouts of one seed before the next), every run trains one decoder from that seed on the
+same token stream with the same width, depth, heads and recipe (sinklab's pre-training loop,
+``sinklab.remove.train``); only the token mixer of each layer differs; ``by_layout`` gives mean, min and max over
+the seeds. A
 ``1:k`` mix has one full softmax layer per k + 1 layers, the last of each group (OLMo-Hybrid's and Qwen3-Next's
 layout, i % 4 == 3 at 1:3), and at least one:
 
@@ -22,8 +25,9 @@ layout, i % 4 == 3 at 1:3), and at least one:
 
 Measured at the end on held-out text by ``sinklab.scan`` (the code of ``sinklab scan``): Sink_1^0.3 at T = 64 (Gu et
 al. 2024, "When Attention Sink Emerges in Language Models"; alpha_1^{l,h} = mean over the queries that can see key 1
-of A_{t,1}, Sink_1 = mean over (l, h) of [alpha_1 > 0.3]) over the softmax layers only (linear layers have no
-attention weights: scan gives them NaN rows, which the rate skips), also split into full and sliding layers;
+of A_{t,1} in one sequence, Sink_1 = mean over (sequence, l, h) of [alpha_1 > 0.3], their statistic since sinklab
+0.2; ``sink_rate_of_mean`` thresholds the mean over sequences, 0.1's) over the softmax layers only (linear layers
+have no attention weights: scan gives them NaN rows, which the rate skips), also split into full and sliding layers;
 first-token mass (mean alpha_1 over the softmax heads), max |x| of the residual stream, validation loss. Which
 Gated DeltaNet code ran is recorded: transformers calls flash-linear-attention's Triton kernel when ``fla`` is
 importable (``python3 -m pip install fla-core einops``), its own torch reference otherwise.
@@ -130,6 +134,7 @@ def summary(name: str, mix: Mix, run: dict) -> dict:
 
     return {
         "run": name,
+        "seed": run["config"]["seed"],
         "arm": mix.arm,
         "architecture": run["config"]["architecture"],
         "softmax_share": sum(t != LINEAR for t in types) / len(types),
@@ -149,15 +154,38 @@ def summary(name: str, mix: Mix, run: dict) -> dict:
     }
 
 
+SUMMARY_KEYS = ("sink_rate", "sink_rate_full", "sink_rate_sliding", "first_token_mass", "max_activation", "val_loss")
+
+
+def by_layout(rows: list[dict]) -> dict[str, dict]:
+    """Mean, min and max over seeds of every layout's metrics (None where a layout has no such layers)."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(row["run"] for row in rows):
+        mine = [row for row in rows if row["run"] == name]
+        entry: dict = {"seeds": [row["seed"] for row in mine], "layer_pattern": mine[0]["layer_pattern"],
+                       "arm": mine[0]["arm"], "full_attention_share": mine[0]["full_attention_share"],
+                       "softmax_share": mine[0]["softmax_share"]}  # fmt: skip
+        for key in SUMMARY_KEYS:
+            values = [row[key] for row in mine if row[key] is not None]
+            entry[key] = (
+                {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "n": len(values)}
+                if values else None
+            )  # fmt: skip
+        out[name] = entry
+    return out
+
+
 def _table(rows: list[dict]) -> Table:
     table = Table(title="sinklab hybrid study (same width, depth, data, steps and seed; only the token mixer differs)")
-    cols = ("run", "model", "layers", "softmax share", "Sink_1", "full / sliding", "1st-token mass", "max |x|", "loss")
+    cols = ("run", "seed", "model", "layers", "softmax share", "Sink_1", "full / sliding", "1st-token mass", "max |x|",
+            "loss")  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     for row in rows:
         split = [f"{row[k]:.1%}" if row[k] is not None else "-" for k in ("sink_rate_full", "sink_rate_sliding")]
         table.add_row(
             row["run"],
+            str(row["seed"]),
             row["architecture"],
             row["layer_pattern"],
             f"{row['softmax_share']:.3f}",
@@ -185,21 +213,29 @@ ARMS = {
 
 def plot(rows: list[dict], path: Path, window: int) -> None:
     """Each panel against the share of full-attention layers, one line per arm (the linear and sliding arms share
-    the all-softmax run)."""
+    the all-softmax run): the mean over seeds, bars from the lowest to the highest seed."""
     from matplotlib.figure import Figure
 
     from sinklab.report.plots import save
 
+    layouts = by_layout(rows)
     fig = Figure(figsize=(4.6 * len(PANELS), 4), layout="tight")
     for ax, (key, label) in zip(fig.subplots(1, len(PANELS)), PANELS, strict=True):
         for arm, title in ARMS.items():
             points = sorted(
-                (r["full_attention_share"], r[key])
-                for r in rows
-                if r["arm"] == arm or (arm == "sliding" and r["run"] == "softmax")
+                (entry["full_attention_share"], entry[key]["mean"], entry[key]["min"], entry[key]["max"])
+                for name, entry in layouts.items()
+                if (entry["arm"] == arm or (arm == "sliding" and name == "softmax")) and entry[key] is not None
             )
-            if points and any(r["arm"] == arm for r in rows):
-                ax.plot(*zip(*points, strict=True), marker="o", label=title)
+            if points and any(entry["arm"] == arm for entry in layouts.values()):
+                x, mean, low, high = (list(column) for column in zip(*points, strict=True))
+                seeds = max(len(entry["seeds"]) for entry in layouts.values())
+                bars = [
+                    [m - lo for m, lo in zip(mean, low, strict=True)],
+                    [h - m for m, h in zip(mean, high, strict=True)],
+                ]
+                ax.errorbar(x, mean, yerr=bars, marker="o", capsize=3,
+                            label=title if seeds == 1 else f"{title}, mean of {seeds} seeds")  # fmt: skip
         ax.set(
             title=label,
             xlabel=f"share of full-attention layers (others: linear or window {window})",
@@ -210,6 +246,16 @@ def plot(rows: list[dict], path: Path, window: int) -> None:
     save(fig, path)
 
 
+def _resumed(previous: dict, fresh: dict, parser: argparse.ArgumentParser) -> dict:
+    """The previous record with this call's provenance, if it was made with the same budget; else a usage error."""
+    for key in ("preset", "steps", "window", "corpus"):
+        if previous.get(key) != fresh[key]:
+            parser.error(f"--resume: {key} {fresh[key]!r} differs from the record's {previous.get(key)!r}; accepted: "
+                         "the same --preset, --steps, --window and --corpus, or a new --out")  # fmt: skip
+    calls = [*previous.get("calls", [previous["provenance"]]), fresh["provenance"]]
+    return {**previous, "provenance": fresh["provenance"], "calls": calls}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=list(PRESETS))
@@ -218,9 +264,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", nargs="*", default=list(RUNS), help=f"subset of {', '.join(RUNS)}")
     parser.add_argument("--window", type=int, default=32, help="sliding window W of the sliding layers")
     parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="every run once per seed (seed-major)")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/hybrid-<hw>.json)")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run that would end past it (s)")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (the same preset, "
+                        "steps, window and corpus) and run only the missing (run, seed) pairs")  # fmt: skip
     args = parser.parse_args(argv)
     unknown = [r for r in args.runs if r not in RUNS]
     if unknown:
@@ -231,25 +279,36 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or f"benchmarks/results/hybrid-{hardware}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     console = Console()
+    steps = TrainConfig(preset=args.preset, steps=args.steps).resolved().steps
     record: dict = {
         "benchmark": "hybrid_study",
         "hardware": hardware,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "preset": asdict(PRESETS[args.preset]) | {"name": args.preset},
+        "steps": steps,
         "window": args.window,
         "corpus": args.corpus or "embedded pydoc topics, byte tokens",
-        "note": "every run: same width, depth, heads, seed, token stream and step count; only the token mixers differ",
+        "note": "every run: same width, depth, heads, token stream and step count per seed; only the token mixers "
+        "differ",
         "linear_kernel": {},
-        "provenance": run_provenance(texts=args.corpus or "embedded byte corpus", seed=args.seed),
+        "provenance": run_provenance(texts=args.corpus or "embedded byte corpus", seed=args.seeds[0]),
         "rows": [],
         "runs": [],
     }
+    if args.resume and out.exists():
+        record = _resumed(json.loads(out.read_text()), record, parser)
+    done = {(row["run"], row["seed"]) for row in record["rows"]}
+    record.pop("skipped", None)
     started, longest = time.perf_counter(), 0.0
-    for name in args.runs:
+    for seed, name in ((seed, name) for seed in args.seeds for name in args.runs):
+        if (name, seed) in done:
+            console.print(f"{name} seed {seed}: in {out} already")
+            continue
         elapsed = time.perf_counter() - started
         if args.time_limit is not None and elapsed + 1.1 * longest > args.time_limit:
-            record.setdefault("skipped", []).append(name)
-            console.print(f"[yellow]{name}: skipped, {elapsed:.0f} s spent of the {args.time_limit:.0f} s limit[/]")
+            record.setdefault("skipped", []).append(f"{name}/s{seed}")
+            console.print(f"[yellow]{name} seed {seed}: skipped, {elapsed:.0f} s spent of the {args.time_limit:.0f} "
+                          "s limit[/]")  # fmt: skip
             continue
         mix = RUNS[name]
         architecture, fields = model_config(mix, args.preset, args.window)
@@ -261,13 +320,13 @@ def main(argv: list[str] | None = None) -> dict:
             model_config=fields,
             eval_every=args.eval_every,
             quant_eval=False,
-            seed=args.seed,
+            seed=seed,
         )
-        console.print(f"[bold]{name}[/]: {architecture} {fields['layer_types']}")
+        console.print(f"[bold]{name}[/] seed {seed}: {architecture} {fields['layer_types']}")
         result, error, seconds = train_guarded(config, name, console)
         longest = max(longest, seconds)
         if result is None:
-            record.setdefault("failed", {})[name] = error
+            record.setdefault("failed", {})[f"{name}/s{seed}"] = error
             continue
         kernel = linear_kernel(architecture)
         if kernel is not None:
@@ -276,21 +335,24 @@ def main(argv: list[str] | None = None) -> dict:
         run["layer_types"] = fields["layer_types"]
         record["runs"].append(run)
         record["rows"].append(summary(name, mix, run))
+        record["by_layout"] = by_layout(record["rows"])
         record["wall_seconds"] = time.perf_counter() - started
         out.write_text(json.dumps(record, indent=1))
         row = record["rows"][-1]
         console.print(
-            f"[bold]{name}[/] done: Sink_1 {row['sink_rate']:.1%}, first-token mass {row['first_token_mass']:.3f}, "
-            f"max |x| {row['max_activation']:.1f}, val loss {row['val_loss']:.3f}, "
+            f"[bold]{name}[/] seed {seed} done: Sink_1 {row['sink_rate']:.1%}, first-token mass "
+            f"{row['first_token_mass']:.3f}, max |x| {row['max_activation']:.1f}, val loss {row['val_loss']:.3f}, "
             f"{result.tokens_per_second:,.0f} tok/s, {time.perf_counter() - started:.0f} s so far"
         )
+    record["by_layout"] = by_layout(record["rows"])
     record["wall_seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(record, indent=1))
     if record["rows"]:
         plot(record["rows"], out.with_suffix(".png"), args.window)
     Console(width=160).print(_table(record["rows"]))
-    keys = ("benchmark", "hardware", "linear_kernel", "rows", "failed", "skipped")
+    keys = ("benchmark", "hardware", "linear_kernel", "by_layout", "failed", "skipped")
     line = {k: record[k] for k in keys if k in record}
+    line["rows"] = [{k: row[k] for k in ("run", "seed", "sink_rate", "val_loss")} for row in record["rows"]]
     print(json.dumps(line))
     return record
 

@@ -55,10 +55,14 @@ def test_unknown_architecture_is_refused():
 
 def test_smoke_run_writes_rows_plot_and_one_json_line(study, tmp_path, capsys):
     out = tmp_path / "hybrid.json"
-    study.main(["--preset", "tiny", "--steps", "2", "--runs", "linear-1:1", "sliding-5:1", "--out", str(out)])
+    study.main(["--preset", "tiny", "--steps", "2", "--runs", "linear-1:1", "sliding-5:1", "--seeds", "0", "1",
+                "--out", str(out)])  # fmt: skip
     record = json.loads(out.read_text())
-    rows = {row["run"]: row for row in record["rows"]}
-    assert set(rows) == {"linear-1:1", "sliding-5:1"} and not record.get("failed")
+    assert [(row["run"], row["seed"]) for row in record["rows"]] == [
+        ("linear-1:1", 0), ("sliding-5:1", 0), ("linear-1:1", 1), ("sliding-5:1", 1)
+    ]  # fmt: skip
+    assert not record.get("failed")
+    rows = {row["run"]: row for row in record["rows"] if row["seed"] == 0}
     assert {"softmax_share", "layer_pattern", "sink_rate", "first_token_mass", "max_activation", "val_loss"} <= set(
         rows["linear-1:1"]
     )
@@ -67,5 +71,26 @@ def test_smoke_run_writes_rows_plot_and_one_json_line(study, tmp_path, capsys):
     assert rows["sliding-5:1"]["sink_rate_sliding"] is not None and rows["linear-1:1"]["sink_rate_sliding"] is None
     assert record["linear_kernel"]["olmo_hybrid"].startswith("transformers torch reference")  # no fla here
     assert record["provenance"]["transformers"] and out.with_suffix(".png").exists()
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert [r["run"] for r in json.loads(last)["rows"]] == ["linear-1:1", "sliding-5:1"]
+    losses = [row["val_loss"] for row in record["rows"] if row["run"] == "linear-1:1"]
+    assert losses[0] != losses[1]  # two seeds, two models
+    layout = record["by_layout"]["linear-1:1"]
+    assert layout["seeds"] == [0, 1] and layout["sink_rate_sliding"] is None
+    assert layout["val_loss"] == {"mean": sum(losses) / 2, "min": min(losses), "max": max(losses), "n": 2}
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["run"], r["seed"]) for r in last["rows"]] == [(r["run"], r["seed"]) for r in record["rows"]]
+    assert set(last["by_layout"]) == {"linear-1:1", "sliding-5:1"}
+
+
+def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tmp_path, capsys):
+    out = tmp_path / "hybrid.json"
+    base = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "--out", str(out)]
+    first = study.main([*base, "--seeds", "0"])
+    again = study.main([*base, "--seeds", "0", "1", "--resume"])
+    assert "sliding seed 0: in" in capsys.readouterr().out
+    assert [(row["run"], row["seed"]) for row in again["rows"]] == [("sliding", 0), ("sliding", 1)]
+    assert again["rows"][0] == first["rows"][0]  # kept, not re-trained
+    assert len(again["calls"]) == 2 and again["by_layout"]["sliding"]["seeds"] == [0, 1]
+    with pytest.raises(SystemExit) as exit_info:
+        study.main(["--preset", "tiny", "--steps", "3", "--runs", "sliding", "--out", str(out), "--resume"])
+    assert exit_info.value.code == 2
+    assert "--resume: steps 3 differs from the record's 2" in capsys.readouterr().err
