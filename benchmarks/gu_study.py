@@ -206,11 +206,14 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
     out = []
     config = TrainConfig(**{**record["config"], "checkpoint_steps": tuple(record["config"]["checkpoint_steps"])})
     checkpoints = record["final"].get("checkpoints", [])
-    if any(c["path"] not in cache for c in checkpoints):  # the held-out sequences, read from the corpus once
+    here = [c for c in checkpoints if Path(c["path"]).is_dir()]  # a run carried from an earlier lease has none
+    if any(c["path"] not in cache for c in here):  # the held-out sequences, read from the corpus once
         ids, device = metric_ids(config), resolve_device(config.device)
     for checkpoint in checkpoints:
         path = checkpoint["path"]
-        if path not in cache:
+        if checkpoint not in here:
+            cache.setdefault(path, None)
+        elif path not in cache:
             model, tokenizer = sinklab.load(path, device=device)
             scanned = sinklab.scan(
                 model, tokenizer, ids, eps=config.eps, batch_size=len(ids), keep_pattern=0, progress=False
@@ -224,10 +227,12 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
             "step": checkpoint["step"],
             "tokens": history["tokens"],
             "path": path,
-            "scan": scan_row,
+            "scan": scan_row,  # None: the checkpoint is not on this machine (rescanned where it was saved)
             "history": train_row,
-            "sink_rate_equal": scan_row["sink_rate"] == train_row["sink_rate"],
-            "max_activation_abs_diff": abs(scan_row["max_activation"] - train_row["max_activation"]),
+            "sink_rate_equal": None if scan_row is None else scan_row["sink_rate"] == train_row["sink_rate"],
+            "max_activation_abs_diff": (
+                None if scan_row is None else abs(scan_row["max_activation"] - train_row["max_activation"])
+            ),
         })  # fmt: skip
     return out
 
@@ -537,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hardware": hardware,
         "summary": {g: {k: v["mean"] for k, v in s.items() if k != "seeds"} for g, s in record["summary"].items()},
         "data_size": [{k: p[k] for k in ("unique_tokens", "epochs", "sink_rate")} for p in record["data_size"]],
-        "checkpoints_match": all(c["sink_rate_equal"] for c in record["checkpoints"]),
+        "checkpoints_match": all(c["sink_rate_equal"] for c in record["checkpoints"] if c["scan"] is not None),
         "failed": failed,
         "missing": record["missing"],
     }

@@ -194,3 +194,22 @@ def test_a_run_cut_short_keeps_its_curve_but_no_table_row(study, tmp_path):
     assert record["table"] == [] and record["summary"] == {}
     assert record["missing"] == ["softmax-s0", "softmax-s1"]
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_the_committed_h200_runs_rebuild_the_committed_study(study, tmp_path):
+    """The gu60m lease's run records (benchmarks/results/gu60m-h200/<run>/train.json, what a later lease carries
+    back to resume) give the committed study table and summary again; their checkpoints stayed on that machine."""
+    import shutil
+
+    results = BENCHMARKS / "results"
+    work = tmp_path / "gu60"
+    shutil.copytree(results / "gu60m-h200", work)
+    committed = json.loads((results / "gu60m-h200.json").read_text())
+    record = study.main(["--preset", "gu60m", "--steps", "1000", "--variants", "softmax", "sigmoid", "gated",
+                         "--seeds", "0", "1", "2", "--sizes", "full", "--checkpoint-steps", "200,500,1000",
+                         "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "gu.json")])  # fmt: skip
+    assert record["table"] == committed["table"] and record["summary"] == committed["summary"]
+    assert sorted(record["missing"]) == ["gated-s1", "gated-s2", "sigmoid-s2"]
+    assert [c["step"] for c in record["checkpoints"]] == [200, 500, 1000]
+    assert all(c["scan"] is None and c["sink_rate_equal"] is None for c in record["checkpoints"])
+    assert all(c["sink_rate_equal"] for c in committed["checkpoints"])  # rescanned on the H200 where they were saved
