@@ -216,8 +216,9 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
         elif path not in cache:
             model, tokenizer = sinklab.load(path, device=device)
             scanned = sinklab.scan(
-                model, tokenizer, ids, eps=config.eps, batch_size=len(ids), keep_pattern=0, progress=False
-            )
+                model, tokenizer, ids, eps=config.eps, num_texts=None, batch_size=len(ids), keep_pattern=0,
+                progress=False,
+            )  # fmt: skip
             cache[path] = {"sink_rate": scanned.sink_rate, "max_activation": float(scanned.layer_max_abs.max())}
             del model
         history = next(row for row in record["history"] if row["step"] == checkpoint["step"])

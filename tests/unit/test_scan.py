@@ -135,3 +135,15 @@ def test_sink_rate_is_gu_et_al_per_sequence_statistic():
     result = scan(model, tok, ids, eps, max_tokens=64, num_texts=None, progress=False, batch_size=4)
     assert result.sink_rate == pytest.approx(gu_sink_rate(model, ids, eps), abs=1e-9)
     assert result.sink_rate != pytest.approx(result.sink_rate_of_mean)  # the test separates the two definitions
+
+
+def test_token_ids_are_measured_whole_or_refused():
+    """Token ids are the sequences to measure: all of them with num_texts=None, and more than num_texts (default 4,
+    meant for texts) is refused with the counts, never cut quietly (training measured only 4 of its 64-100 metric
+    sequences this way before sinklab 0.2.1)."""
+    model, tok = load("tiny-llama")
+    ids = torch.tensor(token_sequences(tok, read_texts(None), 32, 6))
+    with pytest.raises(SinklabInputError, match="6 token sequences given but num_texts=4"):
+        scan(model, tok, ids, progress=False)
+    assert scan(model, tok, ids, num_texts=None, progress=False, keep_pattern=0).num_sequences == 6
+    assert scan(model, tok, ids[:3], progress=False, keep_pattern=0).num_sequences == 3

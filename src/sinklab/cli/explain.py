@@ -67,7 +67,7 @@ def explain_command(
     names = parse_probes(probes)
     check_text_options(eps, max_tokens, num_texts, bos, min_tokens=MIN_TOKENS)
     net, tokenizer, seqs = model_and_sequences(model, text, max_tokens, num_texts, bos, device, dtype)
-    result = explain(net, tokenizer, seqs, probes=names, eps=eps, bos=bos, model_name=model, seed=seed)
+    result = explain(net, tokenizer, seqs, probes=names, eps=eps, num_texts=None, bos=bos, model_name=model, seed=seed)
     result.provenance["texts"]["source"] = text_provenance(text)
     result.save(out)
     summary = result.to_dict()

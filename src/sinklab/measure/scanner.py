@@ -47,9 +47,14 @@ def as_sequences(tokenizer, texts_or_ids, max_tokens, num_texts, bos) -> list[li
     if all(isinstance(x, str) for x in items):
         return token_sequences(tokenizer, items, max_tokens, num_texts, bos)
     if all(isinstance(x, Sequence) and all(isinstance(t, int) for t in x) for x in items):
-        seqs = [list(x) for x in items if len(x) > 0][:num_texts]
+        seqs = [list(x) for x in items if len(x) > 0]
         if not seqs:
             raise SinklabInputError("all token sequences are empty")
+        if num_texts is not None and len(seqs) > num_texts:  # never measure fewer sequences than given, quietly
+            raise SinklabInputError(
+                f"{len(seqs)} token sequences given but num_texts={num_texts} (the default, 4, is for texts): pass "
+                "num_texts=None to measure all of them, or only the sequences to measure"
+            )
         return seqs
     raise SinklabInputError("texts_or_ids must be strings or lists of token ids, not a mix")
 
@@ -104,7 +109,8 @@ def scan(
     """Measure attention sinks and massive activations of ``model`` on texts or token ids.
 
     ``texts_or_ids``: strings (split by DESIGN.md's rule into ``max_tokens``-token sequences, at most
-    ``num_texts``), token-id lists, a [N, T] tensor, or None for the embedded corpus. ``eps`` is Gu et al.'s
+    ``num_texts``), token-id lists or a [N, T] tensor (all measured: more than ``num_texts`` of them is refused, so
+    pass ``num_texts=None``), or None for the embedded corpus. ``eps`` is Gu et al.'s
     threshold for Sink_1^eps; ``sink_threshold`` (default eps) is the mean received mass that makes any key a sink,
     counted only where at least ``min_queries`` (default min(32, T/4)) queries can see it.
 

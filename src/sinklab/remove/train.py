@@ -302,7 +302,7 @@ def _scan_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) ->
     """Sink_1^eps and first-token mass at T=64 (Gu et al.), max |x| and kurtosis of the residual stream (largest
     over layers; kurtosis per sequence, averaged), all from one ``sinklab.scan``: the engine computes a patched
     model's own variant weights."""
-    result = scan(model, tokenizer, ids, eps=eps, batch_size=len(ids), keep_pattern=0, progress=False)
+    result = scan(model, tokenizer, ids, eps=eps, num_texts=None, batch_size=len(ids), keep_pattern=0, progress=False)
     return {
         "sink_rate": result.sink_rate,
         "sink_rate_of_mean": result.sink_rate_of_mean,
