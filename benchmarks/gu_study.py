@@ -16,11 +16,11 @@ softmax seed 0 on the first N training tokens for every smaller ``--sizes`` entr
 shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run is one
 ``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt`` beside
 it); up to ``--parallel`` share the GPU, the runs named by ``--first`` and then the slowest variants start first, and
-a run whose train.json exists is
-skipped, so the study resumes where a stopped one left off. After every finished run the study JSON (``--out``)
-and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
-``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
-numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
+a run whose train.json exists is skipped, so the study resumes where a stopped one left off (a train.json of another
+sinklab version is moved aside and its run trained again: versions may measure differently). After every finished
+run the study JSON (``--out``) and its plot (same name, .png) are rewritten from everything in ``--work``.
+Checkpoints are loaded back through ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences
+the training evaluated (both numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from rich.table import Table
 from train_study import PUBLISHED as TRAIN_PUBLISHED
 from train_study import _hardware, _impl
 
+import sinklab
 from sinklab.provenance import run_provenance
 from sinklab.remove.train import TrainConfig, emergence, metric_ids
 
@@ -143,6 +144,12 @@ def _load_run(work: Path, run: dict) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _made_with(work: Path, run: dict) -> str | None:
+    """The sinklab version of the run's train.json, or None when it has none."""
+    record = _load_run(work, run)
+    return None if record is None else record["provenance"].get("sinklab")
+
+
 def _partial_history(work: Path, run: dict) -> list[dict]:
     """The evaluations a run without train.json has written so far (``history.jsonl``; a run the lease cut)."""
     path = work / run["name"] / "history.jsonl"
@@ -200,7 +207,6 @@ def _summary(table: list[dict]) -> dict:
 def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
     """Each saved checkpoint loaded through sinklab.load and scanned on the training's held-out T=64 sequences,
     beside the history row of its step."""
-    import sinklab
     from sinklab.models import resolve_device
 
     out = []
@@ -516,10 +522,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.aggregate_only:
         queue = []
         for run in runs:
-            if (work / run["name"] / "train.json").exists():
+            made = _made_with(work, run)
+            if made == sinklab.__version__:
                 _say(f"skipped {run['name']} (train.json exists)")
-            else:
-                queue.append(run)
+                continue
+            if made is not None:  # another version measures differently: never one table of both
+                old = work / f"{run['name']}.sinklab-{made}"
+                (work / run["name"]).rename(old)
+                _say(f"re-running {run['name']}: its train.json was made with sinklab {made} (moved to {old.name})")
+            queue.append(run)
         threads = max(1, (os.cpu_count() or 1) // args.parallel)
         env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **os.environ}
         active: dict[str, tuple[subprocess.Popen, float, object]] = {}

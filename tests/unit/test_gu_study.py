@@ -213,3 +213,24 @@ def test_the_committed_h200_runs_rebuild_the_committed_study(study, tmp_path):
     assert [c["step"] for c in record["checkpoints"]] == [200, 500, 1000]
     assert all(c["scan"] is None and c["sink_rate_equal"] is None for c in record["checkpoints"])
     assert all(c["sink_rate_equal"] for c in committed["checkpoints"])  # rescanned on the H200 where they were saved
+
+
+def test_runs_of_another_sinklab_version_are_moved_aside_and_trained_again(study, tmp_path, capsys):
+    """A train.json made by another sinklab version (which may measure differently) is never skipped into one
+    table with this version's runs: its directory is kept beside, renamed, and the run trains again."""
+    work = tmp_path / "gu"
+    argv = ["--preset", "tiny", "--steps", "2", "--work", str(work), "--variants", "softmax", "--seeds", "0",
+            "--out", str(tmp_path / "gu.json")]  # fmt: skip
+    study.main(argv)
+    path = work / "softmax-s0" / "train.json"
+    record = json.loads(path.read_text())
+    record["provenance"]["sinklab"] = "0.0.1"
+    path.write_text(json.dumps(record))
+    capsys.readouterr()
+    again = study.main(argv)
+    assert "re-running softmax-s0: its train.json was made with sinklab 0.0.1" in capsys.readouterr().out
+    assert (
+        json.loads((work / "softmax-s0.sinklab-0.0.1" / "train.json").read_text())["provenance"]["sinklab"] == "0.0.1"
+    )
+    assert again["finished"] == ["softmax-s0"]
+    assert json.loads(path.read_text())["provenance"]["sinklab"] != "0.0.1"
