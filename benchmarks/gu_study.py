@@ -20,7 +20,8 @@ a run whose train.json exists is skipped, so the study resumes where a stopped o
 sinklab version is moved aside and its run trained again: versions may measure differently). After every finished
 run the study JSON (``--out``) and its plot (same name, .png) are rewritten from everything in ``--work``.
 Checkpoints are loaded back through ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences
-the training evaluated (both numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
+the training evaluated (both numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON
+line last.
 """
 
 from __future__ import annotations
