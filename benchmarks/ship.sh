@@ -6,6 +6,8 @@
 #                                                    of gemma3's tokenizer is wrong (sinklab.models refuses it)
 #   source benchmarks/ship.sh; install_fla           flash-linear-attention (fla-core, flash-linear-attention, einops):
 #                                                    transformers' Gated DeltaNet then runs fla's Triton kernel
+#   source benchmarks/ship.sh; install_triton        Triton 3.7.1 over the image's 3.6 (fla's gated backward needs it
+#                                                    on Hopper), once its four parts are there; then install_fla
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -67,6 +69,15 @@ PY
         rm -rf /tmp/site/fla /tmp/site/fla_core* /tmp/site/flash_linear_attention*
         echo "install_fla: removed fla again; transformers' torch Gated DeltaNet runs (bring tilelang or Triton >= 3.7.1)"
     fi
+}
+
+install_triton() {  # Triton 3.7.1 in 4 parts (.ship5/t0..t3, 50 MB each) over the image's 3.6, before install_fla:
+    # fla 0.6's gated backward is only right on Hopper from 3.7.1 (fla issue 640); sinklab's kernels run on it too
+    local wheel=triton-3.7.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
+    cat "$SHIP"/tpart.0 "$SHIP"/tpart.1 "$SHIP"/tpart.2 "$SHIP"/tpart.3 > "$SHIP"/$wheel || return 1
+    (cd "$SHIP" && sha256sum -c triton.sha256) || return 1
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/$wheel || return 1
+    python3 -c "import triton; print('triton', triton.__version__, triton.__file__)"
 }
 
 install_transformers() {
