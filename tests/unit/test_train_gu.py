@@ -103,7 +103,9 @@ def test_checkpoint_loads_back_with_the_same_logits_and_scan(tmp_path):
         assert torch.equal(model(input_ids=ids).logits, result.model(input_ids=ids).logits)
     for step in (2, 5):
         loaded, tok = sinklab.load(paths[step])
-        scanned = sinklab.scan(loaded, tok, ids, eps=0.3, batch_size=len(ids), keep_pattern=0, progress=False)
+        scanned = sinklab.scan(
+            loaded, tok, ids, eps=0.3, num_texts=None, batch_size=len(ids), keep_pattern=0, progress=False
+        )
         row = next(r for r in result.history if r["step"] == step)
         assert scanned.sink_rate == row["sink_rate"]
         assert float(scanned.layer_max_abs.max()) == row["max_activation"]
