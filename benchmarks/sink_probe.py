@@ -6,7 +6,8 @@ model whose tokenizer built the corpus (smollm2-135m for the Debian corpora) on 
 document starts, BOS or not), 100 sequences of the held-out split, and reports Sink_1 (Gu et al.'s per-sequence
 statistic), the share of heads that are sinks on average, and the mean first-token mass. The sequences are the ones
 ``sinklab train`` measures (``remove.train.metric_ids`` for the gu60m preset), so the numbers say how much the probe
-alone moves Sink_1 on a trained model.
+alone moves Sink_1 on a trained model. ``groups_of_4`` is Sink_1 on each 4 consecutive sequences (mean, sd, min,
+max; ``first_4`` the first group): what ``sinklab train`` up to 0.2.0 measured, when scan cut token ids to 4.
 
     python benchmarks/sink_probe.py --corpus data/train-corpus-large [--hardware cpu2]
 
@@ -20,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -50,17 +52,27 @@ def main(argv: list[str] | None = None) -> dict:
             ids = metric_ids(config)
             result = sinklab.scan(model, tok, ids, 0.3, max_tokens=ids.shape[1], num_texts=None, bos="never",
                                   batch_size=20, progress=False)  # fmt: skip
+            groups = [
+                sinklab.scan(model, tok, ids[i : i + 4], 0.3, max_tokens=ids.shape[1], bos="never", batch_size=4,
+                             keep_pattern=0, progress=False).sink_rate
+                for i in range(0, len(ids) - 3, 4)
+            ]  # fmt: skip
             rows.append({"model": name, "windows": windows, "bos": bos, "sequences": len(ids),
                          "sink_rate": result.sink_rate, "sink_rate_of_mean": result.sink_rate_of_mean,
-                         "first_token_mass": float(result.first_token_mass.nanmean())})  # fmt: skip
+                         "first_token_mass": float(result.first_token_mass.nanmean()),
+                         "first_4": groups[0], "groups_of_4": {"n": len(groups), "mean": float(np.mean(groups)),
+                         "sd": float(np.std(groups)), "min": min(groups), "max": max(groups)}})  # fmt: skip
             print(f"{name} {windows} bos-{bos}: Sink_1 {result.sink_rate:.1%}", flush=True)
     table = Table(title="Sink_1^0.3 at T=64 by probe (100 held-out sequences)")
-    for column in ("model", "windows", "BOS", "Sink_1", "heads sinks on average", "first-token mass"):
+    for column in ("model", "windows", "BOS", "Sink_1", "heads sinks on average", "first-token mass", "first 4",
+                   "groups of 4: sd (range)"):  # fmt: skip
         table.add_column(column)
     for r in rows:
+        g = r["groups_of_4"]
         table.add_row(r["model"], r["windows"], r["bos"], f"{r['sink_rate']:.1%}", f"{r['sink_rate_of_mean']:.1%}",
-                      f"{r['first_token_mass']:.3f}")  # fmt: skip
-    Console().print(table)
+                      f"{r['first_token_mass']:.3f}", f"{r['first_4']:.1%}",
+                      f"{g['sd']:.1%} ({g['min']:.1%}-{g['max']:.1%})")  # fmt: skip
+    Console(width=160).print(table)
     record = {
         "benchmark": "sink_probe",
         "hardware": args.hardware,

@@ -32,4 +32,7 @@ def test_sink_probe_scans_the_four_probes(tmp_path, monkeypatch):
     for row in record["rows"]:
         assert row["model"] == "smollm2-135m" and row["sequences"] == 100
         assert 0.3 < row["sink_rate"] <= 1 and 0 <= row["sink_rate_of_mean"] <= 1
+        groups = row["groups_of_4"]
+        assert groups["n"] == 25 and groups["mean"] == pytest.approx(row["sink_rate"], abs=1e-9)  # disjoint, equal
+        assert groups["min"] <= row["first_4"] <= groups["max"]
     assert record["provenance"]["sinklab"] and record["corpus"]["tokenizer"] == "smollm2-135m"
