@@ -579,14 +579,13 @@ def train(config: TrainConfig) -> TrainResult:
     metric = _metric_sequences(config, corpus, prefix)
     checkpoints: list[dict] = []
     partial = None if config.out is None or rank != 0 else Path(config.out) / "history.jsonl"
-    if partial is not None:
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text("")
 
     def write_row(row: dict) -> None:  # a run cut short (a device lease that ends) keeps its curve so far
-        if partial is not None:
-            with partial.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        if partial is None:
+            return
+        partial.parent.mkdir(parents=True, exist_ok=True)  # at step 0's evaluation: the model was built, no bad input
+        with partial.open("w" if row["step"] == 0 else "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def evaluate_step(step: int) -> dict:
         row = evaluate(raw, tokenizer, val, metric, config)
