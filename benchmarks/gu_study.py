@@ -100,7 +100,8 @@ def plan(args) -> list[dict]:
         runs.append({"name": f"{group}-s0", "group": group, "variant": "softmax", "seed": 0, "unique_tokens": n})
     for seed in args.long_seeds if args.long_steps else []:
         runs.append({"name": f"softmax-long-s{seed}", "group": "softmax-long", "variant": "softmax", "seed": seed,
-                     "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every})  # fmt: skip
+                     "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every,
+                     "time_limit": args.long_time_limit})  # fmt: skip
     resolved = TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, context=args.context
     ).resolved()
@@ -133,6 +134,8 @@ def _command(args, run: dict) -> list[str]:
         cmd += ["--checkpoint-steps", args.checkpoint_steps]
     if args.compile:
         cmd += ["--compile"]
+    if run.get("time_limit") is not None:
+        cmd += ["--time-limit", f"{run['time_limit']:g}"]
     return cmd
 
 
@@ -176,6 +179,8 @@ def _row(run: dict, record: dict) -> dict:
         "ppl_w8a8_tensor": final.get("ppl_w8a8_tensor"),
         "emergence_5": em["sink_rate_0.05"],
         "emergence_10": em["sink_rate_0.10"],
+        "steps": record["config"]["steps"],
+        "stopped_early": final.get("stopped_early"),  # --long-time-limit: the run of the steps taken
         "tokens": record["history"][-1]["tokens"],
         "unique_tokens": final.get("unique_tokens"),
         "unique_tokens_requested": run["unique_tokens"],
@@ -387,7 +392,8 @@ def _expected_seconds(run: dict, durations: list[tuple[dict, float]]) -> float:
         return COST.get(r["variant"], 1.0) * r["steps"]
 
     same = [(done, seconds) for done, seconds in durations if done["variant"] == run["variant"]]
-    return max((seconds * cost(run) / cost(done) for done, seconds in same or durations), default=0.0)
+    expected = max((seconds * cost(run) / cost(done) for done, seconds in same or durations), default=0.0)
+    return expected if run.get("time_limit") is None else min(expected, run["time_limit"])
 
 
 def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started) -> None:
@@ -459,6 +465,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--long-seeds", nargs="+", type=int, default=[0], help="seeds of the long run (the first "
                         "saves the checkpoints)")  # fmt: skip
     parser.add_argument("--long-eval-every", type=int, default=None, help="its evaluation interval")
+    parser.add_argument("--long-time-limit", type=float, default=None, metavar="S", help="the long runs stop S "
+                        "seconds after they start (train --time-limit; needs --min-lr-ratio 1)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--context", type=int, default=None, help="training sequence length (default: the preset's)")
@@ -512,6 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
             "checkpoint_steps": args.checkpoint_steps,
             "long_steps": args.long_steps,
             "long_seeds": args.long_seeds if args.long_steps else [],
+            "long_time_limit": args.long_time_limit,
             "runs": runs,
         },
         "published": PUBLISHED,

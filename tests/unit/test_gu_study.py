@@ -24,7 +24,7 @@ def _args(**overrides) -> argparse.Namespace:
     values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
                   eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None,
-                  long_seeds=[0], context=None, bos=None, min_lr_ratio=None,
+                  long_seeds=[0], long_time_limit=None, context=None, bos=None, min_lr_ratio=None,
                   metric_windows=None, compile=False)  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
@@ -70,6 +70,10 @@ def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
     cmd = " ".join(long["command"])
     assert "--steps 24000" in cmd and "--eval-every 500" in cmd and "--checkpoint-steps 150,300" in cmd
     assert all("--steps 2400 " in " ".join(r["command"]) + " " for r in runs[1:])
+    assert not any("--time-limit" in r["command"] for r in runs)
+    timed = study.plan(_args(long_steps=24000, long_time_limit=1200.0, min_lr_ratio=1.0))
+    assert [" ".join(r["command"]).endswith("--time-limit 1200") for r in timed] == [True] + [False] * 7
+    assert study._expected_seconds(timed[0], [(timed[1], 1e6)]) == 1200.0  # it ends by its limit
     two = study.plan(_args(long_steps=24000, long_seeds=[0, 1], variants=["softmax"], seeds=[0], sizes=["full"]))
     assert [r["name"] for r in two] == ["softmax-long-s0", "softmax-long-s1", "softmax-s0"]
     assert [r["name"] for r in two if r["checkpoints"]] == ["softmax-long-s0"]
@@ -208,7 +212,10 @@ def test_the_committed_h200_runs_rebuild_the_committed_study(study, tmp_path):
     record = study.main(["--preset", "gu60m", "--steps", "1000", "--variants", "softmax", "sigmoid", "gated",
                          "--seeds", "0", "1", "2", "--sizes", "full", "--checkpoint-steps", "200,500,1000",
                          "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "gu.json")])  # fmt: skip
-    assert record["table"] == committed["table"] and record["summary"] == committed["summary"]
+    added = ("steps", "stopped_early")  # columns the study gained after that lease
+    assert [{k: v for k, v in row.items() if k not in added} for row in record["table"]] == committed["table"]
+    assert all(row["steps"] == 1000 and row["stopped_early"] is None for row in record["table"])
+    assert record["summary"] == committed["summary"]
     assert sorted(record["missing"]) == ["gated-s1", "gated-s2", "sigmoid-s2"]
     assert [c["step"] for c in record["checkpoints"]] == [200, 500, 1000]
     assert all(c["scan"] is None and c["sink_rate_equal"] is None for c in record["checkpoints"])

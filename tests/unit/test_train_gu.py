@@ -111,3 +111,38 @@ def test_checkpoint_loads_back_with_the_same_logits_and_scan(tmp_path):
         assert float(scanned.layer_max_abs.max()) == row["max_activation"]
     assert np.isfinite(result.final["epochs"])
     assert set(result.final["emergence"]) == {"sink_rate_0.05", "sink_rate_0.10"}
+
+
+def test_time_limit_stops_at_a_step_and_records_the_run_of_the_steps_taken(tmp_path, monkeypatch):
+    """--time-limit (a lease that ends): with a constant learning rate the stopped run is exactly the run of the
+    steps it took (same history, same weights); checkpoints up to there are kept and the last model is saved too."""
+    import time
+
+    import sinklab.remove.train as train_module
+
+    assert not train_module._past(None, 1, torch.device("cpu"))
+    assert train_module._past(time.perf_counter() - 1, 1, torch.device("cpu"))
+    assert not train_module._past(time.perf_counter() + 60, 1, torch.device("cpu"))
+    boundaries = iter(range(1, 100))  # _past is asked once per step boundary after step 0: the 3rd is step 3
+    monkeypatch.setattr(train_module, "_past", lambda deadline, world, device: next(boundaries) >= 3)
+    kw = dict(preset="tiny", eval_every=2, min_lr_ratio=1.0, quant_eval=False, device="cpu")
+    out = tmp_path / "run"
+    stopped = train(TrainConfig(**kw, steps=30, time_limit=100.0, checkpoint_steps=(2, 20), out=str(out)))
+    assert [row["step"] for row in stopped.history] == [0, 2, 3]
+    assert stopped.final["stopped_early"] == {"planned_steps": 30, "time_limit_s": 100.0, "step": 3}
+    record = json.loads((out / "train.json").read_text())
+    assert record["config"]["steps"] == 3 and record["config"]["time_limit"] is None  # what reproduces it
+    assert record["config"]["checkpoint_steps"] == [2, 3]
+    assert [c["step"] for c in record["final"]["checkpoints"]] == [2, 3]
+    assert (out / "checkpoints" / "step-3" / "model.safetensors").exists()
+    assert not (out / "checkpoints" / "step-20").exists()
+    monkeypatch.undo()
+    asked = train(TrainConfig(**kw, steps=3))
+    assert json.dumps(asked.history) == json.dumps(stopped.history)
+    assert stopped.final["epochs"] == asked.final["epochs"]  # counted over the steps taken, not the 30 planned
+    for a, b in zip(asked.model.parameters(), stopped.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(SinklabInputError, match="--time-limit needs a constant learning rate after warmup"):
+        train(TrainConfig(preset="tiny", time_limit=10.0))
+    with pytest.raises(SinklabInputError, match="--time-limit must be a positive number of seconds"):
+        train(TrainConfig(preset="tiny", time_limit=0.0, min_lr_ratio=1.0))

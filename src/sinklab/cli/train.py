@@ -41,6 +41,12 @@ def train_command(
     compile_steps: bool = typer.Option(
         False, "--compile", help="torch.compile the training steps (evaluations run the plain model)"
     ),
+    time_limit: float = typer.Option(
+        None,
+        metavar="S",
+        help="stop at the first step S seconds after the start and record the run of the steps "
+        "taken (needs --min-lr-ratio 1; a device lease that ends)",
+    ),
     device: str = DEVICE,
     seed: int = typer.Option(0, help="seed of the initialisation and the data order"),
 ) -> None:
@@ -75,6 +81,7 @@ def train_command(
         unique_tokens=unique_tokens,
         checkpoint_steps=checkpoints,
         compile=compile_steps,
+        time_limit=time_limit,
         device=device,
         seed=seed,
         out=str(out),

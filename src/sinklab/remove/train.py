@@ -108,6 +108,9 @@ class TrainConfig:
     checkpoint_steps: tuple[int, ...] = ()  # save the model (+ tokenizer) at these steps under out/checkpoints/
     quant_eval: bool = True
     compile: bool = False  # torch.compile the training steps (evaluations, checkpoints and scans use the plain module)
+    # stop at the first step boundary this many seconds after train() was called (a device lease that ends): the
+    # record is then that of a run of the steps taken, which needs a learning rate that does not depend on ``steps``
+    time_limit: float | None = None
     seed: int = 0
     device: str | None = None  # default: cuda if available, else cpu
     out: str | None = None  # write train.json and plots here
@@ -145,6 +148,14 @@ class TrainConfig:
             raise SinklabInputError("learning rate must be > 0 and weight decay >= 0")
         if not 0 <= filled.min_lr_ratio <= 1:
             raise SinklabInputError(f"--min-lr-ratio must be in [0, 1] (1: constant), got {filled.min_lr_ratio}")
+        if filled.time_limit is not None:
+            if filled.time_limit <= 0:
+                raise SinklabInputError(f"--time-limit must be a positive number of seconds, got {filled.time_limit}")
+            if filled.min_lr_ratio != 1:
+                raise SinklabInputError(
+                    f"--time-limit needs a constant learning rate after warmup (--min-lr-ratio 1, got "
+                    f"{filled.min_lr_ratio:g}): a cosine schedule stopped early matches no run of fewer --steps"
+                )
         if filled.unique_tokens is not None and filled.unique_tokens < 1:
             raise SinklabInputError(f"--unique-tokens must be a positive integer, got {filled.unique_tokens}")
         steps = tuple(sorted({int(s) for s in filled.checkpoint_steps}))
@@ -460,13 +471,15 @@ def _distributed() -> tuple[int, int, int]:
 @dataclass
 class LoopResult:
     """What ``training_loop`` saw: one history row per evaluation (rank 0), the last step's loss (averaged over
-    ranks) and its parts, the seconds spent in steps, and the ``sinklab.ops.attention`` dispatches of the steps."""
+    ranks) and its parts, the seconds spent in steps, the ``sinklab.ops.attention`` dispatches of the steps, and
+    the number of steps taken (fewer than asked when the deadline stopped the loop)."""
 
     history: list[dict]
     train_loss: float
     train_parts: dict[str, float]
     train_time: float
     attention_calls: dict[str, int]
+    steps: int
 
 
 def training_loop(
@@ -487,6 +500,7 @@ def training_loop(
     world: int = 1,
     eval_steps: Collection[int] = (),
     on_row: Callable[[dict], None] = lambda row: None,
+    deadline: float | None = None,
 ) -> LoopResult:
     """The optimisation loop ``sinklab train`` and ``sinklab adapt`` share.
 
@@ -497,7 +511,8 @@ def training_loop(
     are averaged by DDP, the reported loss by an all-reduce). On rank 0 at step 0, every ``eval_every`` steps and
     after the last step (and at every step of ``eval_steps``), ``evaluate(step)`` adds its metrics to a history row
     {step, tokens, train_loss, ...}; ``info(row)`` is shown beside the progress bar and ``on_row(row)`` sees it as
-    soon as it exists.
+    soon as it exists. With a ``deadline`` (a ``time.perf_counter()`` value), the first step boundary after it
+    (at least one step in; on every rank at once under torchrun) is evaluated and ends the loop.
     """
     from sinklab.progress import Progress
 
@@ -510,7 +525,8 @@ def training_loop(
     with Progress(disable=rank != 0) as progress:
         bar = progress.add_task(description, total=steps, info="")
         for step in range(steps + 1):
-            if step % eval_every == 0 or step == steps or step in eval_steps:
+            stop = step > 0 and _past(deadline, world, device)
+            if step % eval_every == 0 or step == steps or step in eval_steps or stop:
                 if rank == 0:
                     row = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss}
                     row.update({f"train_{k}": v for k, v in parts.items()})
@@ -518,7 +534,7 @@ def training_loop(
                     history.append(row)
                     on_row(row)
                     progress.update(bar, info=info(row))
-                if step == steps:
+                if step == steps or stop:
                     break
             tick, before = time.perf_counter(), attention_calls()
             for group in optimizer.param_groups:
@@ -541,7 +557,19 @@ def training_loop(
             train_time += time.perf_counter() - tick
             dispatched += attention_calls() - before
             progress.update(bar, advance=1)
-    return LoopResult(history, train_loss, parts, train_time, dict(dispatched))
+    return LoopResult(history, train_loss, parts, train_time, dict(dispatched), step)
+
+
+def _past(deadline: float | None, world: int, device: torch.device) -> bool:
+    """Whether ``deadline`` has passed (never without one); under torchrun, whether it has on any rank."""
+    if deadline is None:
+        return False
+    past = time.perf_counter() >= deadline
+    if world > 1:
+        flag = torch.tensor(float(past), device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        past = bool(flag.item())
+    return past
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -549,6 +577,7 @@ def train(config: TrainConfig) -> TrainResult:
     from sinklab.models import resolve_device
     from sinklab.provenance import digest, run_provenance
 
+    called = time.perf_counter()
     config = config.resolved()
     rank, world, _ = _distributed()
     device = resolve_device(config.device)  # default: cuda:LOCAL_RANK if available, else cpu
@@ -620,8 +649,20 @@ def train(config: TrainConfig) -> TrainResult:
         rank=rank,
         world=world,
         on_row=write_row,
+        deadline=None if config.time_limit is None else called + config.time_limit,
     )
     history, train_loss, train_time, dispatched = loop.history, loop.train_loss, loop.train_time, loop.attention_calls
+    stopped = None
+    if loop.steps < config.steps:  # the time limit: recorded as the run of the steps taken (constant lr)
+        stopped = {"planned_steps": config.steps, "time_limit_s": config.time_limit, "step": loop.steps}
+        saved = tuple(s for s in config.checkpoint_steps if s <= loop.steps)
+        if config.checkpoint_steps and loop.steps not in saved:  # the model it stopped at is kept too
+            if rank == 0:
+                path = save_checkpoint(raw, tokenizer, Path(config.out) / "checkpoints" / f"step-{loop.steps}")
+                checkpoints.append({"step": loop.steps, "path": str(path)})
+            saved += (loop.steps,)
+        config = replace(config, steps=loop.steps, checkpoint_steps=saved, time_limit=None)
+        needed = config.steps * config.batch_size * world
     final = dict(history[-1]) if rank == 0 else {"train_loss": train_loss}  # the loss is averaged over ranks
     if rank == 0 and config.quant_eval:
         final.update(quantized_perplexity(raw, val, config))
@@ -630,6 +671,8 @@ def train(config: TrainConfig) -> TrainResult:
     final["unique_tokens"] = len(train_tokens)
     final["epochs"] = needed / train_data.windows
     final["emergence"] = emergence(history)
+    if stopped is not None:
+        final["stopped_early"] = stopped
     if config.checkpoint_steps:
         final["checkpoints"] = checkpoints
     texts = {"corpus": config.corpus or "embedded byte corpus", "train_tokens_sha256": digest(train_tokens)}
