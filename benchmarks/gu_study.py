@@ -328,6 +328,9 @@ def plot(record: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         if groups or unfinished:
             ax.legend()
+    pub = record["published"]
+    axes[0].axhline(100 * pub["sink_rate_60m_5b_tokens"], color="r", ls=":", label="Gu et al. 60M, 5B tokens")
+    axes[0].legend()
     axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
     axes[1].set_title("largest residual activation during training")
     ax = axes[2]
@@ -335,13 +338,15 @@ def plot(record: dict, path: Path) -> None:
     if points:
         ax.plot([p["unique_tokens"] for p in points], [100 * p["sink_rate"] for p in points], "o-", color="C0",
                 label="sinklab softmax, seed 0")  # fmt: skip
-    pub = record["published"]
+    if not points:
+        ax.text(0.5, 0.5, "no data-size runs in this study", transform=ax.transAxes, ha="center", color="grey")
     ax.plot([pub["train_tokens_60m"]], [100 * pub["sink_rate_60m_5b_tokens"]], "r*", markersize=14,
             label="Gu et al. 60M LLaMA, 5B tokens: 18.18 %")  # fmt: skip
     low = min([p["unique_tokens"] for p in points] + [1e5]) / 2
     ax.axvspan(low, pub["small_data_threshold_tokens"], color="grey", alpha=0.15,
                label="Gu et al.: Sink_1 < 1 % below ~100M unique tokens")  # fmt: skip
     ax.set_xscale("log")
+    ax.set_ylim(0, max([20.0] + [100 * p["sink_rate"] for p in points]))
     ax.set_xlabel("unique training tokens (repeated to fill the same steps)")
     ax.set_ylabel("final Sink_1^0.3 (%)")
     ax.set_title("data size")
@@ -351,7 +356,9 @@ def plot(record: dict, path: Path) -> None:
     params = baseline[0] / 1e6 if baseline else float("nan")
     fig.suptitle(
         f"sinklab Gu-regime study: {record['plan']['preset']} preset (softmax: {params:.1f}M parameters), "
-        f"{record['plan']['steps']} steps, {record['hardware']}"
+        f"{record['plan']['steps']} steps"
+        + (f", long run {record['plan']['long_steps']} steps" if record["plan"].get("long_steps") else "")
+        + f", {record['hardware']}"
     )
     fig.savefig(path, dpi=110)
 

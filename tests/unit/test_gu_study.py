@@ -241,3 +241,34 @@ def test_runs_of_another_sinklab_version_are_moved_aside_and_trained_again(study
     )
     assert again["finished"] == ["softmax-s0"]
     assert json.loads(path.read_text())["provenance"]["sinklab"] != "0.0.1"
+
+
+GU60M = ["--preset", "gu60m", "--bos", "never", "--min-lr-ratio", "1", "--metric-windows", "documents",
+         "--steps", "1000", "--eval-every", "100", "--sizes", "full"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "missing"),
+    [
+        ("gu60m-long-h200", ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long-eval-every",
+                             "250", "--checkpoint-steps", "1000,2000,3000,4000,5000,6000,7000,8000",
+                             "--long-time-limit", "1400"], ["softmax-s0"]),  # fmt: skip
+        ("gu60m-1000-h200", ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0"], []),
+    ],
+)
+def test_the_second_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, argv, missing):
+    """The second gu60m lease (sinklab 0.2.1, all 100 probe sequences): the 8000-step baseline and the 1000-step
+    variants; their run records give the committed tables again, and the baseline's checkpoints rescanned there to
+    exactly its history."""
+    import shutil
+
+    results = BENCHMARKS / "results"
+    work = tmp_path / "work"
+    shutil.copytree(results / name, work)
+    committed = json.loads((results / f"{name}.json").read_text())
+    record = study.main([*GU60M, *argv, "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "s.json")])
+    assert record["table"] == committed["table"] and record["summary"] == committed["summary"]
+    assert record["missing"] == missing
+    assert all(row["stopped_early"] is None for row in record["table"])
+    assert all(c["sink_rate_equal"] for c in committed["checkpoints"])
+    assert len(committed["checkpoints"]) == (8 if "long" in name else 0)
