@@ -86,7 +86,8 @@ def _sizes(values: list[str]) -> list[int | None]:
 
 def plan(args) -> list[dict]:
     """The runs, longest first: every variant x seed at full size, softmax seed 0 at every smaller size, and with
-    ``--long-steps`` one softmax seed 0 run that long (the baseline's own curve past the comparison budget)."""
+    ``--long-steps`` every ``--long-variants`` x ``--long-seeds`` run that long (the curves past the comparison
+    budget; the first softmax seed saves the checkpoints)."""
     runs = [
         {"name": f"{v}-s{s}", "group": v, "variant": v, "seed": s, "unique_tokens": None}
         for v in args.variants
@@ -98,14 +99,16 @@ def plan(args) -> list[dict]:
     for n in sorted({n for n in sizes if n is not None}):
         group = f"softmax-{_size_label(n)}"
         runs.append({"name": f"{group}-s0", "group": group, "variant": "softmax", "seed": 0, "unique_tokens": n})
-    for seed in args.long_seeds if args.long_steps else []:
-        runs.append({"name": f"softmax-long-s{seed}", "group": "softmax-long", "variant": "softmax", "seed": seed,
-                     "unique_tokens": None, "steps": args.long_steps, "eval_every": args.long_eval_every,
-                     "time_limit": args.long_time_limit})  # fmt: skip
+    for variant in args.long_variants if args.long_steps else []:
+        for seed in args.long_seeds:
+            runs.append({"name": f"{variant}-long-s{seed}", "group": f"{variant}-long", "variant": variant,
+                         "seed": seed, "unique_tokens": None, "steps": args.long_steps,
+                         "eval_every": args.long_eval_every, "time_limit": args.long_time_limit})  # fmt: skip
     resolved = TrainConfig(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size, context=args.context
     ).resolved()
-    saver = f"softmax-long-s{args.long_seeds[0]}" if args.long_steps else "softmax-s0"
+    long_softmax = args.long_steps and "softmax" in args.long_variants
+    saver = f"softmax-long-s{args.long_seeds[0]}" if long_softmax else "softmax-s0"
     for run in runs:
         run.setdefault("steps", resolved.steps)
         run["checkpoints"] = run["name"] == saver and bool(args.checkpoint_steps)
@@ -468,7 +471,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "or 'full' (the whole training split)")  # fmt: skip
     parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size "
                         "(the --long-steps run when there is one)")  # fmt: skip
-    parser.add_argument("--long-steps", type=int, default=None, help="add one softmax seed 0 run of this many steps")
+    parser.add_argument("--long-steps", type=int, default=None, help="add long runs of this many steps")
+    parser.add_argument("--long-variants", nargs="+", default=["softmax"], help="variants of the long runs "
+                        "(softmax alone saves checkpoints)")  # fmt: skip
     parser.add_argument("--long-seeds", nargs="+", type=int, default=[0], help="seeds of the long run (the first "
                         "saves the checkpoints)")  # fmt: skip
     parser.add_argument("--long-eval-every", type=int, default=None, help="its evaluation interval")
@@ -527,6 +532,7 @@ def main(argv: list[str] | None = None) -> dict:
             "checkpoint_steps": args.checkpoint_steps,
             "long_steps": args.long_steps,
             "long_seeds": args.long_seeds if args.long_steps else [],
+            "long_variants": args.long_variants if args.long_steps else [],
             "long_time_limit": args.long_time_limit,
             "runs": runs,
         },

@@ -24,8 +24,8 @@ def _args(**overrides) -> argparse.Namespace:
     values = dict(preset="small", steps=2400, corpus="/c", work="/w", variants=["softmax", "gated", "softpick"],
                   seeds=[0, 1], sizes=["1000000", "full"], checkpoint_steps="150,300", batch_size=None, lr=None,
                   eval_every=None, max_epochs=2.0, device=None, long_steps=None, long_eval_every=None,
-                  long_seeds=[0], long_time_limit=None, context=None, bos=None, min_lr_ratio=None,
-                  metric_windows=None, compile=False)  # fmt: skip
+                  long_seeds=[0], long_time_limit=None, long_variants=["softmax"], context=None, bos=None,
+                  min_lr_ratio=None, metric_windows=None, compile=False)  # fmt: skip
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -74,6 +74,14 @@ def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
     timed = study.plan(_args(long_steps=24000, long_time_limit=1200.0, min_lr_ratio=1.0))
     assert [" ".join(r["command"]).endswith("--time-limit 1200") for r in timed] == [True] + [False] * 7
     assert study._expected_seconds(timed[0], [(timed[1], 1e6)]) == 1200.0  # it ends by its limit
+    both = study.plan(_args(long_steps=24000, long_variants=["softmax", "gated"], variants=["softmax"], seeds=[0],
+                            sizes=["full"], long_time_limit=900.0, min_lr_ratio=1.0))  # fmt: skip
+    assert [r["name"] for r in both] == ["gated-long-s0", "softmax-long-s0", "softmax-s0"]  # the slower first
+    assert [r["name"] for r in both if r["checkpoints"]] == ["softmax-long-s0"]  # softmax checkpoints only
+    assert "--variant gated" in " ".join(both[0]["command"]) and both[0]["group"] == "gated-long"
+    assert all(" ".join(r["command"]).endswith("--time-limit 900") for r in both[:2])
+    variants_only = study.plan(_args(long_steps=24000, long_variants=["gated"], variants=["softmax"], seeds=[0]))
+    assert [r["name"] for r in variants_only if r["checkpoints"]] == ["softmax-s0"]
     two = study.plan(_args(long_steps=24000, long_seeds=[0, 1], variants=["softmax"], seeds=[0], sizes=["full"]))
     assert [r["name"] for r in two] == ["softmax-long-s0", "softmax-long-s1", "softmax-s0"]
     assert [r["name"] for r in two if r["checkpoints"]] == ["softmax-long-s0"]
@@ -245,14 +253,14 @@ def test_runs_of_another_sinklab_version_are_moved_aside_and_trained_again(study
 
 GU60M = ["--preset", "gu60m", "--bos", "never", "--min-lr-ratio", "1", "--metric-windows", "documents",
          "--steps", "1000", "--eval-every", "100", "--sizes", "full"]  # fmt: skip
+LONG = ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long-eval-every", "250",
+        "--checkpoint-steps", "1000,2000,3000,4000,5000,6000,7000,8000", "--long-time-limit", "1400"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("name", "argv", "missing"),
     [
-        ("gu60m-long-h200", ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long-eval-every",
-                             "250", "--checkpoint-steps", "1000,2000,3000,4000,5000,6000,7000,8000",
-                             "--long-time-limit", "1400"], ["softmax-s0"]),  # fmt: skip
+        ("gu60m-long-h200", LONG, ["softmax-s0"]),
         ("gu60m-1000-h200", ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0"], []),
     ],
 )
