@@ -3,6 +3,7 @@
     python benchmarks/hybrid_study.py --preset small --steps 400 --corpus DIR --time-limit 270 --out OUT.json
     python benchmarks/hybrid_study.py ... --seeds 0 1 2 --resume      # more seeds; keep what OUT.json has
     python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json   # CPU smoke test
+    python benchmarks/hybrid_study.py ... --compile    # torch.compile the steps (the torch Gated DeltaNet too)
 
 On one H200 (transformers' torch Gated DeltaNet, no fla) the six main runs at 400 steps x 48 x 256 take an estimated
 3-4 minutes; ``--time-limit`` starts no run that would end past it, so list the runs that matter first.
@@ -266,6 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="every run once per seed (seed-major)")
     parser.add_argument("--out", default=None, help="result JSON (default benchmarks/results/hybrid-<hw>.json)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every run's training steps")
     parser.add_argument("--time-limit", type=float, default=None, help="start no run that would end past it (s)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out (the same preset, "
                         "steps, window and corpus) and run only the missing (run, seed) pairs")  # fmt: skip
@@ -320,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
             model_config=fields,
             eval_every=args.eval_every,
             quant_eval=False,
+            compile=args.compile,
             seed=seed,
         )
         console.print(f"[bold]{name}[/] seed {seed}: {architecture} {fields['layer_types']}")

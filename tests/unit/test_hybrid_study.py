@@ -94,3 +94,15 @@ def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tm
         study.main(["--preset", "tiny", "--steps", "3", "--runs", "sliding", "--out", str(out), "--resume"])
     assert exit_info.value.code == 2
     assert "--resume: steps 3 differs from the record's 2" in capsys.readouterr().err
+
+
+def test_compiled_runs_train_the_same_hybrid(study, tmp_path):
+    """--compile: a hybrid's training steps (transformers' torch Gated DeltaNet included) through torch.compile give
+    eager's row; each run's record says it was compiled."""
+    argv = ["--preset", "tiny", "--steps", "2", "--runs", "linear-1:1"]
+    eager = study.main([*argv, "--out", str(tmp_path / "eager.json")])
+    compiled = study.main([*argv, "--compile", "--out", str(tmp_path / "compiled.json")])
+    assert [run["config"]["compile"] for run in compiled["runs"]] == [True]
+    assert eager["runs"][0]["config"]["compile"] is False
+    for key in ("sink_rate", "first_token_mass", "max_activation", "val_loss"):
+        assert compiled["rows"][0][key] == pytest.approx(eager["rows"][0][key], rel=1e-5, abs=1e-6), key
