@@ -257,7 +257,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
     work = Path(args.work)
     record = dict(base)
     table, curves, checkpoints, data_size, partial = [], [], [], [], []
-    keys = ("step", "tokens", "sink_rate", "max_activation", "val_loss")
+    keys = ("step", "tokens", "sink_rate", "max_activation", "kurtosis", "val_loss")
     for run in runs:
         result = _load_run(work, run)
         if result is None:
@@ -304,8 +304,8 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
 def plot(record: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(17, 5), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig = Figure(figsize=(22, 5), layout="constrained")
+    axes = fig.subplots(1, 4)
     groups: dict[str, list[dict]] = {}  # the full-size runs by variant (the data-size runs go to panel 3)
     sized = {row["name"] for row in record["table"] if row["unique_tokens_requested"] is not None}
     for curve in record["curves"]:
@@ -355,6 +355,7 @@ def plot(record: dict, path: Path) -> None:
     ax.set_title("data size")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _emergence_order(fig, axes[3], [c for curves in groups.values() for c in curves if "kurtosis" in c])
     baseline = [row["params"] for row in record["table"] if row["variant"] == "softmax"]  # variants may add some
     params = baseline[0] / 1e6 if baseline else float("nan")
     fig.suptitle(
@@ -364,6 +365,28 @@ def plot(record: dict, path: Path) -> None:
         + f", {record['hardware']}"
     )
     fig.savefig(path, dpi=110)
+
+
+def _emergence_order(fig, ax, curves: list[dict]) -> None:
+    """Which comes first, the sink or the massive activation: each finished run's path through (kurtosis of the
+    residual stream, Sink_1), its evaluations coloured by training tokens (a Gaussian's kurtosis is 3)."""
+    ax.set_title("sink against outliers, run by run")
+    ax.set_xlabel("kurtosis of the residual stream (log; Gaussian: 3)")
+    ax.set_ylabel("Sink_1^0.3 at T=64 (%)")
+    ax.grid(alpha=0.3)
+    if not curves:
+        ax.text(0.5, 0.5, "no kurtosis in these curves", transform=ax.transAxes, ha="center", color="grey")
+        return
+    top = max(max(c["tokens"]) for c in curves)
+    for curve in curves:
+        sink = 100 * np.asarray(curve["sink_rate"])
+        ax.plot(curve["kurtosis"], sink, color="grey", alpha=0.4, lw=0.8)
+        points = ax.scatter(curve["kurtosis"], sink, c=curve["tokens"], cmap="viridis", vmin=0, vmax=top, s=14)
+        ax.annotate(curve["name"], (curve["kurtosis"][-1], sink[-1]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")  # fmt: skip
+    ax.axvline(3.0, color="k", ls=":", lw=0.8)
+    ax.set_xscale("log")
+    fig.colorbar(points, ax=ax, label="training tokens")
 
 
 def _write(record: dict, out: Path) -> None:
