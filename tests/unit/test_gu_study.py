@@ -194,7 +194,8 @@ def test_a_run_cut_short_keeps_its_curve_but_no_table_row(study, tmp_path):
     """A run without train.json (the lease ended in it) is listed under ``partial`` with its last evaluation and
     drawn dashed from ``history.jsonl``; it stays missing and out of the table and summary."""
     work, out = tmp_path / "gu", tmp_path / "gu.json"
-    rows = [{"step": s, "tokens": 100 * s, "sink_rate": r, "max_activation": 10.0 + s, "val_loss": 5.0 - s / 10}
+    rows = [{"step": s, "tokens": 100 * s, "sink_rate": r, "max_activation": 10.0 + s, "kurtosis": 3.0 + s,
+             "val_loss": 5.0 - s / 10}
             for s, r in ((0, 0.0), (2, 0.05), (4, 0.125))]  # fmt: skip
     (work / "softmax-s1").mkdir(parents=True)
     (work / "softmax-s1" / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
