@@ -8,6 +8,8 @@
 #                                                    transformers' Gated DeltaNet then runs fla's Triton kernel
 #   source benchmarks/ship.sh; install_triton        Triton 3.7.1 over the image's 3.6 (fla's gated backward needs it
 #                                                    on Hopper), once its four parts are there; then install_fla
+#   source benchmarks/ship.sh; start_study WORK ARGS; restart_if_failed WORK S ARGS; watch_study WORK S
+#                                                    a gu_study.py run that outlives the call, watched and copied
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -94,4 +96,46 @@ install_corpus() {  # a corpus packed by build_train_corpus.py --pack (corpus.pa
     rm -rf "$dest" && mkdir -p "$dest" || return 1
     cat "$SHIP"/corpus.part* | xz -d | tar -x -C "$dest" || return 1
     echo "install_corpus: $dest ($(du -sh "$dest" | cut -f1)), train --corpus $dest"
+}
+
+# -- a study that outlives the call (DEVELOPERS.md: setsid, poll by pid, copy to $OUT) ---------------------------------
+start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS in its own session, pid in WORK/study.pid
+    local work=$1; shift
+    mkdir -p "$work"
+    setsid nohup python3 benchmarks/gu_study.py "$@" --work "$work" --out "$work"/gu-study.json \
+        > "$work"/orchestrator.log 2>&1 < /dev/null &
+    echo $! > "$work"/study.pid
+    echo "start_study $work: pid $(cat "$work"/study.pid): $*"
+}
+
+restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS before the study has written its
+    # second evaluation (a broken --compile), stop the study and start it again with ARGS
+    local work=$1 limit=$2 t0=$SECONDS; shift 2
+    while [ $((SECONDS - t0)) -lt "$limit" ]; do
+        sleep 5
+        if grep -q FAILED "$work"/orchestrator.log; then
+            grep FAILED "$work"/orchestrator.log
+            kill -- -"$(cat "$work"/study.pid)"; sleep 5
+            start_study "$work" "$@"; return
+        fi
+        [ "$(cat "$work"/*/history.jsonl 2>/dev/null | wc -l)" -ge 2 ] && { echo "second evaluation written"; return; }
+    done
+}
+
+watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until the study exits or SECONDS pass, then
+    # copy its JSON, plot, log and run records (no checkpoints) to $OUT
+    local work=$1 limit=$2 t0=$SECONDS log
+    while [ $((SECONDS - t0)) -lt "$limit" ]; do
+        sleep 30
+        echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | tail -1)"
+        for log in "$work"/*/log.txt; do
+            [ -f "$(dirname "$log")/train.json" ] || \
+                echo "    $(basename "$(dirname "$log")"): $(tail -c 300 "$log" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
+        done
+        kill -0 "$(cat "$work"/study.pid)" 2>/dev/null || { echo "study exited"; break; }
+    done
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    cp "$work"/gu-study.json "$work"/gu-study.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
+    (cd "$work" && tar czf "$OUT"/runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt 2>/dev/null)
+    grep -av Loading "$work"/orchestrator.log | tail -8
 }
