@@ -195,6 +195,25 @@ def _row(run: dict, record: dict) -> dict:
     }
 
 
+def _full_size_from_long_run(finished: dict[str, dict], steps: int) -> list[dict]:
+    """The full-size data-size point read off the long softmax seed-0 run at the budget's step: with a constant
+    learning rate after warmup, its first ``steps`` steps are the ``steps``-step run (the same schedule and data
+    order), so the sweep need not train that run again. [] when there is no such run or row."""
+    record = finished.get("softmax-long-s0")
+    if record is None or record["config"]["min_lr_ratio"] != 1:
+        return []
+    row = next((r for r in record["history"] if r["step"] == steps), None)
+    if row is None:
+        return []
+    final = record["final"]
+    return [{
+        "unique_tokens": final["unique_tokens"], "full": True, "steps": steps, "tokens": row["tokens"],
+        "epochs": final["epochs"] * steps / record["config"]["steps"], "sink_rate": row["sink_rate"],
+        "val_loss": row["val_loss"], "max_activation": row["max_activation"], "seed": 0,
+        "from": f"softmax-long-s0 at step {steps}",
+    }]  # fmt: skip
+
+
 def _stats(values: list) -> dict:
     got = [v for v in values if v is not None]
     if not got:
@@ -258,8 +277,11 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
     record = dict(base)
     table, curves, checkpoints, data_size, partial = [], [], [], [], []
     keys = ("step", "tokens", "sink_rate", "max_activation", "kurtosis", "val_loss")
+    finished: dict[str, dict] = {}
     for run in runs:
         result = _load_run(work, run)
+        if result is not None:
+            finished[run["name"]] = result
         if result is None:
             history = _partial_history(work, run)
             if history:  # unfinished: its curve so far, never a table row
@@ -283,8 +305,10 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
                 "unique_tokens": row["unique_tokens"], "full": run["unique_tokens"] is None,
                 "steps": history[-1]["step"], "tokens": row["tokens"], "epochs": row["epochs"],
                 "sink_rate": row["sink_rate"], "val_loss": row["val_loss"],
-                "max_activation": row["max_activation"], "seed": 0,
+                "max_activation": row["max_activation"], "seed": 0, "from": run["name"],
             })  # fmt: skip
+    if not any(point["full"] for point in data_size):
+        data_size += _full_size_from_long_run(finished, base["plan"]["steps"])
     order = {run["name"]: i for i, run in enumerate(sorted(runs, key=lambda r: (r["unique_tokens"] is not None,
                                                                                  r["group"], r["seed"])))}  # fmt: skip
     table.sort(key=lambda row: order[row["name"]])

@@ -281,3 +281,27 @@ def test_the_second_leases_runs_rebuild_their_committed_studies(study, tmp_path,
     assert all(row["stopped_early"] is None for row in record["table"])
     assert all(c["sink_rate_equal"] for c in committed["checkpoints"])
     assert len(committed["checkpoints"]) == (8 if "long" in name else 0)
+
+
+def test_the_full_size_data_point_comes_from_the_long_constant_lr_run(study, tmp_path):
+    """--sizes without 'full' beside a long constant-lr baseline: the full-size point is that run's evaluation at the
+    budget's step (the same schedule and data order as a run of that many steps), named as such; a cosine long run
+    gives none (its first steps are not a shorter run's)."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(BENCHMARKS / "results" / "gu60m-long-h200", work)
+    argv = [*GU60M, *LONG, "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "s.json")]
+    argv[argv.index("--steps") + 1] = "4000"
+    argv[argv.index("--sizes") + 1] = "10000000"  # trained in a later lease: missing here
+    record = study.main(argv)
+    [point] = record["data_size"]
+    long = json.loads((work / "softmax-long-s0" / "train.json").read_text())
+    at_4000 = next(row for row in long["history"] if row["step"] == 4000)
+    assert point["from"] == "softmax-long-s0 at step 4000" and point["full"] and point["steps"] == 4000
+    assert point["sink_rate"] == at_4000["sink_rate"] == pytest.approx(0.088375)
+    assert point["epochs"] == pytest.approx(long["final"]["epochs"] / 2)
+    assert "softmax-10M-s0" in record["missing"]
+    long["config"]["min_lr_ratio"] = 0.1
+    (work / "softmax-long-s0" / "train.json").write_text(json.dumps(long))
+    assert study.main(argv)["data_size"] == []
