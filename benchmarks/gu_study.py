@@ -512,7 +512,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--corpus", default=None, help="built corpus directory (default: embedded byte corpus)")
     parser.add_argument("--work", required=True, help="one directory per run: train.json, log.txt, checkpoints")
     parser.add_argument("--parallel", type=int, default=1, help="training processes at once on the one GPU")
-    parser.add_argument("--variants", nargs="+", default=["softmax", "gated", "softpick"])
+    parser.add_argument("--variants", nargs="*", default=["softmax", "gated", "softpick"], help="at the budget "
+                        "(none: only the --sizes and long runs)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--sizes", nargs="+", default=["full"], help="unique training tokens per softmax-s0 run, "
                         "or 'full' (the whole training split)")  # fmt: skip

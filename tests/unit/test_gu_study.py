@@ -80,6 +80,8 @@ def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
     assert [r["name"] for r in both if r["checkpoints"]] == ["softmax-long-s0"]  # softmax checkpoints only
     assert "--variant gated" in " ".join(both[0]["command"]) and both[0]["group"] == "gated-long"
     assert all(" ".join(r["command"]).endswith("--time-limit 900") for r in both[:2])
+    sweep = study.plan(_args(long_steps=24000, variants=[], sizes=["1000000", "4000000"], min_lr_ratio=1.0))
+    assert [r["name"] for r in sweep] == ["softmax-long-s0", "softmax-1M-s0", "softmax-4M-s0"]  # no budget runs
     variants_only = study.plan(_args(long_steps=24000, long_variants=["gated"], variants=["softmax"], seeds=[0]))
     assert [r["name"] for r in variants_only if r["checkpoints"]] == ["softmax-s0"]
     two = study.plan(_args(long_steps=24000, long_seeds=[0, 1], variants=["softmax"], seeds=[0], sizes=["full"]))
