@@ -280,8 +280,6 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
     finished: dict[str, dict] = {}
     for run in runs:
         result = _load_run(work, run)
-        if result is not None:
-            finished[run["name"]] = result
         if result is None:
             history = _partial_history(work, run)
             if history:  # unfinished: its curve so far, never a table row
@@ -291,6 +289,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
                 curves.append({"run": run["group"], "name": run["name"], "seed": run["seed"], "partial": True,
                                **{k: [row[k] for row in history] for k in keys}})  # fmt: skip
             continue
+        finished[run["name"]] = result
         table.append(_row(run, result))
         history = result["history"]
         curves.append({
@@ -336,6 +335,8 @@ def plot(record: dict, path: Path) -> None:
         if curve["name"] not in sized and not curve.get("partial"):
             groups.setdefault(curve["run"], []).append(curve)
     unfinished = [curve for curve in record["curves"] if curve.get("partial")]
+    pub = record["published"]
+    axes[0].axhline(100 * pub["sink_rate_60m_5b_tokens"], color="r", ls=":", label="Gu et al. 60M, 5B tokens")
     for ax, key, label in ((axes[0], "sink_rate", "Sink_1^0.3 at T=64 (%)"), (axes[1], "max_activation", "max |x|")):
         for i, (group, curves) in enumerate(groups.items()):
             steps = sorted(set.intersection(*(set(c["step"]) for c in curves)))
@@ -353,11 +354,8 @@ def plot(record: dict, path: Path) -> None:
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if groups or unfinished:
+        if groups or unfinished or ax is axes[0]:
             ax.legend()
-    pub = record["published"]
-    axes[0].axhline(100 * pub["sink_rate_60m_5b_tokens"], color="r", ls=":", label="Gu et al. 60M, 5B tokens")
-    axes[0].legend()
     axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
     axes[1].set_title("largest residual activation during training")
     ax = axes[2]

@@ -616,11 +616,14 @@ def train(config: TrainConfig) -> TrainResult:
         with partial.open("w" if row["step"] == 0 else "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def keep_checkpoint(step: int) -> None:
+        path = save_checkpoint(raw, tokenizer, Path(config.out) / "checkpoints" / f"step-{step}")
+        checkpoints.append({"step": step, "path": str(path)})
+
     def evaluate_step(step: int) -> dict:
         row = evaluate(raw, tokenizer, val, metric, config)
         if step in config.checkpoint_steps:
-            path = save_checkpoint(raw, tokenizer, Path(config.out) / "checkpoints" / f"step-{step}")
-            checkpoints.append({"step": step, "path": str(path)})
+            keep_checkpoint(step)
         return row
 
     model = build_model(config, vocab_size).to(device)
@@ -658,8 +661,7 @@ def train(config: TrainConfig) -> TrainResult:
         saved = tuple(s for s in config.checkpoint_steps if s <= loop.steps)
         if config.checkpoint_steps and loop.steps not in saved:  # the model it stopped at is kept too
             if rank == 0:
-                path = save_checkpoint(raw, tokenizer, Path(config.out) / "checkpoints" / f"step-{loop.steps}")
-                checkpoints.append({"step": loop.steps, "path": str(path)})
+                keep_checkpoint(loop.steps)
             saved += (loop.steps,)
         config = replace(config, steps=loop.steps, checkpoint_steps=saved, time_limit=None)
         needed = config.steps * config.batch_size * world
