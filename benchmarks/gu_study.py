@@ -335,6 +335,7 @@ def plot(record: dict, path: Path) -> None:
         if curve["name"] not in sized and not curve.get("partial"):
             groups.setdefault(curve["run"], []).append(curve)
     unfinished = [curve for curve in record["curves"] if curve.get("partial")]
+    subsets = [curve for curve in record["curves"] if curve["name"] in sized and not curve.get("partial")]
     pub = record["published"]
     axes[0].axhline(100 * pub["sink_rate_60m_5b_tokens"], color="r", ls=":", label="Gu et al. 60M, 5B tokens")
     for ax, key, label in ((axes[0], "sink_rate", "Sink_1^0.3 at T=64 (%)"), (axes[1], "max_activation", "max |x|")):
@@ -351,10 +352,13 @@ def plot(record: dict, path: Path) -> None:
             values = np.array(curve[key]) * (100 if key == "sink_rate" else 1)
             ax.plot(curve["tokens"], values, "--", color=f"C{len(groups) + j}",
                     label=f"{curve['name']} (unfinished at step {curve['step'][-1]})")  # fmt: skip
+        for j, curve in enumerate(subsets):  # the data-size runs: the same steps over fewer unique tokens
+            values = np.array(curve[key]) * (100 if key == "sink_rate" else 1)
+            ax.plot(curve["tokens"], values, ":", color=f"C{len(groups) + len(unfinished) + j}", label=curve["name"])
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if groups or unfinished or ax is axes[0]:
+        if groups or unfinished or subsets or ax is axes[0]:
             ax.legend()
     axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
     axes[1].set_title("largest residual activation during training")

@@ -260,29 +260,36 @@ LONG = ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long
         "--checkpoint-steps", "1000,2000,3000,4000,5000,6000,7000,8000", "--long-time-limit", "1400"]  # fmt: skip
 
 
+DATA_SIZE = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000"]
+
+
 @pytest.mark.parametrize(
-    ("name", "argv", "missing"),
+    ("name", "beside", "argv", "missing"),
     [
-        ("gu60m-long-h200", LONG, ["softmax-s0"]),
-        ("gu60m-1000-h200", ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0"], []),
+        ("gu60m-long-h200", None, LONG, ["softmax-s0"]),
+        ("gu60m-1000-h200", None, ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"], ["softmax-s1"]),
+        ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, []),
     ],
 )
-def test_the_second_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, argv, missing):
-    """The second gu60m lease (sinklab 0.2.1, all 100 probe sequences): the 8000-step baseline and the 1000-step
-    variants; their run records give the committed tables again, and the baseline's checkpoints rescanned there to
-    exactly its history."""
+def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing):
+    """The gu60m leases at sinklab 0.2.1 (all 100 probe sequences): the 8000-step baseline, the 1000-step variants
+    (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
+    full-size point); their run records give the committed tables again, and the baseline's checkpoints rescanned
+    there to exactly its history."""
     import shutil
 
     results = BENCHMARKS / "results"
     work = tmp_path / "work"
     shutil.copytree(results / name, work)
+    if beside:
+        shutil.copytree(results / beside, work, dirs_exist_ok=True)
     committed = json.loads((results / f"{name}.json").read_text())
     record = study.main([*GU60M, *argv, "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "s.json")])
     assert record["table"] == committed["table"] and record["summary"] == committed["summary"]
-    assert record["missing"] == missing
+    assert record["data_size"] == committed["data_size"] and record["missing"] == missing
     assert all(row["stopped_early"] is None for row in record["table"])
-    assert all(c["sink_rate_equal"] for c in committed["checkpoints"])
-    assert len(committed["checkpoints"]) == (8 if "long" in name else 0)
+    rescanned = [c for c in committed["checkpoints"] if c["scan"] is not None]  # None: not on that lease's machine
+    assert all(c["sink_rate_equal"] for c in rescanned) and len(rescanned) == (8 if name == "gu60m-long-h200" else 0)
 
 
 def test_the_full_size_data_point_comes_from_the_long_constant_lr_run(study, tmp_path):
