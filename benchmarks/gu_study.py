@@ -1,4 +1,4 @@
-"""Gu et al.'s pre-training regime on one GPU: variants x seeds at a fixed step budget, plus a unique-data sweep.
+"""Gu et al.'s pre-training regime on one machine: variants x seeds at a fixed step budget, plus a unique-data sweep.
 
     nohup python benchmarks/gu_study.py --preset small --steps 2400 --corpus /tmp/corpus --work /tmp/gu \\
         --parallel 6 --variants softmax gated softpick --seeds 0 1 2 --sizes 1000000 4000000 full \\
@@ -15,13 +15,13 @@ same steps) the sink barely formed. The plan here: every ``--variants`` x ``--se
 softmax seed 0 on the first N training tokens for every smaller ``--sizes`` entry (the full-size softmax seed 0 is
 shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run is one
 ``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt`` beside
-it); up to ``--parallel`` share the GPU, the runs named by ``--first`` and then the slowest variants start first, and
-a run whose train.json exists is skipped, so the study resumes where a stopped one left off (a train.json of another
-sinklab version is moved aside and its run trained again: versions may measure differently). After every finished
-run the study JSON (``--out``) and its plot (same name, .png) are rewritten from everything in ``--work``.
-Checkpoints are loaded back through ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences
-the training evaluated (both numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON
-line last.
+it); up to ``--parallel`` share each of ``--gpus`` GPUs (every visible one by default; a run sees only its own), the
+runs named by ``--first`` and then the slowest variants start first, and a run whose train.json exists is skipped,
+so the study resumes where a stopped one left off (a train.json of another sinklab version is moved aside and its
+run trained again: versions may measure differently). After every finished run the study JSON (``--out``) and its
+plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
+``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
+numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
 """
 
 from __future__ import annotations
@@ -455,12 +455,18 @@ def _expected_seconds(run: dict, durations: list[tuple[dict, float]]) -> float:
     return expected if run.get("time_limit") is None else min(expected, run["time_limit"])
 
 
+def _least_busy(gpus: int, busy: list[int | None]) -> int | None:
+    """The GPU running the fewest of this study's runs (the lowest index of those), None without GPUs."""
+    return min(range(gpus), key=busy.count) if gpus else None
+
+
 def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started) -> None:
-    """Keep up to ``--parallel`` runs going until the queue is empty; after each, rewrite the study record."""
+    """Keep up to ``--parallel`` runs going on each of ``--gpus`` until the queue is empty (each run sees its one GPU
+    through CUDA_VISIBLE_DEVICES); after each, rewrite the study record."""
     work = Path(args.work)
     durations: list[tuple[dict, float]] = []  # (run, wall seconds) of the finished runs
     while queue or active:
-        while queue and len(active) < args.parallel:
+        while queue and len(active) < args.parallel * max(args.gpus, 1):
             run = queue[0]
             elapsed, expected = time.perf_counter() - started, _expected_seconds(run, durations)
             if args.finish_by is not None and elapsed + expected > args.finish_by:
@@ -474,11 +480,14 @@ def _run_queue(args, runs, queue, active, env, base, failed, cache, out, started
             log = (directory / "log.txt").open("w")
             log.write(" ".join(run["command"]) + "\n")
             log.flush()
-            proc = subprocess.Popen(run["command"], stdout=log, stderr=subprocess.STDOUT, env=env)
-            active[run["name"]] = (proc, time.perf_counter(), log)
-            _say(f"started {run['name']} (pid {proc.pid}; {len(queue)} queued)")
+            gpu = _least_busy(args.gpus, [g for *_, g in active.values()])
+            placed = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": str(gpu)}
+            proc = subprocess.Popen(run["command"], stdout=log, stderr=subprocess.STDOUT, env=placed)
+            active[run["name"]] = (proc, time.perf_counter(), log, gpu)
+            where = "" if gpu is None else f" on GPU {gpu}"
+            _say(f"started {run['name']}{where} (pid {proc.pid}; {len(queue)} queued)")
         time.sleep(0.5)
-        for name, (proc, tick, log) in list(active.items()):
+        for name, (proc, tick, log, _) in list(active.items()):
             if proc.poll() is None:
                 continue
             del active[name]
@@ -513,7 +522,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--corpus", default=None, help="built corpus directory (default: embedded byte corpus)")
     parser.add_argument("--work", required=True, help="one directory per run: train.json, log.txt, checkpoints")
-    parser.add_argument("--parallel", type=int, default=1, help="training processes at once on the one GPU")
+    parser.add_argument("--parallel", type=int, default=1, help="training processes at once on each GPU")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs to spread the runs over (default: every visible "
+                        "one; 0: none, the runs choose their device)")  # fmt: skip
     parser.add_argument("--variants", nargs="*", default=["softmax", "gated", "softpick"], help="at the budget "
                         "(none: only the --sizes and long runs)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -554,6 +565,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error("--parallel must be at least 1")
+    visible = torch.cuda.device_count()
+    args.gpus = visible if args.gpus is None else args.gpus
+    if not 0 <= args.gpus <= visible:
+        parser.error(f"--gpus {args.gpus}: this machine has {visible} visible GPUs; accepted: 0 to {visible}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out or work / "gu-study.json")
@@ -576,6 +591,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps": TrainConfig(preset=args.preset, steps=args.steps).resolved().steps,
             "corpus": args.corpus or "embedded pydoc topics, byte tokens",
             "parallel": args.parallel,
+            "gpus": args.gpus,
             "variants": args.variants,
             "seeds": args.seeds,
             "sizes": args.sizes,
@@ -587,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
             "runs": runs,
         },
         "published": PUBLISHED,
-        "note": "all runs of one study share the GPU (--parallel processes): tokens/s and wall seconds are shared",
+        "note": "the runs placed on one GPU share it (--parallel processes each): tokens/s and wall seconds are shared",
     }
     cache: dict = {}
     failed: dict[str, str] = {}
@@ -604,13 +620,13 @@ def main(argv: list[str] | None = None) -> dict:
                 (work / run["name"]).rename(old)
                 _say(f"re-running {run['name']}: its train.json was made with sinklab {made} (moved to {old.name})")
             queue.append(run)
-        threads = max(1, (os.cpu_count() or 1) // args.parallel)
+        threads = max(1, (os.cpu_count() or 1) // (args.parallel * max(args.gpus, 1)))
         env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **os.environ}
-        active: dict[str, tuple[subprocess.Popen, float, object]] = {}
+        active: dict[str, tuple[subprocess.Popen, float, object, int | None]] = {}  # proc, start, log, GPU
         try:
             _run_queue(args, runs, queue, active, env, base, failed, cache, out, started)
         finally:  # interrupted or broken: stop the runs this study started (no train.json: they run again)
-            for name, (proc, _, log) in active.items():
+            for name, (proc, _, log, _) in active.items():
                 if proc.poll() is None:
                     proc.terminate()
                     proc.wait()

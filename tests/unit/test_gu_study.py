@@ -159,6 +159,34 @@ def test_expected_seconds_scales_the_slowest_finished_run(study):
     assert study._expected_seconds(gated, measured) == pytest.approx(220.0)
 
 
+def test_gpus_spread_the_runs_one_gpu_each_and_are_checked(study, tmp_path, capsys, monkeypatch):
+    """--gpus N: up to --parallel runs on each GPU, every run on the least busy one and seeing only it
+    (CUDA_VISIBLE_DEVICES); more GPUs than the machine has are refused with the count."""
+    import subprocess
+
+    placed = []
+
+    class Recorder(subprocess.Popen):
+        def __init__(self, command, **kw):
+            if "sinklab.cli" in command:  # the training runs (git and others use Popen too)
+                placed.append(kw["env"].get("CUDA_VISIBLE_DEVICES"))
+            super().__init__(command, **kw)
+
+    monkeypatch.setattr(study.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(study.subprocess, "Popen", Recorder)
+    argv = ["--preset", "tiny", "--steps", "2", "--variants", "softmax", "--seeds", "0", "1", "2", "--device", "cpu",
+            "--work", str(tmp_path / "gu"), "--out", str(tmp_path / "gu.json")]  # fmt: skip
+    record = study.main(argv)
+    printed = capsys.readouterr().out
+    assert record["failed"] == {} and record["plan"]["gpus"] == 2 and len(record["table"]) == 3
+    assert placed[:2] == ["0", "1"]  # both GPUs busy before the third run waits for one
+    assert printed.index("started softmax-s1 on GPU 1") < printed.index("finished ")
+    with pytest.raises(SystemExit) as exit_info:
+        study.main([*argv, "--gpus", "3"])
+    assert exit_info.value.code == 2
+    assert "--gpus 3: this machine has 2 visible GPUs; accepted: 0 to 2" in capsys.readouterr().err
+
+
 def test_first_starts_the_named_runs_first_and_refuses_unknown_names(study, tmp_path, capsys):
     work = tmp_path / "gu"
     argv = [
