@@ -14,7 +14,7 @@ import importlib
 
 from sinklab.errors import SinklabInputError
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 _LAZY = {
     "ExplainResult": "sinklab.measure.probes",
     "Observer": "sinklab.measure",

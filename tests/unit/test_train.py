@@ -21,6 +21,9 @@ from sinklab.remove.train import (
     _metric_sequences,
     _scan_metrics,
     build_model,
+    heldout_batches,
+    metric_offsets,
+    place,
     train,
 )
 
@@ -159,27 +162,46 @@ def documents_corpus(tmp_path_factory):
     return str(root / "built")
 
 
-def test_metric_windows_documents_are_held_out_document_starts(documents_corpus):
+def test_metric_windows_documents_are_held_out_document_starts_spread_over_the_split(documents_corpus):
     """--metric-windows documents: Gu et al.'s probe, the first 64 tokens of held-out documents (BOS first under
-    --bos always); stream: consecutive windows of the held-out stream, as before."""
+    --bos always); stream: windows of the held-out stream. Both are spread evenly over the split, the last one in its
+    last part: a corpus is stored source by source, and the first documents would all be its first source's."""
     from sinklab.data.train_corpus import load_corpus
 
     corpus = load_corpus(documents_corpus)
     val = np.asarray(corpus.val)
     ends = np.flatnonzero(val == corpus.eos_token_id)
     starts = [s for s, e in zip([0, *(ends[:-1] + 1)], ends, strict=True) if e - s >= METRIC_LEN - 1]
-    assert len(starts) >= 4
+    assert len(starts) >= 8
     cfg = TrainConfig(preset="tiny", corpus=documents_corpus, metric_windows="documents", metric_seqs=4)
     ids = _metric_sequences(cfg.resolved(), corpus, [corpus.bos_token_id])
     assert ids.shape == (4, METRIC_LEN) and (ids[:, 0] == corpus.bos_token_id).all()
-    for row, start in zip(ids[:, 1:].numpy(), starts, strict=False):
+    step = len(starts) / 4
+    chosen = [starts[int(i * step)] for i in range(4)]
+    for row, start in zip(ids[:, 1:].numpy(), chosen, strict=True):
         assert np.array_equal(row, val[start : start + METRIC_LEN - 1])
+    assert chosen[-1] >= starts[len(starts) * 3 // 4] and metric_offsets(cfg).tolist() == chosen
     assert corpus.load_tokenizer().decode(ids[0, 1:10].tolist()).startswith("Document")
     stream = _metric_sequences(replace(cfg, metric_windows="stream").resolved(), corpus, [])
-    assert np.array_equal(stream.flatten().numpy(), val[: 4 * METRIC_LEN])
+    windows = len(val) // METRIC_LEN
+    expected = [val[w * METRIC_LEN : (w + 1) * METRIC_LEN] for w in (i * windows // 4 for i in range(4))]
+    assert np.array_equal(stream.numpy(), np.stack(expected))
     too_many = replace(cfg, metric_seqs=len(starts) + 1).resolved()
     with pytest.raises(SinklabInputError, match=f"held-out split has {len(starts)} documents of at least 63 tokens"):
         _metric_sequences(too_many, corpus, [corpus.bos_token_id])
+
+
+def test_place_spreads_over_the_range_evenly_or_takes_the_first_and_refuses_others():
+    assert place(4, 10).tolist() == [0, 2, 5, 7] and place(3, 3).tolist() == [0, 1, 2]
+    assert place(4, 10, "first").tolist() == [0, 1, 2, 3]  # what sinklab up to 0.2.1 measured
+    assert place(5, 2).tolist() == place(5, 2, "first").tolist() == [0, 1, 0, 1, 0]  # more than there are: in turn
+    picked = place(100, 98_765)
+    assert len(set(picked.tolist())) == 100 and np.diff(picked).max() - np.diff(picked).min() <= 1
+    with pytest.raises(SinklabInputError, match="unknown placement 'last'; accepted: spread, first"):
+        place(4, 10, "last")
+    val = Batches(np.arange(1000 * 8), 8, [], seed=0)  # 1000 windows of 8 tokens
+    windows = torch.cat(list(heldout_batches(val, eval_batches=2, batch_size=5)))[:, 0] // 8  # [10]
+    assert windows.tolist() == list(range(0, 1000, 100))  # the validation loss reads the whole split
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from sinklab.data.train_corpus import (
     load_corpus,
     man_to_text,
     pack_corpus,
+    source_spans,
     split_document,
 )
 from sinklab.errors import SinklabInputError
@@ -60,6 +62,27 @@ def test_build_writes_uint16_splits_meta_and_tokenizer(user_corpus):
     assert np.array_equal(corpus.train, train) and corpus.vocab_size == 263
     tok = corpus.load_tokenizer()
     assert tok.decode(corpus.val[:9].tolist()).startswith("Document")
+
+
+def test_source_spans_say_where_each_source_lies_in_a_split(user_corpus):
+    """meta.json counts each source's tokens per split; the spans they give tile the split, and every document in a
+    span is that source's (the user documents start with 'Document'; pydoc's topics do not)."""
+    path, meta = user_corpus
+    tok = load_corpus(path).load_tokenizer()
+    for split in ("train", "val"):
+        tokens = np.fromfile(path / f"{split}.bin", dtype=np.uint16)
+        spans = source_spans(meta, split)
+        assert spans[0][1] == 0 and spans[-1][2] == tokens.size
+        assert all(a[2] == b[1] for a, b in itertools.pairwise(spans))
+        for name, start, end in spans:
+            ends = np.flatnonzero(tokens[start:end] == meta["eos_token_id"]) + start
+            assert ends[-1] == end - 1  # a span ends with its source's last document
+            for doc_start in np.concatenate([[start], ends[:-1] + 1]):
+                assert tok.decode(tokens[doc_start : doc_start + 9].tolist()).startswith("Document") == (name == "user")
+    assert sum(e - s for _, s, e in source_spans(meta, "val")) == meta["tokens"]["val"]
+    old = {**meta, "sources": {k: {"tokens": v["tokens"]} for k, v in meta["sources"].items()}}
+    with pytest.raises(SinklabInputError, match="no per-source split counts"):
+        source_spans(old, "val")
 
 
 def test_build_is_deterministic(user_corpus, tmp_path):

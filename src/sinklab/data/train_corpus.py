@@ -420,6 +420,7 @@ def build_corpus(
                 entry["documents"] = entry.get("documents", 0) + 1
                 entry["chars"] = entry.get("chars", 0) + len(text)
                 entry["tokens"] = entry.get("tokens", 0) + len(doc) + 1
+                entry[f"{split}_tokens"] = entry.get(f"{split}_tokens", 0) + len(doc) + 1  # see source_spans
             progress.advance(bar, len(batch))
     for split, parts in splits.items():
         if not parts:
@@ -448,6 +449,20 @@ def build_corpus(
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
     return meta
+
+
+def source_spans(meta: dict, split: str) -> list[tuple[str, int, int]]:
+    """``(source, start, end)``: where each source's documents lie in a split's token stream. Documents are stored
+    source by source, so each source is one contiguous span (from the per-source ``train_tokens``/``val_tokens``
+    that :func:`build_corpus` records in ``meta.json``)."""
+    if not any("train_tokens" in entry or "val_tokens" in entry for entry in meta["sources"].values()):
+        raise SinklabInputError("this corpus's meta.json has no per-source split counts (built before sinklab 0.3)")
+    spans, start = [], 0
+    for name, entry in meta["sources"].items():
+        if tokens := entry.get(f"{split}_tokens", 0):
+            spans.append((name, start, start + tokens))
+            start += tokens
+    return spans
 
 
 def _sha256(path: Path) -> str:

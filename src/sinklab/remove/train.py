@@ -325,14 +325,28 @@ def _scan_metrics(model: nn.Module, tokenizer, ids: torch.Tensor, eps: float) ->
     }
 
 
+Placement = Literal["spread", "first"]
+
+
+def place(n: int, total: int, placement: Placement = "spread") -> np.ndarray:
+    """``n`` indices into ``range(total)``: ``spread`` covers it evenly, ``floor(i * total / n)`` (systematic
+    sampling), ``first`` takes its first ones (sinklab up to 0.2.1); both take all of it, cyclically, when
+    ``n >= total``. A corpus is stored source by source, so the first held-out windows or documents all come from its
+    first sources; spread ones come from every source in proportion to its size."""
+    if placement not in ("spread", "first"):
+        raise SinklabInputError(f"unknown placement {placement!r}; accepted: spread, first")
+    return np.arange(n) % total if n >= total or placement == "first" else np.arange(n) * total // n
+
+
 def heldout_batches(val: Batches, eval_batches: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """The held-out windows of one evaluation, in chunks of the per-process ``batch_size``: ``eval_batches`` batches
-    of the *global* batch (``batch_size`` x world size under torchrun), so N processes at batch b evaluate exactly
-    what one process at batch N * b does (every chunk has as many predicted tokens, so the mean of chunk means is
-    that process's mean)."""
+    """The held-out windows of one evaluation (spread over the split by ``place``), in chunks of the per-process
+    ``batch_size``: ``eval_batches`` batches of the *global* batch (``batch_size`` x world size under torchrun), so
+    N processes at batch b evaluate exactly what one process at batch N * b does (every chunk has as many predicted
+    tokens, so the mean of chunk means is that process's mean)."""
     world = _distributed()[1]
+    windows = place(eval_batches * world * batch_size, val.windows)
     for i in range(eval_batches * world):
-        yield val.take(np.arange(i * batch_size, (i + 1) * batch_size) % val.windows)  # [batch_size, T]
+        yield val.take(windows[i * batch_size : (i + 1) * batch_size])  # [batch_size, T]
 
 
 @torch.no_grad()
@@ -391,35 +405,54 @@ def _train_subset(tokens: np.ndarray, config: TrainConfig, body: int, world: int
     return tokens[:n]
 
 
-def metric_ids(config: TrainConfig) -> torch.Tensor:
+def metric_ids(config: TrainConfig, placement: Placement = "spread") -> torch.Tensor:
     """The held-out sequences of T=64 every evaluation measures Sink_1 on ([metric_seqs, 64], prefix included):
-    what a checkpoint is scanned on to compare with the history row of its step."""
+    what a checkpoint is scanned on to compare with the history row of its step. ``placement="first"`` gives the
+    split's first ones instead, what sinklab up to 0.2.1 measured (``benchmarks/sink_probe.py`` compares them)."""
     config = config.resolved()
     corpus = _load_data(config)
-    return _metric_sequences(config, corpus, _prefix(config, corpus, corpus.vocab_size + int(config.sink_token)))
+    prefix = _prefix(config, corpus, corpus.vocab_size + int(config.sink_token))
+    return _metric_sequences(config, corpus, prefix, placement)
 
 
-def _metric_sequences(config: TrainConfig, corpus, prefix: list[int]) -> torch.Tensor:
-    """[metric_seqs, 64]: ``prefix`` and then consecutive windows of the held-out stream (``stream``) or the first
-    tokens of held-out documents of at least that length (``documents``; documents end with EOS)."""
+def metric_offsets(config: TrainConfig, placement: Placement = "spread") -> np.ndarray:
+    """[metric_seqs] where each of ``metric_ids``'s sequences starts in the held-out token stream (after the
+    prefix): with ``train_corpus.source_spans`` it says which source each probe sequence comes from."""
+    config = config.resolved()
+    corpus = _load_data(config)
+    prefix = _prefix(config, corpus, corpus.vocab_size + int(config.sink_token))
+    return _metric_starts(config, corpus, METRIC_LEN - len(prefix), placement)
+
+
+def _metric_sequences(config: TrainConfig, corpus, prefix: list[int], placement: Placement = "spread") -> torch.Tensor:
+    """[metric_seqs, 64]: ``prefix`` and then the held-out tokens at ``_metric_starts``."""
     body = METRIC_LEN - len(prefix)
+    starts = _metric_starts(config, corpus, body, placement)
+    tokens = np.concatenate([np.asarray(corpus.val[s : s + body]) for s in starts])
+    return Batches(tokens, body, prefix, config.seed).take(np.arange(len(starts)))
+
+
+def _metric_starts(config: TrainConfig, corpus, body: int, placement: Placement) -> np.ndarray:
+    """Offsets of the ``metric_seqs`` probe sequences of ``body`` tokens in the held-out stream: windows of it
+    (``stream``) or the starts of held-out documents of at least ``body`` tokens (``documents``; documents end with
+    EOS), placed over the split by ``place``."""
+    if config.metric_windows == "stream":
+        windows = len(corpus.val) // body
+        if windows < 1:
+            raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {METRIC_LEN}")
+        return place(config.metric_seqs, windows, placement) * body
+    if corpus.eos_token_id is None:
+        raise SinklabInputError("--metric-windows documents needs a corpus whose documents end with EOS")
     tokens = np.asarray(corpus.val)
-    if config.metric_windows == "documents":
-        if corpus.eos_token_id is None:
-            raise SinklabInputError("--metric-windows documents needs a corpus whose documents end with EOS")
-        ends = np.flatnonzero(tokens == corpus.eos_token_id)
-        starts = np.concatenate([[0], ends[:-1] + 1])
-        starts = starts[ends - starts >= body]
-        if len(starts) < config.metric_seqs:
-            raise SinklabInputError(
-                f"--metric-windows documents: the held-out split has {len(starts)} documents of at least {body} "
-                f"tokens, {config.metric_seqs} are measured; use --metric-windows stream or a larger corpus"
-            )
-        tokens = np.concatenate([tokens[s : s + body] for s in starts[: config.metric_seqs]])
-    metric = Batches(tokens, body, prefix, config.seed)
-    if metric.windows < 1:
-        raise SinklabInputError(f"held-out split has {len(corpus.val)} tokens; need at least {METRIC_LEN}")
-    return metric.take(np.arange(config.metric_seqs) % metric.windows)
+    ends = np.flatnonzero(tokens == corpus.eos_token_id)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    starts = starts[ends - starts >= body]
+    if len(starts) < config.metric_seqs:
+        raise SinklabInputError(
+            f"--metric-windows documents: the held-out split has {len(starts)} documents of at least {body} "
+            f"tokens, {config.metric_seqs} are measured; use --metric-windows stream or a larger corpus"
+        )
+    return starts[place(config.metric_seqs, len(starts), placement)]
 
 
 def emergence(history: list[dict], thresholds: tuple[float, ...] = (0.05, 0.10)) -> dict[str, int | None]:
