@@ -248,7 +248,12 @@ def plot(rows: list[dict], path: Path, window: int) -> None:
 
 
 def _resumed(previous: dict, fresh: dict, parser: argparse.ArgumentParser) -> dict:
-    """The previous record with this call's provenance, if it was made with the same budget; else a usage error."""
+    """The previous record with this call's provenance, if it was made with the same budget and sinklab version (two
+    versions may measure differently: one table never mixes them); else a usage error."""
+    made, now = previous["provenance"].get("sinklab"), fresh["provenance"]["sinklab"]
+    if made != now:
+        parser.error(f"--resume: the record was made with sinklab {made}, this is {now} (the two may measure "
+                     "differently); accepted: a record of the same version, or a new --out")  # fmt: skip
     for key in ("preset", "steps", "window", "corpus"):
         if previous.get(key) != fresh[key]:
             parser.error(f"--resume: {key} {fresh[key]!r} differs from the record's {previous.get(key)!r}; accepted: "

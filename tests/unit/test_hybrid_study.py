@@ -94,6 +94,12 @@ def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tm
         study.main(["--preset", "tiny", "--steps", "3", "--runs", "sliding", "--out", str(out), "--resume"])
     assert exit_info.value.code == 2
     assert "--resume: steps 3 differs from the record's 2" in capsys.readouterr().err
+    older = json.loads(out.read_text())
+    older["provenance"]["sinklab"] = "0.2.1"
+    out.write_text(json.dumps(older))
+    with pytest.raises(SystemExit):
+        study.main([*base, "--seeds", "0", "1", "2", "--resume"])
+    assert "--resume: the record was made with sinklab 0.2.1, this is" in capsys.readouterr().err
 
 
 def test_compiled_runs_train_the_same_hybrid(study, tmp_path):
