@@ -9,17 +9,17 @@
     python benchmarks/gu_study.py --preset gu60m --bos never --min-lr-ratio 1 --metric-windows documents ...
                                                               # Gu et al.'s own recipe and probe
 
-Gu et al. ("When Attention Sink Emerges in Language Models", 2024) pre-trained 60M LLaMA models with a fixed
-number of steps and measured Sink_1^0.3 at T=64 as training went on; with less unique data (repeated to fill the
-same steps) the sink barely formed. The plan here: every ``--variants`` x ``--seeds`` on the full corpus, plus
-softmax seed 0 on the first N training tokens for every smaller ``--sizes`` entry (the full-size softmax seed 0 is
-shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run is one
-``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt`` beside
-it); up to ``--parallel`` share each of ``--gpus`` GPUs (every visible one by default; a run sees only its own), the
-runs named by ``--first`` and then the slowest variants start first, and a run whose train.json exists is skipped,
-so the study resumes where a stopped one left off (a train.json of another sinklab version is moved aside and its
-run trained again: versions may measure differently). After every finished run the study JSON (``--out``) and its
-plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
+Gu et al. ("When Attention Sink Emerges in Language Models", 2024) pre-trained 60M LLaMA models with a fixed number
+of steps and measured Sink_1^0.3 at T=64 as training went on; with less unique data (repeated to fill the same
+steps) the sink barely formed. The plan here: every ``--variants`` x ``--seeds`` on the full corpus, plus softmax
+seed 0 on N training tokens (whole windows spread over the split) for every smaller ``--sizes`` entry (the full-size
+softmax seed 0 is shared by both lists and is the one run that saves ``--checkpoint-steps`` checkpoints). Every run
+is one ``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.json`` (its output in ``log.txt``
+beside it); up to ``--parallel`` share each of ``--gpus`` GPUs (every visible one by default; a run sees only its
+own), the runs named by ``--first`` and then the slowest variants start first, and a run whose train.json exists is
+skipped, so the study resumes where a stopped one left off (a train.json of another sinklab version is moved aside
+and its run trained again: versions may measure differently). After every finished run the study JSON (``--out``)
+and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
 ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
 numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
 """

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from sinklab.errors import SinklabInputError
-from sinklab.remove.train import TrainConfig, emergence, metric_ids, train
+from sinklab.remove.train import TrainConfig, _train_subset, emergence, metric_ids, train
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -20,15 +20,24 @@ pytestmark = pytest.mark.xdist_group("train")
 def test_unique_tokens_limit_the_windows_and_count_epochs_over_the_subset():
     result = train(TrainConfig(preset="tiny", steps=6, eval_every=6, unique_tokens=1000, quant_eval=False,
                                max_epochs=10))  # fmt: skip
-    windows = 1000 // 63  # 15 windows, 6 steps x 8 sequences = 48 sequences
-    assert result.final["unique_tokens"] == 1000
+    windows = 1000 // 63  # 15 whole windows (945 tokens), 6 steps x 8 sequences = 48 sequences
+    assert result.final["unique_tokens"] == 945
     assert result.final["epochs"] == pytest.approx(48 / windows)
     # the same steps over the whole split are a fraction of an epoch
     full = train(TrainConfig(preset="tiny", steps=2, eval_every=2, quant_eval=False))
     assert full.final["unique_tokens"] > 400_000 and full.final["epochs"] < 0.01
     # max_epochs counts epochs over the subset: 48 sequences over 15 windows is 3.2 epochs > 2
-    with pytest.raises(SinklabInputError, match=r"--unique-tokens gives 1,000 \(3.20 epochs, max_epochs=2\)"):
+    with pytest.raises(SinklabInputError, match=r"--unique-tokens gives 945 \(3.20 epochs, max_epochs=2\)"):
         train(TrainConfig(preset="tiny", steps=6, unique_tokens=1000))
+
+
+def test_unique_tokens_are_whole_windows_spread_over_the_split():
+    """The subset takes windows from the whole training split (every source of a corpus stored source by source),
+    not its first tokens (its first sources only, up to 0.2.1)."""
+    config = TrainConfig(preset="tiny", unique_tokens=10 * 63 + 5).resolved()
+    subset = _train_subset(np.arange(100 * 63), config, body=63, world=1)
+    assert subset.size == 10 * 63 and subset[::63].tolist() == [w * 63 for w in range(0, 100, 10)]
+    assert np.array_equal(subset[63:126], np.arange(10 * 63, 11 * 63))  # whole windows
 
 
 @pytest.mark.parametrize(
@@ -66,7 +75,7 @@ def test_cli_refuses_a_subset_out_of_range_in_one_line(tmp_path):
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     record = json.loads((ok / "train.json").read_text())
-    assert record["final"]["unique_tokens"] == 2000
+    assert record["final"]["unique_tokens"] == 2000 // 63 * 63  # whole windows
     assert record["config"]["checkpoint_steps"] == [3]
     assert [row["step"] for row in record["history"]] == [0, 2, 3, 4]  # a checkpoint step is evaluated too
     assert (ok / "checkpoints" / "step-3" / "model.safetensors").exists()

@@ -33,7 +33,10 @@ def train_command(
     eval_every: int = typer.Option(None, help="evaluate every K steps (default: the preset's)"),
     max_epochs: float = typer.Option(2.0, help="refuse runs that pass over the training tokens more often"),
     unique_tokens: int = typer.Option(
-        None, metavar="N", help="train on the first N tokens of the training split only (they repeat; default: all)"
+        None,
+        metavar="N",
+        help="train on N tokens of the training split only, whole windows spread evenly over it "
+        "(they repeat; default: all)",
     ),
     checkpoint_steps: str = typer.Option(
         None, metavar="S1,S2,...", help="save the model + tokenizer at these steps under OUT/checkpoints/step-S"

@@ -104,7 +104,7 @@ class TrainConfig:
     metric_windows: Literal["stream", "documents"] = "stream"
     eps: float = 0.3
     max_epochs: float = 2.0  # refuse runs that would pass over the training tokens more often than this
-    unique_tokens: int | None = None  # train on the first N tokens of the training split only (Gu et al.'s data sweep)
+    unique_tokens: int | None = None  # train on N tokens of the training split only, spread over it (Gu's data sweep)
     checkpoint_steps: tuple[int, ...] = ()  # save the model (+ tokenizer) at these steps under out/checkpoints/
     quant_eval: bool = True
     compile: bool = False  # torch.compile the training steps (evaluations, checkpoints and scans use the plain module)
@@ -387,8 +387,10 @@ def quantized_perplexity(model: nn.Module, val: Batches, config: TrainConfig) ->
 
 
 def _train_subset(tokens: np.ndarray, config: TrainConfig, body: int, world: int) -> np.ndarray:
-    """The first ``config.unique_tokens`` tokens of the training split (all of it when None), checked to hold at
-    least one step's batch of windows (every process's) and no more than the split."""
+    """``config.unique_tokens // body`` whole windows of the training split (all of it when None), spread evenly over
+    it by ``place`` so that every source is in the subset in proportion to its size (up to 0.2.1: the split's first
+    tokens, its first sources only); checked to hold at least one step's batch of windows (every process's) and no
+    more than the split."""
     n = config.unique_tokens
     if n is None:
         return tokens
@@ -402,7 +404,8 @@ def _train_subset(tokens: np.ndarray, config: TrainConfig, body: int, world: int
             f"--unique-tokens {n:,} is less than one batch: {config.batch_size * world} windows of {body} tokens "
             f"need {least:,}"
         )
-    return tokens[:n]
+    windows = place(n // body, len(tokens) // body)  # [n // body] window indices of the split
+    return np.concatenate([tokens[w * body : (w + 1) * body] for w in windows])
 
 
 def metric_ids(config: TrainConfig, placement: Placement = "spread") -> torch.Tensor:
