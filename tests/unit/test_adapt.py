@@ -3,6 +3,7 @@ and loads back bit-identically; the teacher is the same weights with the variant
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -38,7 +39,8 @@ def test_tiny_run_learns_and_measures_every_metric(tmp_path):
     result = adapt(config, model, tok)
     first, last = result.history[0], result.history[-1]
     assert [row["step"] for row in result.history] == [0, 4, 8, 12, 16]
-    assert first["kl"] > 0.05 and last["kl"] < 0.5 * first["kl"]  # learns: the KL to the original falls
+    kls = [row["kl"] for row in result.history]  # held-out windows spread over the text (0.3.0)
+    assert first["kl"] > 0.05 and all(b < a for a, b in itertools.pairwise(kls)) and last["kl"] < 0.7 * first["kl"]
     streaming = ("ppl_window", "ppl_sinks")  # softpick normalises rows its own way: no parallel streaming metric
     for row in (result.before, *result.history):
         for key in METRICS:

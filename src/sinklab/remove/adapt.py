@@ -54,7 +54,15 @@ from sinklab.errors import SinklabInputError
 from sinklab.hf.site import ModelSites, sites
 from sinklab.method import Method
 from sinklab.ops.stats import StatsRequest
-from sinklab.remove.train import Batches, LoopResult, _autocast, _distributed, heldout_batches, training_loop
+from sinklab.remove.train import (
+    Batches,
+    LoopResult,
+    _autocast,
+    _distributed,
+    heldout_batches,
+    place,
+    training_loop,
+)
 from sinklab.remove.variant import CONFIG_KEY, PREFIX, patch, patch_variants
 
 TRAINABLE = ("variant", "lora", "attention", "all")
@@ -532,8 +540,8 @@ def _data(config: AdaptConfig, tokenizer, vocab_size: int, max_positions: int | 
     return _Data(
         data,
         val,
-        short.take(np.arange(config.eval_seqs)),
-        long.take(np.arange(config.long_seqs)),
+        short.take(place(config.eval_seqs, short.windows)),  # spread over the held-out text, as train's probes
+        long.take(place(config.long_seqs, long.windows)),
         {**source, "bos": config.bos, "prefix": prefix},
     )
 
