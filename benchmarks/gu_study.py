@@ -45,7 +45,7 @@ from train_study import _hardware, _impl
 
 import sinklab
 from sinklab.provenance import run_provenance
-from sinklab.remove.train import TrainConfig, emergence, metric_ids
+from sinklab.remove.train import TrainConfig, emergence, metric_ids, place
 
 # Seconds per step against the softmax baseline, measured on the H200 (train-study-h200.json: each run alone at the
 # small preset; gu60m-h200.json: gated 1.10, sigmoid 1.05 at gu60m): the slower runs start first, and --finish-by
@@ -232,9 +232,28 @@ def _summary(table: list[dict]) -> dict:
     }
 
 
-def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
+def _explain_summary(probes: dict) -> dict:
+    """What ``sinklab explain`` found on a checkpoint, in brief: its Sink_1 and loss, and each intervention's loss
+    change and Sink_1 after it (the whole record is ``<run>/explain-step-N.json``)."""
+    return {
+        "sink_rate": probes["baseline"]["sink_rate"],
+        "loss": probes["baseline"].get("loss"),
+        "interventions": {
+            probe: {
+                name: {"loss_delta": effect.get("loss_delta"), "sink_rate": effect["sink_rate"]}
+                for name, effect in section["interventions"].items()
+                if isinstance(effect, dict) and "sink_rate" in effect and name != "baseline"
+            }
+            for probe, section in probes["probes"].items()
+        },
+        "not_applicable": probes["not_applicable"],
+    }
+
+
+def _checkpoints(run: dict, record: dict, cache: dict, directory: Path, explain_seqs: int = 0) -> list[dict]:
     """Each saved checkpoint loaded through sinklab.load and scanned on the training's held-out T=64 sequences,
-    beside the history row of its step."""
+    beside the history row of its step; with ``explain_seqs``, ``sinklab explain``'s probes on that many of them
+    (spread), saved in the run's ``directory`` beside its train.json, so they travel back without the checkpoint."""
     from sinklab.models import resolve_device
 
     out = []
@@ -245,6 +264,7 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
         ids, device = metric_ids(config), resolve_device(config.device)
     for checkpoint in checkpoints:
         path = checkpoint["path"]
+        explained = directory / f"explain-step-{checkpoint['step']}.json"
         if checkpoint not in here:
             cache.setdefault(path, None)
         elif path not in cache:
@@ -254,6 +274,13 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
                 progress=False,
             )  # fmt: skip
             cache[path] = {"sink_rate": scanned.sink_rate, "max_activation": float(scanned.layer_max_abs.max())}
+            if explain_seqs and not explained.exists():
+                probes = sinklab.explain(
+                    model, tokenizer, ids[place(explain_seqs, len(ids))], eps=config.eps, num_texts=None,
+                    max_tokens=ids.shape[1], bos="never", progress=False,
+                    model_name=f"{run['name']} step {checkpoint['step']}",
+                ).to_dict()  # fmt: skip
+                explained.write_text(json.dumps(probes, indent=1) + "\n")
             del model
         history = next(row for row in record["history"] if row["step"] == checkpoint["step"])
         scan_row, train_row = cache[path], {k: history[k] for k in ("sink_rate", "max_activation")}
@@ -268,6 +295,7 @@ def _checkpoints(run: dict, record: dict, cache: dict) -> list[dict]:
             "max_activation_abs_diff": (
                 None if scan_row is None else abs(scan_row["max_activation"] - train_row["max_activation"])
             ),
+            "explain": _explain_summary(json.loads(explained.read_text())) if explained.exists() else None,
         })  # fmt: skip
     return out
 
@@ -297,7 +325,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
             **{k: [row[k] for row in history] for k in keys},
         })  # fmt: skip
         if run["checkpoints"]:
-            checkpoints += _checkpoints(run, result, cache)
+            checkpoints += _checkpoints(run, result, cache, work / run["name"], args.explain_checkpoints)
         if run["variant"] == "softmax" and run["seed"] == 0 and run["steps"] == base["plan"]["steps"]:
             row = table[-1]
             data_size.append({
@@ -561,6 +589,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--first", nargs="+", default=[], metavar="RUN", help="start these runs first, in this "
                         "order (a lease that may end early: the baseline seeds before the variants)")  # fmt: skip
+    parser.add_argument("--explain-checkpoints", type=int, default=0, metavar="N", help="run sinklab explain's "
+                        "probes on each checkpoint, on N of the held-out probe sequences (0: none)")  # fmt: skip
     parser.add_argument("--aggregate-only", action="store_true", help="run nothing; rebuild JSON and plot")
     args = parser.parse_args(argv)
     if args.parallel < 1:

@@ -136,6 +136,6 @@ watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until th
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     cp "$work"/gu-study.json "$work"/gu-study.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
-    (cd "$work" && tar czf "$OUT"/runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt 2>/dev/null)
+    (cd "$work" && tar czf "$OUT"/runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt */explain-step-*.json 2>/dev/null)
     grep -av Loading "$work"/orchestrator.log | tail -8
 }

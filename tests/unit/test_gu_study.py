@@ -93,7 +93,7 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
     work, out = tmp_path / "gu", tmp_path / "gu-study.json"
     argv = ["--preset", "tiny", "--steps", "4", "--eval-every", "2", "--work", str(work), "--parallel", "2",
             "--variants", "softmax", "gated", "--seeds", "0", "1", "--sizes", "2000", "full",
-            "--checkpoint-steps", "1,4", "--out", str(out)]  # fmt: skip
+            "--checkpoint-steps", "1,4", "--explain-checkpoints", "2", "--out", str(out)]  # fmt: skip
     record = study.main(argv)
     printed = capsys.readouterr().out
     assert "started gated-s0" in printed and "finished softmax-2k-s0" in printed
@@ -123,15 +123,22 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
         assert Path(checkpoint["path"]).is_dir()
         assert checkpoint["sink_rate_equal"], checkpoint
         assert checkpoint["scan"]["max_activation"] == pytest.approx(checkpoint["history"]["max_activation"], rel=1e-4)
+        explained = checkpoint["explain"]  # sinklab explain on the checkpoint, its record beside train.json
+        assert set(explained["interventions"]) == {"noop", "outlier", "bias", "anchor", "emergence"}
+        assert 0 <= explained["sink_rate"] <= 1 and explained["not_applicable"] == {}
+        assert "zero_sink" in explained["interventions"]["noop"]
+        whole = json.loads((work / "softmax-s0" / f"explain-step-{checkpoint['step']}.json").read_text())
+        assert whole["num_sequences"] == 2 and study._explain_summary(whole) == explained
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert (work / "gated-s1" / "log.txt").read_text().startswith(record["plan"]["runs"][1]["command"][0])
 
     # a second call runs nothing: every run's train.json exists
-    stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/train.json")}
+    records = [*work.glob("*/train.json"), *work.glob("*/explain-step-*.json")]  # not remade by a second call
+    stamps = {p: p.stat().st_mtime_ns for p in records}
     again = study.main(argv)
     printed = capsys.readouterr().out
     assert printed.count("skipped ") == 5 and "started" not in printed
-    assert {p: p.stat().st_mtime_ns for p in work.glob("*/train.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in records} == stamps
     assert again["table"] == record["table"]
 
 
