@@ -599,6 +599,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.gpus = visible if args.gpus is None else args.gpus
     if not 0 <= args.gpus <= visible:
         parser.error(f"--gpus {args.gpus}: this machine has {visible} visible GPUs; accepted: 0 to {visible}")
+    probe_seqs = TrainConfig(preset=args.preset).resolved().metric_seqs
+    if not 0 <= args.explain_checkpoints <= probe_seqs:
+        parser.error(f"--explain-checkpoints {args.explain_checkpoints}: the {args.preset} preset measures "
+                     f"{probe_seqs} probe sequences; accepted: 0 to {probe_seqs}")  # fmt: skip
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out or work / "gu-study.json")

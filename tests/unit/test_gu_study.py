@@ -192,6 +192,11 @@ def test_gpus_spread_the_runs_one_gpu_each_and_are_checked(study, tmp_path, caps
         study.main([*argv, "--gpus", "3"])
     assert exit_info.value.code == 2
     assert "--gpus 3: this machine has 2 visible GPUs; accepted: 0 to 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main([*argv, "--explain-checkpoints", "9"])
+    assert "--explain-checkpoints 9: the tiny preset measures 8 probe sequences; accepted: 0 to 8" in (
+        capsys.readouterr().err
+    )
 
 
 def test_first_starts_the_named_runs_first_and_refuses_unknown_names(study, tmp_path, capsys):
