@@ -364,6 +364,10 @@ def plot(record: dict, path: Path) -> None:
             groups.setdefault(curve["run"], []).append(curve)
     unfinished = [curve for curve in record["curves"] if curve.get("partial")]
     subsets = [curve for curve in record["curves"] if curve["name"] in sized and not curve.get("partial")]
+    singles = [  # one line each: a run the lease cut (its curve so far, dashed); the data-size runs (dotted)
+        *((c, "--", f"{c['name']} (unfinished at step {c['step'][-1]})") for c in unfinished),
+        *((c, ":", c["name"]) for c in subsets),
+    ]
     pub = record["published"]
     axes[0].axhline(100 * pub["sink_rate_60m_5b_tokens"], color="r", ls=":", label="Gu et al. 60M, 5B tokens")
     for ax, key, label in ((axes[0], "sink_rate", "Sink_1^0.3 at T=64 (%)"), (axes[1], "max_activation", "max |x|")):
@@ -376,17 +380,13 @@ def plot(record: dict, path: Path) -> None:
             seeds = f"mean of {len(curves)} seeds" if len(curves) > 1 else "1 seed"
             ax.plot(tokens, values.mean(0), color=color, label=f"{group} ({seeds})")
             ax.fill_between(tokens, values.min(0), values.max(0), color=color, alpha=0.2)
-        for j, curve in enumerate(unfinished):  # a run the lease cut: its curve so far, dashed
+        for j, (curve, style, name) in enumerate(singles, start=len(groups)):
             values = np.array(curve[key]) * (100 if key == "sink_rate" else 1)
-            ax.plot(curve["tokens"], values, "--", color=f"C{len(groups) + j}",
-                    label=f"{curve['name']} (unfinished at step {curve['step'][-1]})")  # fmt: skip
-        for j, curve in enumerate(subsets):  # the data-size runs: the same steps over fewer unique tokens
-            values = np.array(curve[key]) * (100 if key == "sink_rate" else 1)
-            ax.plot(curve["tokens"], values, ":", color=f"C{len(groups) + len(unfinished) + j}", label=curve["name"])
+            ax.plot(curve["tokens"], values, style, color=f"C{j}", label=name)
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if groups or unfinished or subsets or ax is axes[0]:
+        if groups or singles or ax is axes[0]:
             ax.legend()
     axes[0].set_title("Sink_1 during training (band: min-max over seeds)")
     axes[1].set_title("largest residual activation during training")

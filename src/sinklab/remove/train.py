@@ -404,8 +404,8 @@ def _train_subset(tokens: np.ndarray, config: TrainConfig, body: int, world: int
             f"--unique-tokens {n:,} is less than one batch: {config.batch_size * world} windows of {body} tokens "
             f"need {least:,}"
         )
-    windows = place(n // body, len(tokens) // body)  # [n // body] window indices of the split
-    return np.concatenate([tokens[w * body : (w + 1) * body] for w in windows])
+    windows = tokens[: len(tokens) // body * body].reshape(-1, body)  # [W, body] the split's windows
+    return windows[place(n // body, len(windows))].ravel()
 
 
 def metric_ids(config: TrainConfig, placement: Placement = "spread") -> torch.Tensor:
