@@ -47,11 +47,12 @@ bench: $(STAMP)
 train-corpus: $(STAMP)
 	$(PY) scripts/build_train_corpus.py --out data/train-corpus
 
-# every documentation package (scripts/build_train_corpus.py --help), deduplicated, in xz parts of 55 MiB that travel
-# one device call each (install_corpus in benchmarks/ship.sh joins them there)
+# every documentation package (scripts/build_train_corpus.py --help), deduplicated, in two xz parts of 31 MiB that
+# travel one device call each beside the working tree (scripts/lease_kit.sh; install_corpus in benchmarks/ship.sh
+# joins them there)
 train-corpus-large: $(STAMP)
 	nice -n 19 $(PY) scripts/build_train_corpus.py --packages all --out data/train-corpus-large \
-		--pack data/train-corpus-large.pack --part-mb 55
+		--pack data/train-corpus-large.pack --part-mb 31
 
 # the pre-training study on a GPU (H200: about 12 minutes, about 55 s a run)
 train-study: train-corpus

@@ -19,6 +19,7 @@ from sinklab.data.train_corpus import (
     build_corpus,
     clean_documents,
     debian_documents,
+    debian_versions,
     fetch_debian_docs,
     html_to_text,
     info_to_text,
@@ -171,6 +172,29 @@ def test_debian_documents_reads_markup_gzip_and_skips(tmp_path, monkeypatch):
     assert list(debian_documents(["fake-doc"])) == [("fake-doc:man1/fake.1.gz", man_to_text(page))]
     with pytest.raises(SinklabInputError, match="unknown documentation package"):
         list(debian_documents(["not-a-doc-package"]))
+
+
+def test_build_records_each_packages_version_from_its_deb(tmp_path, monkeypatch):
+    monkeypatch.setenv("SINKLAB_CACHE", str(tmp_path))
+    for package in ("fake-doc", "bare-doc"):
+        root = tmp_path / "debian-docs" / package / "usr/share/doc"
+        root.mkdir(parents=True)
+        for i in range(6):
+            (root / f"page{i}.txt").write_text(f"{package} {i}: " + "the first token collects attention. " * 40)
+        monkeypatch.setitem(DEBIAN_DOCS, package, DocPackage("usr/share/doc", (".txt",), "text"))
+    debs = tmp_path / "debian-docs" / "debs"
+    debs.mkdir()
+    (debs / "fake-doc_1%3a2.0-1+deb12u3_all.deb").touch()
+    assert debian_versions(["fake-doc", "bare-doc"]) == {"fake-doc": "1:2.0-1+deb12u3", "bare-doc": None}
+    (debs / "fake-doc_1%3a2.0-1_all.deb").touch()  # two: which one was unpacked is unknown
+    assert debian_versions(["fake-doc"]) == {"fake-doc": None}
+    (debs / "fake-doc_1%3a2.0-1_all.deb").unlink()
+    meta = build_corpus(
+        tmp_path / "built", packages=["fake-doc", "bare-doc"], tokenizer="byte", heldout=0.45, fetch=False
+    )
+    assert meta["sources"]["fake-doc"]["version"] == "1:2.0-1+deb12u3"
+    assert meta["sources"]["bare-doc"]["version"] is None and meta["sources"]["bare-doc"]["documents"] == 6
+    assert "version" not in meta["sources"]["pydoc_data.topics"]
 
 
 def test_clean_documents_drops_boilerplate_short_pages_and_duplicates():

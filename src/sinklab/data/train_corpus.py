@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -272,10 +273,27 @@ def fetch_debian_docs(packages: Sequence[str]) -> None:
         raise SinklabInputError(f"{', '.join(missing)} not fetched and no apt-get/dpkg-deb here; pass --no-debian")
     download = _docs_root() / "debs"
     download.mkdir(parents=True, exist_ok=True)
+    for package in missing:  # one .deb per package: the one unpacked below
+        for stale in download.glob(f"{package}_*.deb"):
+            stale.unlink()
     subprocess.run(["apt-get", "download", "-q", *missing], check=True, cwd=download, stdin=subprocess.DEVNULL)
     for package in missing:
-        deb = max(download.glob(f"{package}_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(_docs_root() / package)], check=True)
+        subprocess.run(["dpkg-deb", "-x", str(_deb_file(package)), str(_docs_root() / package)], check=True)
+
+
+def _deb_file(package: str) -> Path | None:
+    """The package's downloaded ``.deb``, or None when there is none or several (which one was unpacked is unknown:
+    file names do not sort as Debian versions do)."""
+    debs = list((_docs_root() / "debs").glob(f"{package}_*.deb"))
+    return debs[0] if len(debs) == 1 else None
+
+
+def debian_versions(packages: Sequence[str]) -> dict[str, str | None]:
+    """Each package's version, from the ``.deb`` that :func:`fetch_debian_docs` unpacked (``package_VERSION_all.deb``,
+    the epoch's ``:`` written ``%3a``); None where the cache holds the unpacked files but not one ``.deb``. Debian's
+    point and security updates change documentation packages, so a corpus records what it was built from."""
+    debs = {package: _deb_file(package) for package in packages}
+    return {p: deb and unquote(deb.name.removeprefix(f"{p}_").rsplit("_", 1)[0]) for p, deb in debs.items()}
 
 
 def read_document(path: Path, markup: str = "text") -> str:
@@ -406,6 +424,8 @@ def build_corpus(
     documents += [(f"user:{i}", text) for i, text in enumerate(read_texts(extra))] if extra else []
     documents += list(debian_documents(packages))
     documents, sources = clean_documents(documents)
+    for package, version in debian_versions(packages).items():
+        sources.setdefault(package, {})["version"] = version
     splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
     eos = [tok.eos_token_id]
     with Progress() as progress:
