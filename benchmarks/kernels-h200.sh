@@ -12,14 +12,16 @@ step() {  # step NAME CMD...: run CMD with what is left of BUDGET_S (default 560
     echo "== $1 ($left s left)"; shift
     timeout "$left" "$@" 2>&1 | grep -v '^{' | tail -70
 }
+# the old checkout's table: benchmarks/kernels.py before 0.3.0 (renamed, it shadowed the HF `kernels` package)
+AB_TABLE=$(ls "${AB:-.ab_old}"/benchmarks/time_kernels.py "${AB:-.ab_old}"/benchmarks/kernels.py 2>/dev/null | head -1)
 nvidia-smi --query-gpu=name,clocks.sm,temperature.gpu --format=csv,noheader
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
-step tune python3 benchmarks/kernels.py --tune --tune-only --out "$OUT/tune.json"
-step table python3 benchmarks/kernels.py --check --stats ${TABLE_FLAGS:---no-flex} --out "$OUT/kernels-h200.json" \
+step tune python3 benchmarks/time_kernels.py --tune --tune-only --out "$OUT/tune.json"
+step table python3 benchmarks/time_kernels.py --check --stats ${TABLE_FLAGS:---no-flex} --out "$OUT/kernels-h200.json" \
     --stats-out "$OUT/kernels-stats-h200.json"
 if [ -n "${AB:-}" ]; then  # the same table from the old code, its own tiles file (10 entries: no column-sum tiles)
     python3 -c "import json; d = json.load(open('$OUT/tiles.json')); json.dump({k: {**v, 'config': v['config'][:10]} for k, v in d.items()}, open('$OUT/tiles-old.json', 'w'))"
-    SINKLAB_TRITON_TILES=$OUT/tiles-old.json PYTHONPATH=$AB/src step before python3 "$AB/benchmarks/kernels.py" \
+    SINKLAB_TRITON_TILES=$OUT/tiles-old.json PYTHONPATH=$AB/src step before python3 "$AB_TABLE" \
         --no-flex --out "$OUT/kernels-h200-before.json"
 fi
 OMP_NUM_THREADS=2 step pytest python3 -m pytest tests/gpu -q -n 8 -p no:cacheprovider -k "${PYTEST_K:-}"

@@ -6,10 +6,12 @@ set -u
 RUNS=$(mktemp -d)  # per-run files (kept off $OUT: only kernels-ab.json comes back)
 export PYTHONUNBUFFERED=1
 AB=${AB:-.ab_old}
+# the old checkout's table: benchmarks/kernels.py before 0.3.0 (renamed, it shadowed the HF `kernels` package)
+AB_TABLE=$(ls "$AB"/benchmarks/time_kernels.py "$AB"/benchmarks/kernels.py 2>/dev/null | head -1)
 ARGS="--T ${T:-4096 16384} --D ${D:-64} --variants ${VARIANTS:-softmax} --no-flex"
 for i in $(seq 1 "${ROUNDS:-3}"); do
-    PYTHONPATH=$AB/src python3 "$AB/benchmarks/kernels.py" $ARGS --out "$RUNS/old-$i.json" 2>&1 | grep -v '^{' | tail -3
-    PYTHONPATH=src python3 benchmarks/kernels.py $ARGS --out "$RUNS/new-$i.json" 2>&1 | grep -v '^{' | tail -3
+    PYTHONPATH=$AB/src python3 "$AB_TABLE" $ARGS --out "$RUNS/old-$i.json" 2>&1 | grep -v '^{' | tail -3
+    PYTHONPATH=src python3 benchmarks/time_kernels.py $ARGS --out "$RUNS/new-$i.json" 2>&1 | grep -v '^{' | tail -3
 done
 python3 - "$RUNS" "$OUT" <<'PY'
 import glob, json, statistics, sys

@@ -4,7 +4,7 @@ and one backward per (variant, shape), for benchmarks/KERNELS_NOTES.md.
     python3 benchmarks/profile_kernels.py --out $OUT/kernels-ncu-h200.json
 
 One ``ncu`` process per (implementation, variant, shape) cell, so a failing cell loses only itself. ncu runs this
-script again as its child (``--child``): the child builds the inputs of benchmarks/kernels.py once, runs forward +
+script again as its child (``--child``): the child builds the inputs of benchmarks/time_kernels.py once, runs forward +
 backward twice outside the profiled range (Triton compiles there), then profiles exactly one forward and one
 backward between ``torch.cuda.profiler.start()`` and ``stop()`` (``--profile-from-start off``). ncu is always run
 with ``--clock-control none``: the card's clocks and settings are never touched. The metric list is filtered to the
@@ -255,7 +255,7 @@ def filter_metrics(wanted: list[str], known: set[str]) -> tuple[list[str], list[
 def child(variant: str, shape_name: str, impl_name: str, warm_only: bool = False) -> int:
     sys.path.insert(0, str(ROOT / "src"))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    import kernels  # benchmarks/kernels.py: the same shapes, inputs and implementations as the timed table
+    import time_kernels as kernels  # the same shapes, inputs and implementations as the timed table
     import torch
 
     impl = kernels.IMPLS[impl_name]

@@ -1,7 +1,7 @@
 """Shared checks of the Triton kernels (``sinklab.ops._triton.flash``) against the naive definitions
 (``sinklab.ops.attention(..., impl="naive")``, float64 on the CPU).
 
-Used natively on CUDA (tests/gpu/test_kernels.py, benchmarks/kernels.py --check) and under Triton's interpreter on
+Used natively on CUDA (tests/gpu/test_kernels.py, benchmarks/time_kernels.py --check) and under Triton's interpreter on
 the CPU (tests/unit/test_triton_interpret.py). Every check draws fresh random inputs, fills every buffer the
 kernels allocate with NaN first (so an element a kernel forgets to write shows up), and compares the output, every
 gradient and every statistic with the naive definition on the same inputs: relative error ||a - b|| / ||b||.

@@ -36,7 +36,7 @@ SHAPES = {
     # transformers' layout ([B, T, H, D] transposed) at the pre-training study's shape: clipped's backward read dO
     # with O's strides here and the study's clipped run diverged
     "bf16-d64-causal-bthd-256": dict(B=4, H=8, Hkv=8, T=256, S=256, D=64, dtype=torch.bfloat16, layout="bthd"),
-    # the shapes benchmarks/kernels.py --check uses (same compiled kernels as the timed ones)
+    # the shapes benchmarks/time_kernels.py --check uses (same compiled kernels as the timed ones)
     "bf16-d64-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=64, dtype=torch.bfloat16, causal=True),
     "bf16-d128-causal-2048": dict(B=1, H=8, Hkv=8, T=2048, S=2048, D=128, dtype=torch.bfloat16, causal=True),
     # Gu et al.'s 60M model: D = 96 runs zero-padded to 128

@@ -1,14 +1,22 @@
-"""House rules that hold for the whole package: no module is shadowed by a name its package exports, and importing
-sinklab changes nothing (no attention function registered, no backend chosen)."""
+"""House rules that hold for the whole package: no module is shadowed by a name its package exports, no script shadows
+a package its libraries import, and importing sinklab changes nothing (no attention function registered, no backend
+chosen)."""
 
 import gc
 import importlib
+import importlib.util
 import pkgutil
+import re
 import subprocess
 import sys
 import weakref
+from pathlib import Path
+
+import transformers.utils.import_utils
 
 import sinklab
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def modules() -> list[str]:
@@ -25,6 +33,24 @@ def test_no_module_is_shadowed():
         if getattr(sys.modules[parent], name) is not module:
             shadowed.append(full)
     assert not shadowed, f"a package attribute hides these modules: {shadowed}"
+
+
+def test_no_script_shadows_a_package():
+    """``python benchmarks/X.py`` puts ``benchmarks/`` first on ``sys.path``, so a script named like a package hides it
+    from every library in that process. benchmarks/kernels.py did that to the Hugging Face ``kernels`` package: on the
+    H200 (transformers 5.17) importing LlamaConfig imported it, and gu_study could not load a checkpoint."""
+    probed = set(
+        re.findall(r'_is_package_available\(\s*"([\w.]+)"', Path(transformers.utils.import_utils.__file__).read_text())
+    )
+    assert {"kernels", "peft", "accelerate"} <= probed  # what transformers looks for when it imports
+    clashes = []
+    for folder in ("benchmarks", "scripts", "tests/gpu"):
+        for script in sorted(p for p in (ROOT / folder).glob("*.py") if p.stem not in ("conftest", "__init__")):
+            spec = importlib.util.find_spec(script.stem)
+            installed = spec is not None and spec.origin is not None and Path(spec.origin).resolve() != script.resolve()
+            if script.stem in probed or installed:
+                clashes.append(f"{folder}/{script.name}")
+    assert not clashes, f"these scripts share a name with a package: {clashes}"
 
 
 def test_importing_sinklab_registers_nothing():

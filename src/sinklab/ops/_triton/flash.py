@@ -93,7 +93,7 @@ class Config:
     decode: Tiles = Tiles(16, 64, 4, 3)
 
 
-# The candidates of each pass (the first is the default), per head dim: the tune step of benchmarks/kernels.py
+# The candidates of each pass (the first is the default), per head dim: the tune step of benchmarks/time_kernels.py
 # times them on the device and pins the winners (``pin``, SINKLAB_TRITON_TILES). Register and spill figures of each,
 # compiled for sm_90: benchmarks/KERNELS_NOTES.md.
 _T = Tiles

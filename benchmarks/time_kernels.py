@@ -1,7 +1,7 @@
 """Every attention implementation with and without sinks on one GPU, in the same run: speed only after a
 correctness check against the fp32 reference.
 
-    PYTHONPATH=src python benchmarks/kernels.py --tune --check --stats --out benchmarks/results/kernels-h200.json
+    PYTHONPATH=src python benchmarks/time_kernels.py --tune --check --stats --out benchmarks/results/kernels-h200.json
 
 Implementations (``impl`` in the rows): ``sdpa-cudnn`` and ``sdpa-flash`` (torch SDPA pinned to its cuDNN / flash
 backend; ``sdpa`` the default dispatch, which is cuDNN on the H200), ``fa4`` and ``fa4-sink`` (FlashAttention-4's
@@ -541,7 +541,10 @@ def main() -> None:
         "flops": "4*B*H*D per visible (query, key) pair (T^2/2 causal, T_q*T_k otherwise); forward+backward 3.5x",
         "note": "one GPU, nothing else running on it; medians of CUDA-event timings (triton.testing.do_bench); "
         "forward timed under no_grad; every row checked against the fp32 reference first",
-        "provenance": {**run_provenance(seed=0), "command": "python benchmarks/kernels.py " + " ".join(sys.argv[1:])},
+        "provenance": {
+            **run_provenance(seed=0),
+            "command": "python benchmarks/time_kernels.py " + " ".join(sys.argv[1:]),
+        },
         "check": {},
         "tuned": {},
         "rows": [],
