@@ -304,6 +304,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
     work = Path(args.work)
     record = dict(base)
     table, curves, checkpoints, data_size, partial = [], [], [], [], []
+    checkpoint_errors: dict[str, str] = {}
     keys = ("step", "tokens", "sink_rate", "max_activation", "kurtosis", "val_loss")
     finished: dict[str, dict] = {}
     for run in runs:
@@ -325,7 +326,10 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
             **{k: [row[k] for row in history] for k in keys},
         })  # fmt: skip
         if run["checkpoints"]:
-            checkpoints += _checkpoints(run, result, cache, work / run["name"], args.explain_checkpoints)
+            try:  # the rescans need the checkpoints loaded back: a failure there must not cost the table
+                checkpoints += _checkpoints(run, result, cache, work / run["name"], args.explain_checkpoints)
+            except Exception as exc:
+                checkpoint_errors[run["name"]] = f"{type(exc).__name__}: {exc}"
         if run["variant"] == "softmax" and run["seed"] == 0 and run["steps"] == base["plan"]["steps"]:
             row = table[-1]
             data_size.append({
@@ -345,6 +349,7 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
         data_size=sorted(data_size, key=lambda row: row["unique_tokens"]),
         curves=curves,
         checkpoints=checkpoints,
+        checkpoint_errors=checkpoint_errors,
         partial=partial,
         finished=[row["name"] for row in table],
     )
@@ -677,7 +682,9 @@ def main(argv: list[str] | None = None) -> dict:
         "hardware": hardware,
         "summary": {g: {k: v["mean"] for k, v in s.items() if k != "seeds"} for g, s in record["summary"].items()},
         "data_size": [{k: p[k] for k in ("unique_tokens", "epochs", "sink_rate")} for p in record["data_size"]],
-        "checkpoints_match": all(c["sink_rate_equal"] for c in record["checkpoints"] if c["scan"] is not None),
+        "checkpoints_match": not record["checkpoint_errors"]
+        and all(c["sink_rate_equal"] for c in record["checkpoints"] if c["scan"] is not None),
+        "checkpoint_errors": record["checkpoint_errors"],
         "failed": failed,
         "missing": record["missing"],
     }

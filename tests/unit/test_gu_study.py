@@ -354,3 +354,24 @@ def test_the_full_size_data_point_comes_from_the_long_constant_lr_run(study, tmp
     long["config"]["min_lr_ratio"] = 0.1
     (work / "softmax-long-s0" / "train.json").write_text(json.dumps(long))
     assert study.main(argv)["data_size"] == []
+
+
+def test_a_failed_checkpoint_rescan_keeps_the_table_and_says_why(study, tmp_path, monkeypatch, capsys):
+    """On the H200 (0.3.0) loading a checkpoint back failed (a script shadowed a package transformers imports) and
+    the study wrote no record at all; now the table is written and the error named, and the summary says no match."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(BENCHMARKS / "results" / "gu60m-long-h200", work)
+
+    def broken(*_):
+        raise ModuleNotFoundError("Could not import module 'LlamaConfig'")
+
+    monkeypatch.setattr(study, "_checkpoints", broken)
+    record = study.main([*GU60M, *LONG, "--work", str(work), "--aggregate-only", "--out", str(tmp_path / "s.json")])
+    assert [row["name"] for row in record["table"]] == ["softmax-long-s0"] and record["checkpoints"] == []
+    assert record["checkpoint_errors"] == {
+        "softmax-long-s0": "ModuleNotFoundError: Could not import module 'LlamaConfig'"
+    }
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoints_match"] is False and summary["checkpoint_errors"] == record["checkpoint_errors"]
