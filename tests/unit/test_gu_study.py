@@ -309,13 +309,15 @@ DATA_SIZE = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--s
         ("gu60m-long-h200", None, LONG, ["softmax-s0"]),
         ("gu60m-1000-h200", None, ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"], ["softmax-s1"]),
         ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, []),
+        ("gu60m-v03-h200", None, [*LONG, "--variants", "gated", "sigmoid"], ["softmax-s0"]),
     ],
 )
 def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing):
     """The gu60m leases at sinklab 0.2.1 (all 100 probe sequences): the 8000-step baseline, the 1000-step variants
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
-    full-size point); their run records give the committed tables again, and the baseline's checkpoints rescanned
-    there to exactly its history."""
+    full-size point); at 0.3.0 (spread probes) the baseline and the variants' seed 0 again. Their run records give
+    the committed tables again, and the 0.2.1 baseline's checkpoints rescanned there to exactly its history (0.3.0's
+    were lost with the machine)."""
     import shutil
 
     results = BENCHMARKS / "results"
