@@ -422,7 +422,11 @@ def build_corpus(
         raise SinklabInputError(f"tokenizer has {vocab} tokens; uint16 files hold at most 65536")
     documents: list[tuple[str, str]] = [("pydoc_data.topics", embedded_corpus())]
     documents += [(f"user:{i}", text) for i, text in enumerate(read_texts(extra))] if extra else []
-    documents += list(debian_documents(packages))
+    with Progress() as progress:
+        bar = progress.add_task(f"reading {len(packages)} documentation packages", total=len(packages))
+        for package in packages:  # the markup extraction: most of a large build's time
+            documents += list(debian_documents([package]))
+            progress.advance(bar)
     documents, sources = clean_documents(documents)
     for package, version in debian_versions(packages).items():
         sources.setdefault(package, {})["version"] = version
