@@ -103,7 +103,9 @@ def test_parallel_quantized_policy_equals_token_by_token_decoding(name, policy):
     decoded = stream_nll(model, ids, policy, 3, 8)
     parallel = parallel_nll(model, ids, policy, 3, 8)
     assert parallel.extra["scored"] == "parallel"
-    assert abs(decoded.nll - parallel.nll).max() < 1e-4
+    # DESIGN.md's fp32 rule (relative norm). The quantization grid amplifies the two paths' fp32 summation-order
+    # differences: on one host dense differed by 1e-6 at most, int8-sinks by 1.2e-4 on one token (relative 4.4e-6)
+    assert_close(torch.from_numpy(parallel.nll), torch.from_numpy(decoded.nll), name=f"{name} {policy}")
     assert parallel.peak_bytes == decoded.peak_bytes
     if policy != "dense" and any(info.kind == "full" for info in ModelView(model).attention):  # Mistral: none
         dense = parallel_nll(model, ids, "dense", 3, 8)
