@@ -35,6 +35,27 @@ def assert_close(
     assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
 
 
+def _numbers(record: object, path: str = "") -> list[tuple[str, object]]:
+    """Every leaf of a nested JSON-like record as (path, value)."""
+    if isinstance(record, dict):
+        return [n for k, v in record.items() for n in _numbers(v, f"{path}.{k}")]
+    if isinstance(record, list):
+        return [n for i, v in enumerate(record) for n in _numbers(v, f"{path}[{i}]")]
+    return [(path, record)]
+
+
+def assert_same_record(actual: dict, expected: dict, rtol: float = TOLERANCE[torch.float32]) -> None:
+    """Two records (a ``to_dict()``, a parsed JSON) have the same keys and leaves: floats within ``rtol`` of
+    max(1, |expected|) (NaN equals NaN there), everything else (flags, counts, names, indices) exactly equal."""
+    a, b = _numbers(actual), _numbers(expected)
+    assert [p for p, _ in a] == [p for p, _ in b], "the records differ in their keys"
+    for (path, x), (_, y) in zip(a, b, strict=True):
+        if isinstance(x, float) and isinstance(y, float):
+            assert abs(x - y) <= rtol * max(1.0, abs(y)) or (x != x and y != y), f"{path}: {x!r} != {y!r}"
+        else:
+            assert x == y, f"{path}: {x!r} != {y!r}"
+
+
 def assert_refused(args: list[str], message: str, *watched: Path) -> None:
     """The bad-input contract for one CLI call: exit 2, one stderr line ``sinklab: error: ...`` containing
     ``message``, no traceback, and nothing new under the ``watched`` directories."""

@@ -25,6 +25,7 @@ from sinklab.measure.probes._common import (
 from sinklab.measure.probes.outlier import written
 from sinklab.models.tiny import tiny_bert, tiny_gemma3, tiny_llama
 from sinklab.ops.colsum import fused
+from sinklab.testing import assert_same_record
 
 BOS, D = 1, 16
 TEXT = ["The quick brown fox jumps over the lazy dog, and then it sleeps. " * 6]
@@ -252,15 +253,6 @@ def test_cli_bad_input_gives_one_line_and_no_output(tmp_path):
 # -- the fused fast path against its twin (the site's own attention with statistics) -----------------------------
 
 
-def _numbers(x, path=""):
-    """Every number of a nested probes.json section as (path, value)."""
-    if isinstance(x, dict):
-        return [n for k, v in x.items() for n in _numbers(v, f"{path}.{k}")]
-    if isinstance(x, list):
-        return [n for i, v in enumerate(x) for n in _numbers(v, f"{path}[{i}]")]
-    return [(path, x)]
-
-
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3, tiny_bert])
 def test_fused_explain_equals_its_twin(build):
     """Every number and flag of probes.json is the same with the fused path and with the site's chunked path
@@ -271,13 +263,7 @@ def test_fused_explain_equals_its_twin(build):
     slow = run(model, tok, "noop,outlier,bias,anchor,emergence", fused=False, **kw).to_dict()
     for key in ("seconds", "provenance"):
         fast.pop(key), slow.pop(key)
-    a, b = _numbers(fast), _numbers(slow)
-    assert [p for p, _ in a] == [p for p, _ in b]
-    for (path, x), (_, y) in zip(a, b, strict=True):
-        if isinstance(x, float) and isinstance(y, float):
-            assert abs(x - y) <= 1e-5 * max(1.0, abs(y)) or (x != x and y != y), path
-        else:
-            assert x == y, path
+    assert_same_record(fast, slow)
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_bert])

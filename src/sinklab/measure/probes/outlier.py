@@ -45,10 +45,10 @@ def written(
     post_attn = getattr(layer, "post_attention_layernorm", None)
     post_mlp = getattr(layer, "post_feedforward_layernorm", None)
     if post_mlp is not None and post_attn is not None:
-        dtype = next(layer.parameters()).dtype
+        weight = next(layer.parameters())  # the recorded writes are on the CPU, the block where the model is
         with torch.no_grad():
-            mlp = post_mlp(mlp.to(dtype)[None]).double()[0]
-            attn = None if attn is None else post_attn(attn.to(dtype)[None]).double()[0]
+            mlp = post_mlp(mlp.to(weight.device, weight.dtype)[None]).double()[0].cpu()
+            attn = None if attn is None else post_attn(attn.to(weight.device, weight.dtype)[None]).double()[0].cpu()
     if attn is None and before is not None:
         attn = after - before - mlp
     return attn, mlp
@@ -63,13 +63,12 @@ def down_proj_contributions(mlp: nn.Module, x: torch.Tensor, dims: list[int], to
     if any(p is None for p in parts):
         return []
     gate, up, down, act = parts
-    dtype = down.weight.dtype
     with torch.no_grad():
-        xx = x.to(dtype)[None]
-        u = (act(gate(xx)) * up(xx))[0].double()  # [I]
+        xx = x.to(down.weight.device, down.weight.dtype)[None]  # the recorded MLP input is on the CPU
+        u = (act(gate(xx)) * up(xx))[0].double().cpu()  # [I]
         rows = []
         for d in dims:
-            contrib = down.weight[d].double() * u  # [I]
+            contrib = down.weight[d].double().cpu() * u  # [I]
             total = float(contrib.sum())
             idx = contrib.abs().topk(min(top, contrib.numel())).indices
             rows.append(
