@@ -31,6 +31,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +46,7 @@ from train_study import _hardware, _impl
 
 import sinklab
 from sinklab.provenance import run_provenance
-from sinklab.remove.train import TrainConfig, emergence, metric_ids, place
+from sinklab.remove.train import TrainConfig, emergence, metric_ids, place, train
 
 # Seconds per step against the softmax baseline, measured on the H200 (train-study-h200.json: each run alone at the
 # small preset; gu60m-h200.json: gated 1.10, sigmoid 1.05 at gu60m): the slower runs start first, and --finish-by
@@ -298,6 +299,30 @@ def _checkpoints(run: dict, record: dict, cache: dict, directory: Path, explain_
             "explain": _explain_summary(json.loads(explained.read_text())) if explained.exists() else None,
         })  # fmt: skip
     return out
+
+
+def _preflight(args, work: Path) -> None:
+    """Before any run, the checkpoint path once on this machine: a two-step tiny run on the study's corpus and device
+    saves a checkpoint, which is loaded back, rescanned and explained as the saver's will be. A broken path then
+    stops the study at its start instead of after its longest run (the fourth and fifth H200 leases each lost the
+    baseline's rescans and explain records that way: a shadowed package, a CPU tensor meeting a CUDA weight)."""
+    directory = work / "preflight"
+    shutil.rmtree(directory, ignore_errors=True)
+    options = {k: v for k, v in (("bos", args.bos), ("metric_windows", args.metric_windows)) if v is not None}
+    config = TrainConfig(preset="tiny", steps=2, eval_every=2, checkpoint_steps=(2,), quant_eval=False,
+                         corpus=args.corpus, device=args.device, out=str(directory), **options)  # fmt: skip
+    explain_seqs = min(args.explain_checkpoints, config.resolved().metric_seqs)
+    try:
+        train(config)
+        record = json.loads((directory / "train.json").read_text())
+        rows = _checkpoints({"name": "preflight"}, record, {}, directory, explain_seqs)
+        if not rows or rows[0]["scan"] is None or (explain_seqs and rows[0]["explain"] is None):
+            raise RuntimeError(f"the tiny checkpoint was not rescanned{' and explained' if explain_seqs else ''}")
+    except Exception as exc:  # any failure here would cost the saver's checkpoints later: stop before training
+        raise SystemExit(f"gu_study: the checkpoint path fails on this machine ({type(exc).__name__}: {exc}); "
+                         f"no run started (the preflight's files are in {directory})") from None  # fmt: skip
+    shutil.rmtree(directory)
+    _say(f"preflight: a tiny checkpoint saved, loaded back, rescanned{' and explained' if explain_seqs else ''}")
 
 
 def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
@@ -659,6 +684,8 @@ def main(argv: list[str] | None = None) -> dict:
                 (work / run["name"]).rename(old)
                 _say(f"re-running {run['name']}: its train.json was made with sinklab {made} (moved to {old.name})")
             queue.append(run)
+        if any(run["checkpoints"] for run in queue):
+            _preflight(args, work)
         threads = max(1, (os.cpu_count() or 1) // (args.parallel * max(args.gpus, 1)))
         env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads), **os.environ}
         active: dict[str, tuple[subprocess.Popen, float, object, int | None]] = {}  # proc, start, log, GPU

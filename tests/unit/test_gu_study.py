@@ -97,6 +97,8 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
     record = study.main(argv)
     printed = capsys.readouterr().out
     assert "started gated-s0" in printed and "finished softmax-2k-s0" in printed
+    assert "preflight: a tiny checkpoint saved, loaded back, rescanned and explained" in printed
+    assert printed.index("preflight") < printed.index("started") and not (work / "preflight").exists()
     assert printed.index("started gated-s0") < printed.index("started softmax-s0")  # slow variants first
     summary = json.loads(printed.strip().splitlines()[-1])
     assert summary["benchmark"] == "gu_study" and summary["failed"] == {} and summary["missing"] == []
@@ -377,3 +379,23 @@ def test_a_failed_checkpoint_rescan_keeps_the_table_and_says_why(study, tmp_path
     }
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["checkpoints_match"] is False and summary["checkpoint_errors"] == record["checkpoint_errors"]
+
+
+def test_a_broken_checkpoint_path_stops_the_study_before_any_run(study, tmp_path, monkeypatch):
+    """The fifth H200 lease trained its baseline for 900 s and then could not explain one checkpoint (a CPU tensor
+    met a CUDA weight); the preflight now runs that path on a tiny checkpoint first and stops with the error."""
+    work = tmp_path / "gu"
+
+    def broken(*_, **__):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    monkeypatch.setattr(study.sinklab, "explain", broken)
+    argv = ["--preset", "tiny", "--steps", "4", "--eval-every", "2", "--work", str(work), "--variants", "softmax",
+            "--seeds", "0", "--sizes", "full", "--checkpoint-steps", "2", "--explain-checkpoints", "2"]  # fmt: skip
+    with pytest.raises(SystemExit) as stopped:
+        study.main(argv)
+    assert str(stopped.value).startswith("gu_study: the checkpoint path fails on this machine (RuntimeError: "
+                                         "Expected all tensors to be on the same device); no run started")  # fmt: skip
+    assert sorted(p.name for p in work.iterdir()) == ["preflight"]  # no run directory, no study record
+    record = study.main([*argv, "--explain-checkpoints", "0"])  # rescans only: the explain is not on the path
+    assert record["failed"] == {} and record["missing"] == [] and record["checkpoints"][0]["scan"] is not None
