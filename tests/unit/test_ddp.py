@@ -58,6 +58,10 @@ def test_two_gloo_ranks_train_the_same_model(tmp_path):
 # run at the same time, with the same eval_batches: an evaluation on rank 0 reads eval_batches batches of the global
 # batch (train.heldout_batches), so the ranks and the reference score the same held-out windows.
 RTOL = 1e-5  # fp32 reduction-order tolerance (see above); a wrong split or a missing average is off by far more
+# W8A8 perplexity rounds every activation to an int8 grid: those few ulps move an occasional value across a rounding
+# boundary, one grid step there (9.2e-5 relative at adapt's step 2 on a 2-core host, landed commit 31ac501, which
+# failed the RTOL it had). Its fp32 twin ``ppl`` is held to RTOL on the same weights.
+QUANT_RTOL = 1e-3
 
 
 def _spawned(proc: int, port: int, out: str, job: str, per_rank: dict, single: dict) -> None:
@@ -106,7 +110,8 @@ def _assert_same_curve(ddp: list[dict], one: list[dict], keys: tuple[str, ...]) 
         a = np.array([r.get(key, np.nan) for r in ddp], dtype=np.float64)  # step 0 has no train_* (NaN in both)
         b = np.array([r.get(key, np.nan) for r in one], dtype=np.float64)
         assert np.isfinite(a[-1]), key
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=0, err_msg=key)
+        rtol = QUANT_RTOL if "w8a8" in key else RTOL
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=0, err_msg=key)
 
 
 def _assert_same_weights(ddp: dict, one: dict, other_rank: dict) -> None:
