@@ -9,14 +9,14 @@ parts=("$pack"/corpus.part*)
 [ ${#parts[@]} -eq 2 ] || { echo "lease_kit: $pack has ${#parts[@]} parts; two fit two calls (--part-mb 31)" >&2; exit 2; }
 grep -qx "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >> .git/info/exclude
 rm -rf "$kit" && mkdir -p "$kit"/a "$kit"/b
-git archive HEAD src benchmarks > "$kit"/a/clean.tar
+git archive HEAD src benchmarks tests/gpu tests/conftest.py pyproject.toml > "$kit"/a/clean.tar  # + the CUDA tests
 cp "${parts[0]}" "$pack"/corpus.sha256 "$kit"/a/
 cp "${parts[1]}" "$pack"/corpus.sha256 "$kit"/b/
 du -sh "$kit"/a "$kit"/b
 commit=$(git rev-parse --short HEAD)
 cat <<CMD
 call 1 (carry $kit/a):
-  export SINKLAB_COMMIT=$commit; R=\$PWD; mkdir -p /tmp/clean && tar -xf $kit/a/clean.tar -C /tmp/clean && cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/a && nvidia-smi -L
+  export SINKLAB_COMMIT=$commit; R=\$PWD; mkdir -p /tmp/clean && tar -xf $kit/a/clean.tar -C /tmp/clean && cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/a && nvidia-smi -L && python3 -m pytest -q -p no:cacheprovider tests/gpu/test_explain_gpu.py
 call 2 at once (carry $kit/b), A = the study's arguments without --work/--out/--corpus:
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/b && install_corpus && A="..." && start_study /tmp/gu60 \$A --corpus /tmp/corpus --compile && restart_if_failed /tmp/gu60 240 \$A --corpus /tmp/corpus && watch_study /tmp/gu60 400
 later calls:
