@@ -66,9 +66,10 @@ def down_proj_contributions(mlp: nn.Module, x: torch.Tensor, dims: list[int], to
     with torch.no_grad():
         xx = x.to(down.weight.device, down.weight.dtype)[None]  # the recorded MLP input is on the CPU
         u = (act(gate(xx)) * up(xx))[0].double().cpu()  # [I]
+        weights = down.weight[dims].double().cpu()  # [k, I] the dims' rows, read from the device once
         rows = []
-        for d in dims:
-            contrib = down.weight[d].double().cpu() * u  # [I]
+        for d, row in zip(dims, weights, strict=True):
+            contrib = row * u  # [I]
             total = float(contrib.sum())
             idx = contrib.abs().topk(min(top, contrib.numel())).indices
             rows.append(
@@ -78,7 +79,7 @@ def down_proj_contributions(mlp: nn.Module, x: torch.Tensor, dims: list[int], to
                     "neurons": idx.tolist(),
                     "contributions": [float(contrib[i]) for i in idx],
                     "share_of_output": [float(contrib[i]) / total if total else None for i in idx],
-                    "down_proj_weights": [float(down.weight[d, i]) for i in idx],
+                    "down_proj_weights": [float(row[i]) for i in idx],
                     "activations": [float(u[i]) for i in idx],
                 }
             )
