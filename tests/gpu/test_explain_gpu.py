@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sinklab.measure.probes import explain
+from sinklab.measure.probes._common import RECORD_DIGITS
 from sinklab.models.tiny import tiny_bert, tiny_gemma3, tiny_llama
 from sinklab.testing import assert_same_record
 
@@ -24,4 +25,4 @@ def test_explain_cuda_equals_cpu(build):
     gpu = explain(model.cuda(), tok, TEXT, **kw).to_dict()
     for key in ("seconds", "provenance"):
         cpu.pop(key), gpu.pop(key)
-    assert_same_record(gpu, cpu)
+    assert_same_record(gpu, cpu, quantum=10.0**-RECORD_DIGITS)  # the H200: 0.44473 against 0.44474 once

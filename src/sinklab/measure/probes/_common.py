@@ -501,7 +501,10 @@ def aligned_delta(base: Pass, new: Pass, base_slice: slice, new_slice: slice) ->
     return {"loss": n, "baseline_loss": b, "loss_delta": n - b}
 
 
-def rounded(x, digits: int = 5):
+RECORD_DIGITS = 5  # the decimals a probe record keeps
+
+
+def rounded(x, digits: int = RECORD_DIGITS):
     """JSON-friendly: tensors to nested lists, floats rounded, NaN (a block without softmax attention) None."""
     if isinstance(x, torch.Tensor):
         if x.is_floating_point():
