@@ -303,8 +303,9 @@ LONG = ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long
 
 
 DATA_SIZE = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000"]
-# two 0.3.0 leases: seeds 0 and 1 of the variants, the baseline's seed 1 (the second lease's) saving the checkpoints
-V03 = [*LONG, "--variants", "gated", "sigmoid", "--seeds", "0", "1", "--long-seeds", "1", "0"]
+# three 0.3.0 leases: the baseline's seeds 0 and 1 (the second's saving the checkpoints), the 1000-step softmax and
+# variants at seeds 0-2
+V03 = [*LONG, "--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1", "2", "--long-seeds", "1", "0"]
 
 
 @pytest.mark.parametrize(
@@ -313,16 +314,17 @@ V03 = [*LONG, "--variants", "gated", "sigmoid", "--seeds", "0", "1", "--long-see
         ("gu60m-long-h200", None, LONG, ["softmax-s0"]),
         ("gu60m-1000-h200", None, ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"], ["softmax-s1"]),
         ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, []),
-        ("gu60m-v03-h200", None, V03, ["softmax-s0"]),
+        ("gu60m-v03-h200", None, V03, []),
     ],
 )
 def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing):
     """The gu60m leases at sinklab 0.2.1 (all 100 probe sequences): the 8000-step baseline, the 1000-step variants
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
-    full-size point); at 0.3.0 (spread probes) the baseline and the variants' seeds 0 and 1 again (two leases, the
-    second's baseline seed 1 saving the checkpoints). Their run records give the committed tables again, and the
-    0.2.1 baseline's checkpoints rescanned there to exactly its history (0.3.0's were not rescanned: a shadowed
-    package in the first lease, a device bug in explain in the second)."""
+    full-size point); at 0.3.0 (spread probes) the baseline's seeds 0 and 1 again (the second's saving the
+    checkpoints) and the 1000-step softmax and variants at seeds 0-2 (three leases). Their run records give the
+    committed tables again, and the 0.2.1 baseline's checkpoints rescanned there to exactly its history (0.3.0's
+    were not rescanned: a shadowed package in the first lease, a device bug in explain in the second, and the
+    third's checkpoint saver was lost with its machine)."""
     import shutil
 
     results = BENCHMARKS / "results"
