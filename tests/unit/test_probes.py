@@ -270,7 +270,7 @@ def test_fused_explain_equals_its_twin(build):
 
 def test_rounded_records_may_differ_by_one_rounding_step_and_no_more():
     """Two values 1e-7 apart can round to neighbours (the H200 gave 0.44473 where the CPU gave 0.44474): one step
-    of the records' rounding passes with ``quantum``, two steps fail, and without it the neighbours fail."""
+    of the records' rounding passes with ``quantum``, three fail, and without it the neighbours fail."""
     step = 10.0**-RECORD_DIGITS
     a, b = rounded({"share": [0.444735 - 1e-7]}), rounded({"share": [0.444735 + 1e-7]})
     assert a != b
