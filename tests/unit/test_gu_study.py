@@ -302,29 +302,33 @@ LONG = ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long
         "--checkpoint-steps", "1000,2000,3000,4000,5000,6000,7000,8000", "--long-time-limit", "1400"]  # fmt: skip
 
 
+VARIANTS_021 = ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"]
 DATA_SIZE = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000"]
-# three 0.3.0 leases: the baseline's seeds 0 and 1 (the second's saving the checkpoints), the 1000-step softmax and
-# variants at seeds 0-2
-V03 = [*LONG, "--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1", "2", "--long-seeds", "1", "0"]
+# four 0.3.0 leases: the baseline's seeds 0-2 (the third's saving the checkpoints), the 1000-step softmax and variants
+# at seeds 0-2; then the 10M-token subset beside the baseline's seeds
+V03 = [*LONG, "--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1", "2", "--long-seeds", "2", "1", "0"]
+DATA_SIZE_V03 = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000",
+                 "--long-seeds", "2", "1", "0"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("name", "beside", "argv", "missing"),
+    ("name", "beside", "argv", "missing", "rescans"),
     [
-        ("gu60m-long-h200", None, LONG, ["softmax-s0"]),
-        ("gu60m-1000-h200", None, ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"], ["softmax-s1"]),
-        ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, []),
-        ("gu60m-v03-h200", None, V03, []),
+        ("gu60m-long-h200", None, LONG, ["softmax-s0"], 8),
+        ("gu60m-1000-h200", None, VARIANTS_021, ["softmax-s1"], 0),
+        ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, [], 0),
+        ("gu60m-v03-h200", None, V03, [], 8),
+        ("gu60m-datasize-v03-h200", "gu60m-v03-h200", DATA_SIZE_V03, [], 0),
     ],
 )
-def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing):
+def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing, rescans):
     """The gu60m leases at sinklab 0.2.1 (all 100 probe sequences): the 8000-step baseline, the 1000-step variants
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
-    full-size point); at 0.3.0 (spread probes) the baseline's seeds 0 and 1 again (the second's saving the
-    checkpoints) and the 1000-step softmax and variants at seeds 0-2 (three leases). Their run records give the
-    committed tables again, and the 0.2.1 baseline's checkpoints rescanned there to exactly its history (0.3.0's
-    were not rescanned: a shadowed package in the first lease, a device bug in explain in the second, and the
-    third's checkpoint saver was lost with its machine)."""
+    full-size point); at 0.3.0 (spread probes) the baseline's seeds 0-2 (the third's saving the checkpoints), the
+    1000-step softmax and variants at seeds 0-2 (four leases) and the 10M subset beside that baseline. Their run
+    records give the committed tables again; each saver's checkpoints were rescanned on its machine to exactly its
+    history (0.2.1's seed 0 and 0.3.0's seed 2; the 0.3.0 seeds 0 and 1 lost theirs to a shadowed package and a
+    device bug in explain), and the committed explain records give the record's explain summaries again."""
     import shutil
 
     results = BENCHMARKS / "results"
@@ -338,7 +342,10 @@ def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, n
     assert record["data_size"] == committed["data_size"] and record["missing"] == missing
     assert all(row["stopped_early"] is None for row in record["table"])
     rescanned = [c for c in committed["checkpoints"] if c["scan"] is not None]  # None: not on that lease's machine
-    assert all(c["sink_rate_equal"] for c in rescanned) and len(rescanned) == (8 if name == "gu60m-long-h200" else 0)
+    assert all(c["sink_rate_equal"] for c in rescanned) and len(rescanned) == rescans
+    explained = {(c["run"], c["step"]): c["explain"] for c in record["checkpoints"]}
+    assert all(explained[c["run"], c["step"]] == c.get("explain") for c in committed["checkpoints"])  # 0.2.1: none
+    assert sum(c.get("explain") is not None for c in committed["checkpoints"]) == (8 if name == "gu60m-v03-h200" else 0)
 
 
 def test_the_full_size_data_point_comes_from_the_long_constant_lr_run(study, tmp_path):
