@@ -383,10 +383,12 @@ def aggregate(args, runs: list[dict], base: dict, cache: dict) -> dict:
 
 # -- plot ----------------------------------------------------------------------------------------------------------
 def plot(record: dict, path: Path) -> None:
+    """Six panels: Sink_1 and max |x| during training (variants' seed bands), Sink_1 against unique tokens, each
+    run's path through (kurtosis, Sink_1), and explain's interventions on the saved checkpoints."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(22, 5), layout="constrained")
-    axes = fig.subplots(1, 4)
+    fig = Figure(figsize=(18, 10), layout="constrained")
+    axes = fig.subplots(2, 3).ravel()
     groups: dict[str, list[dict]] = {}  # the full-size runs by variant (the data-size runs go to panel 3)
     sized = {row["name"] for row in record["table"] if row["unique_tokens_requested"] is not None}
     for curve in record["curves"]:
@@ -440,6 +442,7 @@ def plot(record: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _emergence_order(fig, axes[3], [c for curves in groups.values() for c in curves if "kurtosis" in c])
+    _explain_over_checkpoints(axes[4], axes[5], record.get("checkpoints", []))
     baseline = [row["params"] for row in record["table"] if row["variant"] == "softmax"]  # variants may add some
     params = baseline[0] / 1e6 if baseline else float("nan")
     fig.suptitle(
@@ -471,6 +474,42 @@ def _emergence_order(fig, ax, curves: list[dict]) -> None:
     ax.axvline(3.0, color="k", ls=":", lw=0.8)
     ax.set_xscale("log")
     fig.colorbar(points, ax=ax, label="training tokens")
+
+
+def _explain_over_checkpoints(sink_ax, loss_ax, checkpoints: list[dict]) -> None:
+    """What ``sinklab explain`` found on each saved checkpoint: Sink_1 unchanged and after each intervention on the
+    model (left), and each intervention's change in loss (right); one line style per saving run. The emergence
+    probe's inputs (random, repeated tokens) are not interventions on the model and stay in the JSON."""
+    sink_ax.set_title("explain per checkpoint: Sink_1 after each intervention")
+    loss_ax.set_title("explain per checkpoint: loss change")
+    for ax, label in ((sink_ax, "Sink_1^0.3 at T=64, explain's sequences (%)"), (loss_ax, "loss change (nats)")):
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    explained = [c for c in checkpoints if c.get("explain")]
+    if not explained:
+        for ax in (sink_ax, loss_ax):
+            ax.text(0.5, 0.5, "no explain on checkpoints in this study", transform=ax.transAxes, ha="center",
+                    color="grey")  # fmt: skip
+        return
+    runs = sorted({c["run"] for c in explained})
+    for style, run in zip(("-", "--", ":", "-."), runs, strict=False):
+        rows = sorted((c for c in explained if c["run"] == run), key=lambda c: c["step"])
+        tokens = [c["tokens"] for c in rows]
+        sink_ax.plot(tokens, [100 * c["explain"]["sink_rate"] for c in rows], style, color="k", marker="o",
+                     label=f"{run}: no intervention")  # fmt: skip
+        effects: dict[str, list[dict]] = {}  # by intervention name: bias's zero_sink is noop's, drawn once
+        for probe, section in rows[0]["explain"]["interventions"].items():
+            for name in section:
+                if probe != "emergence" and name not in effects:
+                    effects[name] = [c["explain"]["interventions"][probe][name] for c in rows]
+        for i, (name, values) in enumerate(effects.items()):
+            label = f"{run}: {name}" if len(runs) > 1 else name
+            sink_ax.plot(tokens, [100 * v["sink_rate"] for v in values], style, color=f"C{i}", marker=".", label=label)
+            loss_ax.plot(tokens, [v["loss_delta"] for v in values], style, color=f"C{i}", marker=".", label=label)
+    loss_ax.axhline(0.0, color="k", lw=0.8)
+    sink_ax.legend(fontsize=8)
+    loss_ax.legend(fontsize=8)
 
 
 def _write(record: dict, out: Path) -> None:

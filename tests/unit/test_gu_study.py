@@ -411,3 +411,27 @@ def test_a_broken_checkpoint_path_stops_the_study_before_any_run(study, tmp_path
     assert sorted(p.name for p in work.iterdir()) == ["preflight"]  # no run directory, no study record
     record = study.main([*argv, "--explain-checkpoints", "0"])  # rescans only: the explain is not on the path
     assert record["failed"] == {} and record["missing"] == [] and record["checkpoints"][0]["scan"] is not None
+
+
+def test_the_plot_draws_explain_per_checkpoint_once_per_intervention(study):
+    """The seventh lease's saver: the explain panels draw Sink_1 without intervention and after each of the seven
+    interventions on the model (bias's zero_sink is noop's and drawn once; the emergence probe's inputs are not
+    interventions), at the eight checkpoints' training tokens, with the record's numbers; a study without explain
+    says so."""
+    from matplotlib.figure import Figure
+
+    record = json.loads((BENCHMARKS / "results" / "gu60m-v03-h200.json").read_text())
+    sink_ax, loss_ax = Figure().subplots(1, 2)
+    study._explain_over_checkpoints(sink_ax, loss_ax, record["checkpoints"])
+    labels = [line.get_label() for line in sink_ax.get_lines()]
+    assert labels == ["softmax-long-s2: no intervention", "zero_sink", "zero_middle", "clamp_massive",
+                      "clamp_massive_all_layers", "mean_sink", "drop_first", "move_first"]  # fmt: skip
+    by_label = {line.get_label(): line for line in [*sink_ax.get_lines(), *loss_ax.get_lines()]}
+    tokens = [c["tokens"] for c in record["checkpoints"]]
+    assert list(by_label["softmax-long-s2: no intervention"].get_xdata()) == tokens
+    last = record["checkpoints"][-1]["explain"]["interventions"]["outlier"]["clamp_massive"]
+    assert sink_ax.get_lines()[3].get_ydata()[-1] == pytest.approx(100 * last["sink_rate"])
+    assert loss_ax.get_lines()[2].get_ydata()[-1] == pytest.approx(last["loss_delta"])
+    empty, _ = Figure().subplots(1, 2)
+    study._explain_over_checkpoints(empty, _, [{**c, "explain": None} for c in record["checkpoints"]])
+    assert not empty.get_lines() and empty.texts[0].get_text() == "no explain on checkpoints in this study"
