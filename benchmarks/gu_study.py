@@ -493,7 +493,8 @@ def _explain_over_checkpoints(sink_ax, loss_ax, checkpoints: list[dict]) -> None
                     color="grey")  # fmt: skip
         return
     runs = sorted({c["run"] for c in explained})
-    for style, run in zip(("-", "--", ":", "-."), runs, strict=False):
+    for k, run in enumerate(runs):
+        style = ("-", "--", ":", "-.")[k % 4]
         rows = sorted((c for c in explained if c["run"] == run), key=lambda c: c["step"])
         tokens = [c["tokens"] for c in rows]
         sink_ax.plot(tokens, [100 * c["explain"]["sink_rate"] for c in rows], style, color="k", marker="o",
