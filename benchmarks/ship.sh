@@ -122,20 +122,28 @@ restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS 
     done
 }
 
-watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until the study exits or SECONDS pass, then
-    # copy its JSON, plot, log and run records (no checkpoints) to $OUT
-    local work=$1 limit=$2 t0=$SECONDS log
-    while [ $((SECONDS - t0)) -lt "$limit" ]; do
-        sleep 30
+watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until the study exits or SECONDS pass; its
+    # JSON, plot, log and run records (no checkpoints) go to $OUT at every poll, so a call its limit cuts still
+    # brings back what was there, and the last sleep ends at SECONDS, never up to 30 s past it
+    local work=$1 limit=$2 t0=$SECONDS log left
+    while left=$((limit - (SECONDS - t0))); [ "$left" -gt 0 ]; do
+        sleep $((left < 30 ? left : 30))
         echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | tail -1)"
         for log in "$work"/*/log.txt; do
             [ -f "$(dirname "$log")/train.json" ] || \
                 echo "    $(basename "$(dirname "$log")"): $(tail -c 300 "$log" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
         done
+        copy_study "$work"
         kill -0 "$(cat "$work"/study.pid)" 2>/dev/null || { echo "study exited"; break; }
     done
-    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-    cp "$work"/gu-study.json "$work"/gu-study.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
-    (cd "$work" && tar czf "$OUT"/runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt */explain-step-*.json 2>/dev/null)
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
+    copy_study "$work"
     grep -av Loading "$work"/orchestrator.log | tail -8
+}
+
+copy_study() {  # copy_study WORK: the study's JSON, plot, log and run records (no checkpoints) to $OUT
+    local work=$1
+    cp "$work"/gu-study.json "$work"/gu-study.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
+    (cd "$work" && tar czf "$OUT"/.runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt \
+        */explain-step-*.json 2>/dev/null; mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
 }

@@ -21,4 +21,5 @@ call 2 at once (carry $kit/b), A = the study's arguments without --work/--out/--
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/b && install_corpus && A="..." && start_study /tmp/gu60 \$A --corpus /tmp/corpus --compile && restart_if_failed /tmp/gu60 240 \$A --corpus /tmp/corpus --compile && watch_study /tmp/gu60 480
 later calls:
   cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && watch_study /tmp/gu60 560
+each call's timeout_s: its watch_study seconds + 15 at least (the final copy), within budget_left_s
 CMD

@@ -1,0 +1,60 @@
+"""benchmarks/ship.sh's study watch: what a device call brings back when its limit is near."""
+
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+SHIP_SH = Path(__file__).resolve().parents[2] / "benchmarks" / "ship.sh"
+
+pytestmark = pytest.mark.skipif(not all(map(shutil.which, ("bash", "tar", "sleep"))), reason="needs bash and tar")
+
+
+def _watch(work: Path, out: Path, seconds: int) -> tuple[subprocess.CompletedProcess, float]:
+    script = f'source "{SHIP_SH}"; OUT="{out}"; watch_study "{work}" {seconds}'
+    start = time.perf_counter()
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    return done, time.perf_counter() - start
+
+
+def test_watch_study_ends_at_its_limit_with_the_running_study_copied(tmp_path):
+    """A study still running when the watch's SECONDS pass: the watch returns at SECONDS (not at the next 30 s
+    poll, which ran one call past its limit and lost a finished 50M run) and $OUT holds the runs so far."""
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "softmax-50M-s0").mkdir(parents=True)
+    out.mkdir()
+    (work / "softmax-50M-s0" / "history.jsonl").write_text('{"step": 250}\n')
+    (work / "softmax-50M-s0" / "log.txt").write_text("train:  6% (250/4000)\r")
+    (work / "orchestrator.log").write_text("started softmax-50M-s0\n")
+    study = subprocess.Popen(["sleep", "60"])
+    try:
+        (work / "study.pid").write_text(str(study.pid))
+        done, seconds = _watch(work, out, 2)
+    finally:
+        study.kill()
+    assert done.returncode == 0, done.stderr
+    assert seconds < 10, seconds
+    assert "softmax-50M-s0: train:  6% (250/4000)" in done.stdout and "study exited" not in done.stdout
+    assert (out / "orchestrator.log").read_text() == "started softmax-50M-s0\n"
+    with tarfile.open(out / "runs.tgz") as runs:
+        assert sorted(runs.getnames()) == ["softmax-50M-s0/history.jsonl", "softmax-50M-s0/log.txt"]
+    assert not (out / ".runs.tgz").exists()
+
+
+def test_watch_study_stops_polling_when_the_study_exits(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "softmax-s0").mkdir(parents=True)
+    out.mkdir()
+    (work / "softmax-s0" / "train.json").write_text("{}")
+    (work / "gu-study.json").write_text('{"benchmark": "gu_study"}')
+    (work / "orchestrator.log").write_text("finished\n")
+    (work / "study.pid").write_text("999999999")  # no such process: the study has exited
+    done, seconds = _watch(work, out, 1)
+    assert done.returncode == 0, done.stderr
+    assert "study exited" in done.stdout and seconds < 10
+    assert (out / "gu-study.json").read_text() == '{"benchmark": "gu_study"}'
+    with tarfile.open(out / "runs.tgz") as runs:
+        assert runs.getnames() == ["softmax-s0/train.json"]
