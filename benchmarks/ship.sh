@@ -7,9 +7,10 @@
 #   source benchmarks/ship.sh; install_fla           flash-linear-attention (fla-core, flash-linear-attention, einops):
 #                                                    transformers' Gated DeltaNet then runs fla's Triton kernel
 #   source benchmarks/ship.sh; install_triton        Triton 3.7.1 over the image's 3.6 (fla's gated backward needs it
-#                                                    on Hopper), once its four parts are there; then install_fla
+#                                                    on Hopper), once all its parts are there; then install_fla
 #   source benchmarks/ship.sh; start_study WORK ARGS; restart_if_failed WORK S ARGS; watch_study WORK S
 #                                                    a gu_study.py run that outlives the call, watched and copied
+#   source benchmarks/ship.sh; start_hybrid WORK ARGS; watch_study WORK S       the same for hybrid_study.py
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -73,10 +74,10 @@ PY
     fi
 }
 
-install_triton() {  # Triton 3.7.1 in 4 parts (.ship5/t0..t3, 50 MB each) over the image's 3.6, before install_fla:
-    # fla 0.6's gated backward is only right on Hopper from 3.7.1 (fla issue 640); sinklab's kernels run on it too
+install_triton() {  # Triton 3.7.1 in parts tpart.0, tpart.1, ... (scripts/lease_kit.sh --hybrid) over the image's
+    # 3.6, before install_fla: fla 0.6's gated backward is only right on Hopper from 3.7.1 (fla issue 640)
     local wheel=triton-3.7.1-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
-    cat "$SHIP"/tpart.0 "$SHIP"/tpart.1 "$SHIP"/tpart.2 "$SHIP"/tpart.3 > "$SHIP"/$wheel || return 1
+    cat "$SHIP"/tpart.? > "$SHIP"/$wheel || return 1  # one digit each: the glob sorts them
     (cd "$SHIP" && sha256sum -c triton.sha256) || return 1
     python3 -m pip install -q --no-index --no-deps --target /tmp/site "$SHIP"/$wheel || return 1
     python3 -c "import triton; print('triton', triton.__version__, triton.__file__)"
@@ -99,13 +100,23 @@ install_corpus() {  # a corpus packed by build_train_corpus.py --pack (corpus.pa
 }
 
 # -- a study that outlives the call (DEVELOPERS.md: setsid, poll by pid, copy to $OUT) ---------------------------------
-start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS in its own session, pid in WORK/study.pid
+launch() {  # launch WORK CMD...: CMD in its own session (it outlives the call), output in WORK/orchestrator.log, pid
+    # in WORK/study.pid
     local work=$1; shift
     mkdir -p "$work"
-    setsid nohup python3 benchmarks/gu_study.py "$@" --work "$work" --out "$work"/gu-study.json \
-        > "$work"/orchestrator.log 2>&1 < /dev/null &
+    setsid nohup "$@" > "$work"/orchestrator.log 2>&1 < /dev/null &
     echo $! > "$work"/study.pid
-    echo "start_study $work: pid $(cat "$work"/study.pid): $*"
+    echo "launch $work: pid $(cat "$work"/study.pid): $*"
+}
+
+start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS, its runs and record in WORK
+    local work=$1; shift
+    launch "$work" python3 benchmarks/gu_study.py "$@" --work "$work" --out "$work"/gu-study.json
+}
+
+start_hybrid() {  # start_hybrid WORK ARGS...: benchmarks/hybrid_study.py ARGS, its record WORK/hybrid-h200.json
+    local work=$1; shift
+    launch "$work" python3 benchmarks/hybrid_study.py "$@" --out "$work"/hybrid-h200.json
 }
 
 restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS before the study has written its
@@ -122,13 +133,14 @@ restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS 
     done
 }
 
-watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until the study exits or SECONDS pass; its
-    # JSON, plot, log and run records (no checkpoints) go to $OUT at every poll, so a call its limit cuts still
-    # brings back what was there, and the last sleep ends at SECONDS, never up to 30 s past it
-    local work=$1 limit=$2 t0=$SECONDS log left
+watch_study() {  # watch_study WORK SECONDS: a progress line every WATCH_EVERY s (30) until the study exits or
+    # SECONDS pass; its JSON, plot, log and run records (no checkpoints) go to $OUT at every poll, so a call its limit
+    # cuts still brings back what was there, and the last sleep ends at SECONDS, never past it
+    local work=$1 limit=$2 t0=$SECONDS every=${WATCH_EVERY:-30} log left
     while left=$((limit - (SECONDS - t0))); [ "$left" -gt 0 ]; do
-        sleep $((left < 30 ? left : 30))
-        echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | tail -1)"
+        sleep $((left < every ? left : every))
+        echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | tail -c 300 | tr '\r' '\n' | \
+            grep -av '^\s*$' | tail -1)"
         for log in "$work"/*/log.txt; do
             [ -f "$(dirname "$log")/train.json" ] || \
                 echo "    $(basename "$(dirname "$log")"): $(tail -c 300 "$log" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
@@ -143,7 +155,7 @@ watch_study() {  # watch_study WORK SECONDS: a progress line every 30 s until th
 
 copy_study() {  # copy_study WORK: the study's JSON, plot, log and run records (no checkpoints) to $OUT
     local work=$1
-    cp "$work"/gu-study.json "$work"/gu-study.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
+    cp "$work"/*.json "$work"/*.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
     (cd "$work" && tar czf "$OUT"/.runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt \
         */explain-step-*.json 2>/dev/null; mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
 }

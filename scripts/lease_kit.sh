@@ -1,19 +1,51 @@
 #!/usr/bin/env bash
-# Host side of a gu_study lease (DEVELOPERS.md, "Running on the GPU machine"): a snapshot of HEAD and the large
-# corpus's pack, split over two carried folders of under 52 MB each, then the two device commands to paste.
-#   make train-corpus-large && bash scripts/lease_kit.sh [KIT]     (KIT: .ship4 by default, git-ignored)
+# Host side of a device lease (DEVELOPERS.md, "Running on the GPU machine"): a snapshot of HEAD and the large
+# corpus's pack, split over two carried folders, then the device commands to paste. Each folder plus the working
+# tree (which travels with every call) must stay within a call's 64 MiB: checked here, refused with the numbers.
+# --hybrid adds what hybrid_study.py needs for fla's Gated DeltaNet kernel: fla-core, flash-linear-attention and
+# einops beside the second corpus part, and Triton 3.7.1 (fla's gated backward is wrong on Hopper below it, fla
+# issue 640) in parts sized to fit, KIT/t0, t1, ..., one call each (benchmarks/ship.sh install_triton joins them).
+#   make train-corpus-large && bash scripts/lease_kit.sh [--hybrid] [KIT]     (KIT: .ship4 by default, git-ignored)
 set -euo pipefail
+hybrid=0
+[ "${1:-}" = --hybrid ] && { hybrid=1; shift; }
 kit=${1:-.ship4}
 pack=data/train-corpus-large.pack
 parts=("$pack"/corpus.part*)
 [ ${#parts[@]} -eq 2 ] || { echo "lease_kit: $pack has ${#parts[@]} parts; two fit two calls (--part-mb 31)" >&2; exit 2; }
+limit=$((64 * 1024 * 1024))
+tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s += $1} END {print s}')
+room=$((limit - tree - 1024 * 1024))  # what one call can carry beside the working tree, 1 MiB to spare
+fits() {  # fits DIR: refuse a carried folder that would take its call past the limit
+    local size
+    size=$(du -sb "$1" | cut -f1)
+    [ "$size" -le "$room" ] || { echo "lease_kit: $1 is $size bytes; beside the working tree's $tree a call carries" \
+        "at most $room (64 MiB less the tree and 1 MiB)" >&2; exit 2; }
+}
 grep -qx "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >> .git/info/exclude
 rm -rf "$kit" && mkdir -p "$kit"/a "$kit"/b
 git archive HEAD src benchmarks tests/gpu tests/conftest.py pyproject.toml > "$kit"/a/clean.tar  # + the CUDA tests
 cp "${parts[0]}" "$pack"/corpus.sha256 "$kit"/a/
 cp "${parts[1]}" "$pack"/corpus.sha256 "$kit"/b/
-du -sh "$kit"/a "$kit"/b
 commit=$(git rev-parse --short HEAD)
+if [ $hybrid = 1 ]; then
+    wheels=.whl/hybrid  # downloaded once (git-ignored)
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 -d "$wheels" \
+        triton==3.7.1 fla-core==0.6.0 flash-linear-attention==0.6.0 einops==0.8.2 2> >(grep -v "is ignored" >&2)
+    cp "$wheels"/fla_core-0.6.0-*.whl "$wheels"/flash_linear_attention-0.6.0-*.whl "$wheels"/einops-0.8.2-*.whl "$kit"/b/
+    triton=$(ls "$wheels"/triton-3.7.1-cp312-*.whl)
+    size=$(stat -c %s "$triton")
+    n=$(((size + room - 1) / room))  # as few calls as fit, the parts of equal size
+    split -b $(((size + n - 1) / n)) -d -a 1 "$triton" "$kit"/tpart.
+    tparts=("$kit"/tpart.*)
+    for i in "${!tparts[@]}"; do mkdir -p "$kit"/t"$i" && mv "$kit"/tpart."$i" "$kit"/t"$i"/; done
+    last=$((${#tparts[@]} - 1))
+    (cd "$wheels" && sha256sum "$(basename "$triton")") > "$kit"/t$last/triton.sha256
+fi
+for dir in "$kit"/*/; do fits "$dir"; done
+du -sh "$kit"/*/
+echo "working tree $tree bytes; each call carries at most $room beside it"
 cat <<CMD
 call 1 (carry $kit/a):
   export SINKLAB_COMMIT=$commit; R=\$PWD; mkdir -p /tmp/clean && tar -xf $kit/a/clean.tar -C /tmp/clean && cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/a && nvidia-smi -L && python3 -m pytest -q -p no:cacheprovider tests/gpu/test_explain_gpu.py
@@ -21,5 +53,14 @@ call 2 at once (carry $kit/b), A = the study's arguments without --work/--out/--
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/b && install_corpus && A="..." && start_study /tmp/gu60 \$A --corpus /tmp/corpus --compile && restart_if_failed /tmp/gu60 240 \$A --corpus /tmp/corpus --compile && watch_study /tmp/gu60 480
 later calls:
   cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && watch_study /tmp/gu60 560
-each call's timeout_s: its watch_study seconds + 15 at least (the final copy), within budget_left_s
 CMD
+if [ $hybrid = 1 ]; then
+    cat <<CMD
+hybrid lease instead: call 1 as above, call 2 ending at install_corpus, then one call per Triton part at once:
+calls 3 to $((last + 2)) (carry $kit/tN, N = 0 to $((last - 1))):
+  R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/tN
+call $((last + 3)) (carry $kit/t$last), A = hybrid_study.py's arguments without --out:
+  export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/t$last && install_triton && install_fla && python3 -m pytest -q -p no:cacheprovider tests/gpu/test_fla_gated_delta.py && A="..." && start_hybrid /tmp/hyb \$A --corpus /tmp/corpus && watch_study /tmp/hyb 480
+CMD
+fi
+echo "each call's timeout_s: its watch_study seconds + 15 at least (the final copy), within budget_left_s"

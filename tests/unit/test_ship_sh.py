@@ -58,3 +58,27 @@ def test_watch_study_stops_polling_when_the_study_exits(tmp_path):
     assert (out / "gu-study.json").read_text() == '{"benchmark": "gu_study"}'
     with tarfile.open(out / "runs.tgz") as runs:
         assert runs.getnames() == ["softmax-s0/train.json"]
+
+
+def test_a_hybrid_study_started_in_its_own_session_comes_back_through_the_watch(tmp_path):
+    """The device path of the hybrid study on the CPU: start_hybrid launches hybrid_study.py in its own session (pid in
+    WORK/study.pid), watch_study polls it to its end and copies its record and plot to $OUT."""
+    import json
+    import os
+    import sys
+
+    work, out = tmp_path / "hyb", tmp_path / "out"
+    out.mkdir()
+    root = SHIP_SH.parents[1]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SRC": str(root / "src"),
+           "WATCH_EVERY": "1"}  # fmt: skip
+    script = (
+        f'source "{SHIP_SH}"; export SINKLAB_CACHE="{tmp_path / "cache"}"; OUT="{out}"; '
+        f'start_hybrid "{work}" --preset tiny --steps 2 --runs softmax --seeds 0 && watch_study "{work}" 50'
+    )
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "study exited" in done.stdout, done.stdout + (work / "orchestrator.log").read_text()
+    record = json.loads((out / "hybrid-h200.json").read_text())
+    assert [(row["run"], row["seed"]) for row in record["rows"]] == [("softmax", 0)]
+    assert (out / "hybrid-h200.png").exists() and "softmax seed 0 done" in (out / "orchestrator.log").read_text()
