@@ -1,4 +1,4 @@
-"""benchmarks/ship.sh's study watch: what a device call brings back when its limit is near."""
+"""benchmarks/ship.sh's background studies on the device: launched in their own session, watched, copied to $OUT."""
 
 import shutil
 import subprocess
