@@ -136,21 +136,23 @@ restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS 
 watch_study() {  # watch_study WORK SECONDS: a progress line every WATCH_EVERY s (30) until the study exits or
     # SECONDS pass; its JSON, plot, log and run records (no checkpoints) go to $OUT at every poll, so a call its limit
     # cuts still brings back what was there, and the last sleep ends at SECONDS, never past it
-    local work=$1 limit=$2 t0=$SECONDS every=${WATCH_EVERY:-30} log left
+    local work=$1 limit=$2 t0=$SECONDS every=${WATCH_EVERY:-30} log left running
     while left=$((limit - (SECONDS - t0))); [ "$left" -gt 0 ]; do
         sleep $((left < every ? left : every))
-        echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | tail -c 300 | tr '\r' '\n' | \
-            grep -av '^\s*$' | tail -1)"
+        echo "[+$((SECONDS - t0)) s] $(grep -av Loading "$work"/orchestrator.log | last_line)"
         for log in "$work"/*/log.txt; do
-            [ -f "$(dirname "$log")/train.json" ] || \
-                echo "    $(basename "$(dirname "$log")"): $(tail -c 300 "$log" | tr '\r' '\n' | grep -av '^\s*$' | tail -1)"
+            [ -f "$log" ] && [ ! -f "$(dirname "$log")/train.json" ] && echo "    $(basename "$(dirname "$log")"): $(last_line < "$log")"
         done
+        kill -0 "$(cat "$work"/study.pid)" 2>/dev/null && running=1 || running=0  # before the copy: none missed
         copy_study "$work"
-        kill -0 "$(cat "$work"/study.pid)" 2>/dev/null || { echo "study exited"; break; }
+        [ $running = 1 ] || { echo "study exited"; break; }
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
-    copy_study "$work"
     grep -av Loading "$work"/orchestrator.log | tail -8
+}
+
+last_line() {  # the last non-blank line of stdin, progress bars' carriage returns read as line ends
+    tail -c 300 | tr '\r' '\n' | grep -av '^\s*$' | tail -1
 }
 
 copy_study() {  # copy_study WORK: the study's JSON, plot, log and run records (no checkpoints) to $OUT
