@@ -11,6 +11,7 @@
 #   source benchmarks/ship.sh; start_study WORK ARGS; restart_if_failed WORK S ARGS; watch_study WORK S
 #                                                    a gu_study.py run that outlives the call, watched and copied
 #   source benchmarks/ship.sh; start_hybrid WORK ARGS; watch_study WORK S       the same for hybrid_study.py
+#   source benchmarks/ship.sh; watch_study FIRST S; then_study FIRST WORK ARGS   a second study after the first
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -112,6 +113,15 @@ launch() {  # launch WORK CMD...: CMD in its own session (it outlives the call),
 start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS, its runs and record in WORK
     local work=$1; shift
     launch "$work" python3 benchmarks/gu_study.py "$@" --work "$work" --out "$work"/gu-study.json
+}
+
+then_study() {  # then_study FIRST WORK ARGS...: once FIRST's study has exited, what its watch copied to $OUT moves
+    # to $OUT/$(basename FIRST)/ and start_study WORK ARGS starts the next in the same call (no idle gap between them)
+    local first=$1 copied=$OUT/$(basename "$1"); shift
+    if kill -0 "$(cat "$first"/study.pid)" 2>/dev/null; then
+        echo "then_study: $first still runs; nothing started"; return 1
+    fi
+    mkdir -p "$copied" && find "$OUT" -maxdepth 1 -type f -exec mv {} "$copied"/ \; && start_study "$@"
 }
 
 start_hybrid() {  # start_hybrid WORK ARGS...: benchmarks/hybrid_study.py ARGS, its record WORK/hybrid-h200.json

@@ -53,6 +53,8 @@ call 2 at once (carry $kit/b), A = the study's arguments without --work/--out/--
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/b && install_corpus && A="..." && start_study /tmp/gu60 \$A --corpus /tmp/corpus --compile && restart_if_failed /tmp/gu60 240 \$A --corpus /tmp/corpus --compile && watch_study /tmp/gu60 480
 later calls:
   cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && watch_study /tmp/gu60 560
+two studies in one call (the first's watch bounded by the call, then the second started; B = its arguments):
+  ... && watch_study /tmp/ds \$((578 - SECONDS)); then_study /tmp/ds /tmp/gu60 \$B --corpus /tmp/corpus --compile
 CMD
 if [ $hybrid = 1 ]; then
     cat <<CMD

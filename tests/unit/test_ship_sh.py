@@ -82,3 +82,42 @@ def test_a_hybrid_study_started_in_its_own_session_comes_back_through_the_watch(
     record = json.loads((out / "hybrid-h200.json").read_text())
     assert [(row["run"], row["seed"]) for row in record["rows"]] == [("softmax", 0)]
     assert (out / "hybrid-h200.png").exists() and "softmax seed 0 done" in (out / "orchestrator.log").read_text()
+
+
+def test_then_study_starts_the_second_study_only_once_the_first_has_exited(tmp_path):
+    """Two studies in one call (the ninth lease: the 50M subset, then sigmoid-long-s0): while the first runs nothing
+    starts and $OUT is left alone; once it has exited its copies move to $OUT/<first>/ and the second is launched."""
+    import os
+
+    first, second, out, bin_ = tmp_path / "ds", tmp_path / "gu60", tmp_path / "out", tmp_path / "bin"
+    for folder in (first, out, bin_):
+        folder.mkdir()
+    (bin_ / "python3").write_text('#!/bin/sh\necho "fake python3 $*"\n')  # stands in for benchmarks/gu_study.py
+    (bin_ / "python3").chmod(0o755)
+    (out / "gu-study.json").write_text('{"sizes": ["50000000"]}')
+    (out / "runs.tgz").write_bytes(b"runs")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    script = f'source "{SHIP_SH}"; OUT="{out}"; then_study "{first}" "{second}" --first sigmoid-long-s0'
+
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        (first / "study.pid").write_text(str(running.pid))
+        refused = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    finally:
+        running.kill()
+        running.wait()
+    assert refused.returncode == 1 and f"then_study: {first} still runs; nothing started" in refused.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["gu-study.json", "runs.tgz"] and not second.exists()
+
+    started = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert started.returncode == 0, started.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["ds"]
+    assert sorted(p.name for p in (out / "ds").iterdir()) == ["gu-study.json", "runs.tgz"]
+    assert (second / "study.pid").read_text().strip().isdigit()
+    for _ in range(100):  # the launched process writes its log in its own session
+        if (second / "orchestrator.log").read_text():
+            break
+        time.sleep(0.05)
+    assert (second / "orchestrator.log").read_text() == (
+        f"fake python3 benchmarks/gu_study.py --first sigmoid-long-s0 --work {second} --out {second}/gu-study.json\n"
+    )
