@@ -118,7 +118,7 @@ start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS, its ru
 then_study() {  # then_study FIRST WORK ARGS...: once FIRST's study has exited, what its watch copied to $OUT moves
     # to $OUT/$(basename FIRST)/ and start_study WORK ARGS starts the next in the same call (no idle gap between them)
     local first=$1 copied=$OUT/$(basename "$1"); shift
-    if kill -0 "$(cat "$first"/study.pid)" 2>/dev/null; then
+    if study_runs "$first"; then
         echo "then_study: $first still runs; nothing started"; return 1
     fi
     mkdir -p "$copied" && find "$OUT" -maxdepth 1 -type f -exec mv {} "$copied"/ \; && start_study "$@"
@@ -153,12 +153,17 @@ watch_study() {  # watch_study WORK SECONDS: a progress line every WATCH_EVERY s
         for log in "$work"/*/log.txt; do
             [ -f "$log" ] && [ ! -f "$(dirname "$log")/train.json" ] && echo "    $(basename "$(dirname "$log")"): $(last_line < "$log")"
         done
-        kill -0 "$(cat "$work"/study.pid)" 2>/dev/null && running=1 || running=0  # before the copy: none missed
+        study_runs "$work" && running=1 || running=0  # before the copy: none missed
         copy_study "$work"
         [ $running = 1 ] || { echo "study exited"; break; }
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader 2>/dev/null
     grep -av Loading "$work"/orchestrator.log | tail -8
+}
+
+study_runs() {  # study_runs WORK: whether the study launched in WORK still runs (by its pid, never by name: pgrep
+    # matches the call's own command line)
+    kill -0 "$(cat "$1"/study.pid)" 2>/dev/null
 }
 
 last_line() {  # the last non-blank line of stdin, progress bars' carriage returns read as line ends
