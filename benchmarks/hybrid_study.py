@@ -1,12 +1,13 @@
 """Attention sinks in hybrid decoders: how the share of softmax layers changes the sink.
 
-    python benchmarks/hybrid_study.py --preset small --steps 400 --corpus DIR --time-limit 270 --out OUT.json
+    python benchmarks/hybrid_study.py --preset small --steps 2000 --corpus DIR --time-limit 1200 --out OUT.json
     python benchmarks/hybrid_study.py ... --seeds 0 1 2 --resume      # more seeds; keep what OUT.json has
     python benchmarks/hybrid_study.py --preset tiny --steps 5 --out /tmp/hybrid.json   # CPU smoke test
     python benchmarks/hybrid_study.py ... --compile    # torch.compile the steps (the torch Gated DeltaNet too)
 
-On one H200 (transformers' torch Gated DeltaNet, no fla) the six main runs at 400 steps x 48 x 256 take an estimated
-3-4 minutes; ``--time-limit`` starts no run that would end past it, so list the runs that matter first.
+On one H200 with fla's kernel, one seed of the eight layouts at 2,000 steps x 48 x 256 takes about 1,200 s (each run
+107-152 s eager, the first Gated DeltaNet run of a process 140 s more for fla's Triton compile); ``--time-limit``
+starts no run that would end past it, so list the runs that matter first.
 
 For each of ``--seeds`` (all layouts of one seed before the next), every run trains one decoder from that seed on the
 same token stream with the same width, depth, heads and recipe (sinklab's pre-training loop,
@@ -43,6 +44,7 @@ import importlib
 import inspect
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -212,16 +214,20 @@ ARMS = {
 }
 
 
-def plot(rows: list[dict], path: Path, window: int) -> None:
+def plot(record: dict, path: Path) -> None:
     """Each panel against the share of full-attention layers, one line per arm (the linear and sliding arms share
-    the all-softmax run): the mean over seeds, bars from the lowest to the highest seed."""
+    the all-softmax run): the mean over seeds, bars from the lowest to the highest seed; the last panel is Sink_1
+    over training, one line per layout (the mean over its seeds at each evaluation)."""
     from matplotlib.figure import Figure
 
     from sinklab.report.plots import save
 
+    rows, window = record["rows"], record["window"]
     layouts = by_layout(rows)
-    fig = Figure(figsize=(4.6 * len(PANELS), 4), layout="tight")
-    for ax, (key, label) in zip(fig.subplots(1, len(PANELS)), PANELS, strict=True):
+    fig = Figure(figsize=(4.6 * (len(PANELS) + 1), 4), layout="tight")
+    *axes, curve_ax = fig.subplots(1, len(PANELS) + 1)
+    _sink_over_training(curve_ax, record["runs"])
+    for ax, (key, label) in zip(axes, PANELS, strict=True):
         for arm, title in ARMS.items():
             points = sorted(
                 (entry["full_attention_share"], entry[key]["mean"], entry[key]["min"], entry[key]["max"])
@@ -245,6 +251,22 @@ def plot(rows: list[dict], path: Path, window: int) -> None:
         ax.set_xticks([0, 1 / 8, 1 / 4, 1 / 2, 1], ["0", "1/8", "1/4", "1/2", "1"])
     fig.axes[0].legend(fontsize=7)
     save(fig, path)
+
+
+def _sink_over_training(ax, runs: list[dict]) -> None:
+    """Sink_1 of the softmax layers at every evaluation against training tokens, the mean over each layout's seeds."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        for point in run["history"]:
+            curves.setdefault(run["study_name"], {}).setdefault(point["tokens"], []).append(point["sink_rate"])
+    for name, points in curves.items():
+        tokens = sorted(points)
+        seeds = len(points[tokens[-1]])
+        ax.plot([t / 1e6 for t in tokens], [sum(points[t]) / len(points[t]) for t in tokens],
+                label=name if seeds == 1 else f"{name} ({seeds} seeds)")  # fmt: skip
+    ax.set(title="Sink_1 during training", xlabel="training tokens (millions)",
+           ylabel="Sink_1^0.3 of the softmax layers")  # fmt: skip
+    ax.legend(fontsize=7)
 
 
 def _resumed(previous: dict, fresh: dict, parser: argparse.ArgumentParser) -> dict:
@@ -298,7 +320,10 @@ def main(argv: list[str] | None = None) -> dict:
         "note": "every run: same width, depth, heads, token stream and step count per seed; only the token mixers "
         "differ",
         "linear_kernel": {},
-        "provenance": run_provenance(texts=args.corpus or "embedded byte corpus", seed=args.seeds[0]),
+        "provenance": {
+            **run_provenance(texts=args.corpus or "embedded byte corpus", seed=args.seeds[0]),
+            "command": " ".join(["python3 benchmarks/hybrid_study.py", *(sys.argv[1:] if argv is None else argv)]),
+        },
         "rows": [],
         "runs": [],
     }
@@ -356,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["wall_seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(record, indent=1))
     if record["rows"]:
-        plot(record["rows"], out.with_suffix(".png"), args.window)
+        plot(record, out.with_suffix(".png"))
     Console(width=160).print(_table(record["rows"]))
     keys = ("benchmark", "hardware", "linear_kernel", "by_layout", "failed", "skipped")
     line = {k: record[k] for k in keys if k in record}

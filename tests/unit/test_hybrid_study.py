@@ -71,6 +71,7 @@ def test_smoke_run_writes_rows_plot_and_one_json_line(study, tmp_path, capsys):
     assert rows["sliding-5:1"]["sink_rate_sliding"] is not None and rows["linear-1:1"]["sink_rate_sliding"] is None
     assert record["linear_kernel"]["olmo_hybrid"].startswith("transformers torch reference")  # no fla here
     assert record["provenance"]["transformers"] and out.with_suffix(".png").exists()
+    assert record["provenance"]["command"].startswith("python3 benchmarks/hybrid_study.py --preset tiny --steps 2 ")
     losses = [row["val_loss"] for row in record["rows"] if row["run"] == "linear-1:1"]
     assert losses[0] != losses[1]  # two seeds, two models
     layout = record["by_layout"]["linear-1:1"]
@@ -112,3 +113,21 @@ def test_compiled_runs_train_the_same_hybrid(study, tmp_path):
     assert eager["runs"][0]["config"]["compile"] is False
     for key in ("sink_rate", "first_token_mass", "max_activation", "val_loss"):
         assert compiled["rows"][0][key] == pytest.approx(eager["rows"][0][key], rel=1e-5, abs=1e-6), key
+
+
+def test_the_h200_record_rebuilds_its_rows_from_its_runs(study):
+    """The committed H200 record (benchmarks/results/hybrid-h200.json): every row and every layout's mean and range
+    follow from the run records it keeps, fla's kernel trained the linear layers, and what is not trained yet is
+    listed under ``missing``."""
+    record = json.loads((BENCHMARKS / "results" / "hybrid-h200.json").read_text())
+    assert (record["preset"]["name"], record["steps"], record["window"]) == ("small", 2000, 32)
+    rebuilt = [study.summary(run["study_name"], study.RUNS[run["study_name"]], run) for run in record["runs"]]
+    assert rebuilt == record["rows"] and study.by_layout(rebuilt) == record["by_layout"]
+    for run in record["runs"]:
+        assert run["layer_types"] == study.layer_types(study.RUNS[run["study_name"]], 8)
+        assert run["final"]["tokens"] == 2000 * 48 * 255  # the same budget for every layout: 24.5M tokens
+    assert set(record["linear_kernel"]) == {"olmo_hybrid", "qwen3_next"}
+    assert all(kernel.startswith("flash-linear-attention (fla 0.6.0)") for kernel in record["linear_kernel"].values())
+    trained = {f"{row['run']}/s{row['seed']}" for row in record["rows"]}
+    assert trained.isdisjoint(record["missing"]) and len(trained | set(record["missing"])) == 3 * len(study.RUNS)
+    assert [call["command"].split()[:2] for call in record["calls"]] == [["python3", "benchmarks/hybrid_study.py"]] * 2
