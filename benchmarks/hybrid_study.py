@@ -377,13 +377,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"{row['first_token_mass']:.3f}, max |x| {row['max_activation']:.1f}, val loss {row['val_loss']:.3f}, "
             f"{result.tokens_per_second:,.0f} tok/s, {time.perf_counter() - started:.0f} s so far"
         )
+    trained = {f"{row['run']}/s{row['seed']}" for row in record["rows"]}
+    wanted = [*record.get("missing", []), *(f"{name}/s{seed}" for seed in args.seeds for name in args.runs)]
+    record["missing"] = [pair for pair in dict.fromkeys(wanted) if pair not in trained]  # what a --resume still owes
     record["by_layout"] = by_layout(record["rows"])
     record["wall_seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(record, indent=1))
     if record["rows"]:
         plot(record, out.with_suffix(".png"))
     Console(width=160).print(_table(record["rows"]))
-    keys = ("benchmark", "hardware", "linear_kernel", "by_layout", "failed", "skipped")
+    keys = ("benchmark", "hardware", "linear_kernel", "by_layout", "failed", "skipped", "missing")
     line = {k: record[k] for k in keys if k in record}
     line["rows"] = [{k: row[k] for k in ("run", "seed", "sink_rate", "val_loss")} for row in record["rows"]]
     print(json.dumps(line))

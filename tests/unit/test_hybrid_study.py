@@ -91,6 +91,12 @@ def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tm
     assert [(row["run"], row["seed"]) for row in again["rows"]] == [("sliding", 0), ("sliding", 1)]
     assert again["rows"][0] == first["rows"][0]  # kept, not re-trained
     assert len(again["calls"]) == 2 and again["by_layout"]["sliding"]["seeds"] == [0, 1]
+    assert first["missing"] == [] and again["missing"] == []
+    later = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "--out", str(tmp_path / "later.json")]
+    none = study.main([*later, "--seeds", "0", "1", "--time-limit", "0"])  # every run would end past the limit
+    assert none["rows"] == [] and none["skipped"] == none["missing"] == ["sliding/s0", "sliding/s1"]
+    one = study.main([*later, "--seeds", "1", "--resume"])
+    assert [row["seed"] for row in one["rows"]] == [1] and one["missing"] == ["sliding/s0"]  # still owed
     with pytest.raises(SystemExit) as exit_info:
         study.main(["--preset", "tiny", "--steps", "3", "--runs", "sliding", "--out", str(out), "--resume"])
     assert exit_info.value.code == 2
