@@ -56,8 +56,8 @@ install_fla() {  # tests/gpu/test_fla_gated_delta.py checks the kernel against t
         "$SHIP"/flash_linear_attention-*.whl "$SHIP"/einops-*.whl || return 1
     python3 -c "import fla, einops; print('fla', fla.__version__, fla.__file__)" || return 1
     # fla 0.6 refuses the gated backward on Hopper with Triton 3.4-3.7.0 (wrong results, fla issue 640) unless
-    # tilelang is installed; then transformers would crash at the first backward: take fla out again, so its torch
-    # reference runs (hybrid_study.py records which kernel ran)
+    # tilelang is installed; then transformers would crash at the first backward: take fla out again and fail, since
+    # transformers' torch reference does not train on the device either (its first step took over 125 s, ninth lease)
     if ! python3 - <<'PY'
 import torch
 from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -71,7 +71,8 @@ except RuntimeError as err:
 PY
     then
         rm -rf /tmp/site/fla /tmp/site/fla_core* /tmp/site/flash_linear_attention*
-        echo "install_fla: removed fla again; transformers' torch Gated DeltaNet runs (bring tilelang or Triton >= 3.7.1)"
+        echo "install_fla: removed fla again; bring tilelang or Triton >= 3.7.1 (install_triton first)" >&2
+        return 1
     fi
 }
 

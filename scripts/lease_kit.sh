@@ -62,7 +62,7 @@ hybrid lease instead: call 1 as above, call 2 ending at install_corpus, then one
 calls 3 to $((last + 2)) (carry $kit/tN, N = 0 to $((last - 1))):
   R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/tN
 call $((last + 3)) (carry $kit/t$last), A = hybrid_study.py's arguments without --out, B = budget_left_s after call $((last + 2)):
-  export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/t$last && install_triton && install_fla && python3 -c "import fla" && A="..." && start_hybrid /tmp/hyb \$A --corpus /tmp/corpus --time-limit \$((B - 80 - SECONDS)) && watch_study /tmp/hyb \$((585 - SECONDS))
+  export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/t$last && install_triton && install_fla && A="..." && start_hybrid /tmp/hyb \$A --corpus /tmp/corpus --time-limit \$((B - 80 - SECONDS)) && watch_study /tmp/hyb \$((585 - SECONDS))
   (fla's kernel against the torch reference, tests/gpu/test_fla_gated_delta.py, passed there in the tenth lease and
   costs 221 s of Triton JIT: add it before start_hybrid when fla or Triton changes; a resumed study also needs
   its record first: mkdir -p /tmp/hyb && cp benchmarks/results/hybrid-h200.json /tmp/hyb/ and --resume in A)
