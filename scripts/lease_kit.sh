@@ -24,7 +24,10 @@ fits() {  # fits DIR: refuse a carried folder that would take its call past the 
 }
 grep -qx "/$kit/" .git/info/exclude 2>/dev/null || echo "/$kit/" >> .git/info/exclude
 rm -rf "$kit" && mkdir -p "$kit"/a "$kit"/b
-git archive HEAD src benchmarks tests/gpu tests/conftest.py pyproject.toml > "$kit"/a/clean.tar  # + the CUDA tests
+# the code of HEAD and its CUDA tests; benchmarks/results stays out (15 MB of records that the working tree
+# carries to every call anyway: a resumed study copies its record from $R/benchmarks/results)
+git archive HEAD src benchmarks tests/gpu tests/conftest.py pyproject.toml ':(exclude)benchmarks/results' \
+    > "$kit"/a/clean.tar
 cp "${parts[0]}" "$pack"/corpus.sha256 "$kit"/a/
 cp "${parts[1]}" "$pack"/corpus.sha256 "$kit"/b/
 commit=$(git rev-parse --short HEAD)
@@ -65,7 +68,7 @@ call $((last + 3)) (carry $kit/t$last), A = hybrid_study.py's arguments without 
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/t$last && install_triton && install_fla && A="..." && start_hybrid /tmp/hyb \$A --corpus /tmp/corpus --time-limit \$((B - 80 - SECONDS)) && watch_study /tmp/hyb \$((585 - SECONDS))
   (fla's kernel against the torch reference, tests/gpu/test_fla_gated_delta.py, passed there in the tenth lease and
   costs 221 s of Triton JIT: add it before start_hybrid when fla or Triton changes; a resumed study also needs
-  its record first: mkdir -p /tmp/hyb && cp benchmarks/results/hybrid-h200.json /tmp/hyb/ and --resume in A)
+  its record first: mkdir -p /tmp/hyb && cp \$R/benchmarks/results/hybrid-h200.json /tmp/hyb/ and --resume in A)
 CMD
 fi
 echo "each call's timeout_s: its watch_study seconds + 15 at least (the final copy), within budget_left_s"
