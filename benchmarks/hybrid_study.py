@@ -284,6 +284,22 @@ def _resumed(previous: dict, fresh: dict, parser: argparse.ArgumentParser) -> di
     return {**previous, "provenance": fresh["provenance"], "calls": calls}
 
 
+def _stream(run: dict) -> str:
+    """The digest of the tokens a run trained on (the corpus's training split, the same for every seed)."""
+    return run["provenance"]["texts"]["source"]["train_tokens_sha256"]
+
+
+def _write(record: dict, args: argparse.Namespace, out: Path, seconds: float) -> None:
+    """Write the record as it stands, after every run too: what a --resume still owes is recomputed each time, so a
+    call cut off mid-study leaves a record whose ``missing`` names exactly the (run, seed) pairs it lacks."""
+    trained = {f"{row['run']}/s{row['seed']}" for row in record["rows"]}
+    wanted = [*record.get("missing", []), *(f"{name}/s{seed}" for seed in args.seeds for name in args.runs)]
+    record["missing"] = [pair for pair in dict.fromkeys(wanted) if pair not in trained]
+    record["by_layout"] = by_layout(record["rows"])
+    record["wall_seconds"] = seconds
+    out.write_text(json.dumps(record, indent=1))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", choices=list(PRESETS))
@@ -365,24 +381,25 @@ def main(argv: list[str] | None = None) -> dict:
         if kernel is not None:
             record["linear_kernel"][architecture] = kernel
         run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
+        streams = {_stream(kept) for kept in record["runs"]}
+        if streams and _stream(run) not in streams:  # a rebuilt corpus that differs: one table never mixes streams
+            record.setdefault("failed", {})[f"{name}/s{seed}"] = (
+                f"its training tokens (sha256 {_stream(run)}) differ from the record's ({', '.join(sorted(streams))})"
+                "; accepted: the corpus the record was made on, or a new --out"
+            )
+            console.print(f"[red]{name} seed {seed}: {record['failed'][f'{name}/s{seed}']}; the study stops[/]")
+            break
         run["layer_types"] = fields["layer_types"]
         record["runs"].append(run)
         record["rows"].append(summary(name, mix, run))
-        record["by_layout"] = by_layout(record["rows"])
-        record["wall_seconds"] = time.perf_counter() - started
-        out.write_text(json.dumps(record, indent=1))
+        _write(record, args, out, time.perf_counter() - started)
         row = record["rows"][-1]
         console.print(
             f"[bold]{name}[/] seed {seed} done: Sink_1 {row['sink_rate']:.1%}, first-token mass "
             f"{row['first_token_mass']:.3f}, max |x| {row['max_activation']:.1f}, val loss {row['val_loss']:.3f}, "
             f"{result.tokens_per_second:,.0f} tok/s, {time.perf_counter() - started:.0f} s so far"
         )
-    trained = {f"{row['run']}/s{row['seed']}" for row in record["rows"]}
-    wanted = [*record.get("missing", []), *(f"{name}/s{seed}" for seed in args.seeds for name in args.runs)]
-    record["missing"] = [pair for pair in dict.fromkeys(wanted) if pair not in trained]  # what a --resume still owes
-    record["by_layout"] = by_layout(record["rows"])
-    record["wall_seconds"] = time.perf_counter() - started
-    out.write_text(json.dumps(record, indent=1))
+    _write(record, args, out, time.perf_counter() - started)
     if record["rows"]:
         plot(record, out.with_suffix(".png"))
     Console(width=160).print(_table(record["rows"]))

@@ -109,6 +109,47 @@ def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tm
     assert "--resume: the record was made with sinklab 0.2.1, this is" in capsys.readouterr().err
 
 
+def test_a_study_cut_off_mid_way_leaves_a_record_that_owes_only_what_it_lacks(study, tmp_path, monkeypatch):
+    """The record written after each run recomputes ``missing``: a call that ends mid-study (the machine went cold)
+    leaves a file that a --resume reads correctly, not the resumed record's list of what it owed before."""
+    out = tmp_path / "hybrid.json"
+    base = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "linear-1:1", "--out", str(out)]
+    study.main([*base, "--seeds", "0", "--time-limit", "0"])  # owes both runs
+    assert json.loads(out.read_text())["missing"] == ["sliding/s0", "linear-1:1/s0"]
+    trained = study.train_guarded
+
+    def cut_off_after_one(config, name, console):
+        if name == "linear-1:1":
+            raise KeyboardInterrupt  # the call ends here, before the study's final write
+        return trained(config, name, console)
+
+    monkeypatch.setattr(study, "train_guarded", cut_off_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        study.main([*base, "--seeds", "0", "--resume"])
+    left = json.loads(out.read_text())
+    assert [(row["run"], row["seed"]) for row in left["rows"]] == [("sliding", 0)]
+    assert left["missing"] == ["linear-1:1/s0"]
+
+
+def test_resume_on_another_token_stream_stops_before_mixing_it_in(study, tmp_path, capsys):
+    """A --resume whose corpus was rebuilt differently (same path, other tokens) trains one run, finds that its
+    training tokens' digest differs from the record's, and stops: the run goes under ``failed``, not into the table."""
+    out = tmp_path / "hybrid.json"
+    base = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "--out", str(out)]
+    study.main([*base, "--seeds", "0"])
+    kept = json.loads(out.read_text())
+    for run in kept["runs"]:
+        run["provenance"]["texts"]["source"]["train_tokens_sha256"] = "0123456789abcdef"
+    out.write_text(json.dumps(kept))
+    record = study.main([*base, "--seeds", "0", "1", "2", "--resume"])
+    assert [(row["run"], row["seed"]) for row in record["rows"]] == [("sliding", 0)]
+    assert (
+        list(record["failed"]) == ["sliding/s1"]
+        and "differ from the record's (0123456789abcdef)" in (record["failed"]["sliding/s1"])
+    )
+    assert record["missing"] == ["sliding/s1", "sliding/s2"] and "the study stops" in capsys.readouterr().out
+
+
 def test_compiled_runs_train_the_same_hybrid(study, tmp_path):
     """--compile: a hybrid's training steps (transformers' torch Gated DeltaNet included) through torch.compile give
     eager's row; each run's record says it was compiled."""
@@ -136,4 +177,5 @@ def test_the_h200_record_rebuilds_its_rows_from_its_runs(study):
     assert all(kernel.startswith("flash-linear-attention (fla 0.6.0)") for kernel in record["linear_kernel"].values())
     trained = {f"{row['run']}/s{row['seed']}" for row in record["rows"]}
     assert trained.isdisjoint(record["missing"]) and len(trained | set(record["missing"])) == 3 * len(study.RUNS)
-    assert [call["command"].split()[:2] for call in record["calls"]] == [["python3", "benchmarks/hybrid_study.py"]] * 2
+    commands = {tuple(call["command"].split()[:2]) for call in record["calls"]}
+    assert commands == {("python3", "benchmarks/hybrid_study.py")}
