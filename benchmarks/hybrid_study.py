@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
         if result is None:
             record.setdefault("failed", {})[f"{name}/s{seed}"] = error
             continue
-        kernel = linear_kernel(architecture)
-        if kernel is not None:
+        kernel = linear_kernel(architecture) if LINEAR in fields["layer_types"] else None
+        if kernel is not None:  # only layouts with linear layers say which kernel ran them (gated-1:0 has none)
             record["linear_kernel"][architecture] = kernel
         run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
         streams = {_stream(kept) for kept in record["runs"]}

@@ -12,6 +12,7 @@
 #                                                    a gu_study.py run that outlives the call, watched and copied
 #   source benchmarks/ship.sh; start_hybrid WORK ARGS; watch_study WORK S       the same for hybrid_study.py
 #   source benchmarks/ship.sh; watch_study FIRST S; then_study FIRST WORK ARGS   a second study after the first
+#   source benchmarks/ship.sh; watch_study FIRST S; then_hybrid FIRST WORK ARGS  a hybrid study after the first
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -118,11 +119,21 @@ start_study() {  # start_study WORK ARGS...: benchmarks/gu_study.py ARGS, its ru
 
 then_study() {  # then_study FIRST WORK ARGS...: once FIRST's study has exited, what its watch copied to $OUT moves
     # to $OUT/$(basename FIRST)/ and start_study WORK ARGS starts the next in the same call (no idle gap between them)
-    local first=$1 copied=$OUT/$(basename "$1"); shift
+    local first=$1; shift
+    set_aside "$first" then_study && start_study "$@"
+}
+
+then_hybrid() {  # then_hybrid FIRST WORK ARGS...: the same with start_hybrid (a hybrid study after a gu_study one)
+    local first=$1; shift
+    set_aside "$first" then_hybrid && start_hybrid "$@"
+}
+
+set_aside() {  # set_aside FIRST WHO: if FIRST's study has exited, its copies in $OUT move to $OUT/$(basename FIRST)/
+    local first=$1 copied=$OUT/$(basename "$1")
     if study_runs "$first"; then
-        echo "then_study: $first still runs; nothing started"; return 1
+        echo "$2: $first still runs; nothing started"; return 1
     fi
-    mkdir -p "$copied" && find "$OUT" -maxdepth 1 -type f -exec mv {} "$copied"/ \; && start_study "$@"
+    mkdir -p "$copied" && find "$OUT" -maxdepth 1 -type f -exec mv {} "$copied"/ \;
 }
 
 start_hybrid() {  # start_hybrid WORK ARGS...: benchmarks/hybrid_study.py ARGS, its record WORK/hybrid-h200.json

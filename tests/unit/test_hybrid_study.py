@@ -82,6 +82,13 @@ def test_smoke_run_writes_rows_plot_and_one_json_line(study, tmp_path, capsys):
     assert set(last["by_layout"]) == {"linear-1:1", "sliding-5:1"}
 
 
+def test_a_layout_without_linear_layers_names_no_linear_kernel(study, tmp_path):
+    """gated-1:0 (Qwen3-Next with every layer softmax) trains without Gated DeltaNet: the record's ``linear_kernel``
+    stays empty, so a machine without fla cannot overwrite the kernel that trained gated-1:3."""
+    record = study.main(["--preset", "tiny", "--steps", "2", "--runs", "gated-1:0", "--out", str(tmp_path / "g.json")])
+    assert record["rows"][0]["architecture"] == "qwen3_next" and record["linear_kernel"] == {}
+
+
 def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tmp_path, capsys):
     out = tmp_path / "hybrid.json"
     base = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "--out", str(out)]

@@ -121,3 +121,28 @@ def test_then_study_starts_the_second_study_only_once_the_first_has_exited(tmp_p
     assert (second / "orchestrator.log").read_text() == (
         f"fake python3 benchmarks/gu_study.py --first sigmoid-long-s0 --work {second} --out {second}/gu-study.json\n"
     )
+
+
+def test_then_hybrid_starts_the_hybrid_study_once_the_first_has_exited(tmp_path):
+    """then_hybrid: a hybrid study after a gu_study one in the same call, the first's copies set aside the same way."""
+    import os
+
+    first, second, out, bin_ = tmp_path / "gu60", tmp_path / "hyb", tmp_path / "out", tmp_path / "bin"
+    for folder in (first, out, bin_):
+        folder.mkdir()
+    (bin_ / "python3").write_text('#!/bin/sh\necho "fake python3 $*"\n')
+    (bin_ / "python3").chmod(0o755)
+    (out / "gu-study.json").write_text("{}")
+    (first / "study.pid").write_text("999999999")  # no such process: the first study has exited
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    script = f'source "{SHIP_SH}"; OUT="{out}"; then_hybrid "{first}" "{second}" --runs sliding --seeds 1 --resume'
+    started = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert started.returncode == 0, started.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gu60"] and (out / "gu60" / "gu-study.json").exists()
+    for _ in range(100):
+        if (second / "orchestrator.log").read_text():
+            break
+        time.sleep(0.05)
+    assert (second / "orchestrator.log").read_text() == (
+        f"fake python3 benchmarks/hybrid_study.py --runs sliding --seeds 1 --resume --out {second}/hybrid-h200.json\n"
+    )
