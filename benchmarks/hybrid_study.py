@@ -224,33 +224,44 @@ def plot(record: dict, path: Path) -> None:
 
     rows, window = record["rows"], record["window"]
     layouts = by_layout(rows)
-    fig = Figure(figsize=(4.6 * (len(PANELS) + 1), 4), layout="tight")
+    fig = Figure(figsize=(4.6 * (len(PANELS) + 1), 4.4), layout="constrained")
     *axes, curve_ax = fig.subplots(1, len(PANELS) + 1)
     _sink_over_training(curve_ax, record["runs"])
     for ax, (key, label) in zip(axes, PANELS, strict=True):
         for arm, title in ARMS.items():
-            points = sorted(
-                (entry["full_attention_share"], entry[key]["mean"], entry[key]["min"], entry[key]["max"])
+            entries = [
+                entry
                 for name, entry in layouts.items()
                 if (entry["arm"] == arm or (arm == "sliding" and name == "softmax")) and entry[key] is not None
+            ]
+            points = sorted(
+                (entry["full_attention_share"], entry[key]["mean"], entry[key]["min"], entry[key]["max"])
+                for entry in entries
             )
             if points and any(entry["arm"] == arm for entry in layouts.values()):
                 x, mean, low, high = (list(column) for column in zip(*points, strict=True))
-                seeds = max(len(entry["seeds"]) for entry in layouts.values())
                 bars = [
                     [m - lo for m, lo in zip(mean, low, strict=True)],
                     [h - m for m, h in zip(mean, high, strict=True)],
                 ]
-                ax.errorbar(x, mean, yerr=bars, marker="o", capsize=3,
-                            label=title if seeds == 1 else f"{title}, mean of {seeds} seeds")  # fmt: skip
+                ax.errorbar(x, mean, yerr=bars, marker="o", capsize=3, label=_arm_label(title, entries))
         ax.set(
             title=label,
             xlabel=f"share of full-attention layers (others: linear or window {window})",
             ylabel=label,
         )
         ax.set_xticks([0, 1 / 8, 1 / 4, 1 / 2, 1], ["0", "1/8", "1/4", "1/2", "1"])
-    fig.axes[0].legend(fontsize=7)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8)  # off the data
     save(fig, path)
+
+
+def _arm_label(title: str, entries: list[dict]) -> str:
+    """The legend entry of one arm: how many seeds its points average (a range while the seeds are still coming)."""
+    counts = sorted({len(entry["seeds"]) for entry in entries})
+    if counts == [1]:
+        return f"{title}, 1 seed"
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{title}, mean of {seeds} seeds per point"
 
 
 def _sink_over_training(ax, runs: list[dict]) -> None:

@@ -89,6 +89,13 @@ def test_a_layout_without_linear_layers_names_no_linear_kernel(study, tmp_path):
     assert record["rows"][0]["architecture"] == "qwen3_next" and record["linear_kernel"] == {}
 
 
+def test_the_plot_legend_says_how_many_seeds_each_arm_averages(study):
+    """An arm whose layouts have different numbers of seeds says so, never the most seeds of any layout."""
+    assert study._arm_label("gated", [{"seeds": [0]}, {"seeds": [0, 1]}]) == "gated, mean of 1-2 seeds per point"
+    assert study._arm_label("linear", [{"seeds": [0, 1, 2]}] * 2) == "linear, mean of 3 seeds per point"
+    assert study._arm_label("sliding", [{"seeds": [0]}]) == "sliding, 1 seed"
+
+
 def test_resume_runs_only_the_missing_seeds_and_refuses_another_budget(study, tmp_path, capsys):
     out = tmp_path / "hybrid.json"
     base = ["--preset", "tiny", "--steps", "2", "--runs", "sliding", "--out", str(out)]
