@@ -388,18 +388,19 @@ def main(argv: list[str] | None = None) -> dict:
         if result is None:
             record.setdefault("failed", {})[f"{name}/s{seed}"] = error
             continue
-        kernel = linear_kernel(architecture) if LINEAR in fields["layer_types"] else None
-        if kernel is not None:  # only layouts with linear layers say which kernel ran them (gated-1:0 has none)
-            record["linear_kernel"][architecture] = kernel
         run = {"study_name": name, "attention_impl": _impl(result.attention_calls), **result.to_dict()}
         streams = {_stream(kept) for kept in record["runs"]}
         if streams and _stream(run) not in streams:  # a rebuilt corpus that differs: one table never mixes streams
-            record.setdefault("failed", {})[f"{name}/s{seed}"] = (
+            reason = (
                 f"its training tokens (sha256 {_stream(run)}) differ from the record's ({', '.join(sorted(streams))})"
                 "; accepted: the corpus the record was made on, or a new --out"
             )
-            console.print(f"[red]{name} seed {seed}: {record['failed'][f'{name}/s{seed}']}; the study stops[/]")
+            record.setdefault("failed", {})[f"{name}/s{seed}"] = reason
+            console.print(f"[red]{name} seed {seed}: {reason}; the study stops[/]")
             break
+        kernel = linear_kernel(architecture) if LINEAR in fields["layer_types"] else None
+        if kernel is not None:  # only layouts with linear layers say which kernel ran them (gated-1:0 has none)
+            record["linear_kernel"][architecture] = kernel
         run["layer_types"] = fields["layer_types"]
         record["runs"].append(run)
         record["rows"].append(summary(name, mix, run))
