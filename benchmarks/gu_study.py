@@ -254,7 +254,8 @@ def _explain_summary(probes: dict) -> dict:
 def _checkpoints(run: dict, record: dict, cache: dict, directory: Path, explain_seqs: int = 0) -> list[dict]:
     """Each saved checkpoint loaded through sinklab.load and scanned on the training's held-out T=64 sequences,
     beside the history row of its step; with ``explain_seqs``, ``sinklab explain``'s probes on that many of them
-    (spread), saved in the run's ``directory`` beside its train.json, so they travel back without the checkpoint."""
+    (spread). Both records are saved in the run's ``directory`` beside its train.json (``rescan-step-N.json``,
+    ``explain-step-N.json``), so they travel back without the checkpoint and a later lease's record keeps them."""
     from sinklab.models import resolve_device
 
     out = []
@@ -266,23 +267,28 @@ def _checkpoints(run: dict, record: dict, cache: dict, directory: Path, explain_
     for checkpoint in checkpoints:
         path = checkpoint["path"]
         explained = directory / f"explain-step-{checkpoint['step']}.json"
-        if checkpoint not in here:
-            cache.setdefault(path, None)
-        elif path not in cache:
-            model, tokenizer = sinklab.load(path, device=device)
-            scanned = sinklab.scan(
-                model, tokenizer, ids, eps=config.eps, num_texts=None, batch_size=len(ids), keep_pattern=0,
-                progress=False,
-            )  # fmt: skip
-            cache[path] = {"sink_rate": scanned.sink_rate, "max_activation": float(scanned.layer_max_abs.max())}
-            if explain_seqs and not explained.exists():
-                probes = sinklab.explain(
-                    model, tokenizer, ids[place(explain_seqs, len(ids))], eps=config.eps, num_texts=None,
-                    max_tokens=ids.shape[1], bos="never", progress=False,
-                    model_name=f"{run['name']} step {checkpoint['step']}",
-                ).to_dict()  # fmt: skip
-                explained.write_text(json.dumps(probes, indent=1) + "\n")
-            del model
+        rescanned = directory / f"rescan-step-{checkpoint['step']}.json"
+        if path not in cache:  # each record is made once, where the checkpoint is, and read back after
+            kept = json.loads(rescanned.read_text()) if rescanned.exists() else None
+            explain_now = explain_seqs and not explained.exists()
+            if checkpoint in here and (kept is None or explain_now):
+                model, tokenizer = sinklab.load(path, device=device)
+                if kept is None:
+                    scanned = sinklab.scan(
+                        model, tokenizer, ids, eps=config.eps, num_texts=None, batch_size=len(ids),
+                        keep_pattern=0, progress=False,
+                    )  # fmt: skip
+                    kept = {"sink_rate": scanned.sink_rate, "max_activation": float(scanned.layer_max_abs.max())}
+                    rescanned.write_text(json.dumps(kept) + "\n")
+                if explain_now:
+                    probes = sinklab.explain(
+                        model, tokenizer, ids[place(explain_seqs, len(ids))], eps=config.eps, num_texts=None,
+                        max_tokens=ids.shape[1], bos="never", progress=False,
+                        model_name=f"{run['name']} step {checkpoint['step']}",
+                    ).to_dict()  # fmt: skip
+                    explained.write_text(json.dumps(probes, indent=1) + "\n")
+                del model
+            cache[path] = kept
         history = next(row for row in record["history"] if row["step"] == checkpoint["step"])
         scan_row, train_row = cache[path], {k: history[k] for k in ("sink_rate", "max_activation")}
         out.append({
@@ -290,7 +296,7 @@ def _checkpoints(run: dict, record: dict, cache: dict, directory: Path, explain_
             "step": checkpoint["step"],
             "tokens": history["tokens"],
             "path": path,
-            "scan": scan_row,  # None: the checkpoint is not on this machine (rescanned where it was saved)
+            "scan": scan_row,  # None: neither the checkpoint nor its rescan record is here
             "history": train_row,
             "sink_rate_equal": None if scan_row is None else scan_row["sink_rate"] == train_row["sink_rate"],
             "max_activation_abs_diff": (

@@ -186,5 +186,5 @@ copy_study() {  # copy_study WORK: the study's JSON, plot, log and run records (
     local work=$1
     cp "$work"/*.json "$work"/*.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
     (cd "$work" && tar czf "$OUT"/.runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt \
-        */explain-step-*.json 2>/dev/null; mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
+        */explain-step-*.json */rescan-step-*.json 2>/dev/null; mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
 }

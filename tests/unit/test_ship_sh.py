@@ -48,7 +48,10 @@ def test_watch_study_stops_polling_when_the_study_exits(tmp_path):
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "softmax-s0").mkdir(parents=True)
     out.mkdir()
-    (work / "softmax-s0" / "train.json").write_text("{}")
+    for name in ("train.json", "rescan-step-4.json", "explain-step-4.json"):  # the records of a saver's checkpoint
+        (work / "softmax-s0" / name).write_text("{}")
+    (work / "softmax-s0" / "checkpoints" / "step-4").mkdir(parents=True)  # the checkpoint itself stays
+    (work / "softmax-s0" / "checkpoints" / "step-4" / "model.safetensors").write_text("weights")
     (work / "gu-study.json").write_text('{"benchmark": "gu_study"}')
     (work / "orchestrator.log").write_text("finished\n")
     (work / "study.pid").write_text("999999999")  # no such process: the study has exited
@@ -57,7 +60,9 @@ def test_watch_study_stops_polling_when_the_study_exits(tmp_path):
     assert "study exited" in done.stdout and seconds < 10
     assert (out / "gu-study.json").read_text() == '{"benchmark": "gu_study"}'
     with tarfile.open(out / "runs.tgz") as runs:
-        assert runs.getnames() == ["softmax-s0/train.json"]
+        assert sorted(runs.getnames()) == [
+            "softmax-s0/explain-step-4.json", "softmax-s0/rescan-step-4.json", "softmax-s0/train.json"
+        ]  # fmt: skip
 
 
 def test_a_hybrid_study_started_in_its_own_session_comes_back_through_the_watch(tmp_path):
