@@ -13,6 +13,9 @@
 #   source benchmarks/ship.sh; start_hybrid WORK ARGS; watch_study WORK S       the same for hybrid_study.py
 #   source benchmarks/ship.sh; watch_study FIRST S; then_study FIRST WORK ARGS   a second study after the first
 #   source benchmarks/ship.sh; watch_study FIRST S; then_hybrid FIRST WORK ARGS  a hybrid study after the first
+#   source benchmarks/ship.sh; lease_start B; ... $(lease_left M)    in call 1 the lease's clock (B: budget_left_s
+#                                                    as call 1 was sent); later, its device seconds left less M
+#   source benchmarks/ship.sh; watch_then_hybrid FIRST WORK ARGS     every call after the one starting FIRST
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -126,6 +129,35 @@ then_study() {  # then_study FIRST WORK ARGS...: once FIRST's study has exited, 
 then_hybrid() {  # then_hybrid FIRST WORK ARGS...: the same with start_hybrid (a hybrid study after a gu_study one)
     local first=$1; shift
     set_aside "$first" then_hybrid && start_hybrid "$@"
+}
+
+watch_then_hybrid() {  # watch_then_hybrid FIRST WORK ARGS...: one later call of a lease that runs a gu_study, then
+    # a hybrid study: FIRST is watched to the call's end (CALL_SECONDS of the shell, 585); the call that sees it exit
+    # starts the hybrid study, its --time-limit the lease's seconds left less 240, and every call from then on
+    # watches it, to the call's end or 100 s before the lease's (the machine's start is not on the clock)
+    local first=$1 work=$2 limit call; shift 2
+    if [ ! -f "$work"/study.pid ]; then
+        watch_study "$first" $((${CALL_SECONDS:-585} - SECONDS))
+        limit=$(lease_left 240)
+        echo "watch_then_hybrid: hybrid time limit $limit s"
+        [ "$limit" -gt 150 ] && then_hybrid "$first" "$work" "$@" --time-limit "$limit"
+    fi
+    if [ -f "$work"/study.pid ]; then
+        limit=$(lease_left 100) call=$((${CALL_SECONDS:-585} - SECONDS))
+        watch_study "$work" $((limit < call ? limit : call))
+    fi
+}
+
+# -- the lease's clock: device seconds are counted from the machine's start, about 90 s before call 1 runs ------------
+LEASE_CLOCK=${LEASE_CLOCK:-/tmp}
+
+lease_start() {  # lease_start BUDGET: in call 1, the time and BUDGET (budget_left_s as call 1 was sent)
+    date +%s > "$LEASE_CLOCK"/lease_t0 && echo "$1" > "$LEASE_CLOCK"/lease_budget
+}
+
+lease_left() {  # lease_left MARGIN: the lease's device seconds left by that clock, less MARGIN (which must hold the
+    # machine's start, the copies still to come and a call's overrun)
+    echo $(($(cat "$LEASE_CLOCK"/lease_budget) - $1 - $(date +%s) + $(cat "$LEASE_CLOCK"/lease_t0)))
 }
 
 set_aside() {  # set_aside FIRST WHO: if FIRST's study has exited, its copies in $OUT move to $OUT/$(basename FIRST)/

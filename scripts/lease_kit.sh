@@ -58,7 +58,9 @@ later calls:
   cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && watch_study /tmp/gu60 560
 two studies in one call (the first's watch bounded by the call, then the second started; B = its arguments):
   ... && watch_study /tmp/ds \$((578 - SECONDS)); then_study /tmp/ds /tmp/gu60 \$B --corpus /tmp/corpus --compile
-  (then_hybrid /tmp/gu60 /tmp/hyb \$B starts hybrid_study.py instead: its layouts without linear layers need no fla)
+  (then_hybrid /tmp/gu60 /tmp/hyb \$B starts hybrid_study.py instead: its layouts without linear layers need no fla;
+  with lease_start \$BUDGET in call 1, every later call can be watch_then_hybrid /tmp/gu60 /tmp/hyb \$B, whose time
+  limits come from lease_left)
 send every call of the lease in one batch of tool calls: they run one after another, and a machine left idle for
 30 s between two turns goes cold (the eleventh lease restarted three times, its study's state lost each time)
 CMD

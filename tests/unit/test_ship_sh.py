@@ -151,3 +151,49 @@ def test_then_hybrid_starts_the_hybrid_study_once_the_first_has_exited(tmp_path)
     assert (second / "orchestrator.log").read_text() == (
         f"fake python3 benchmarks/hybrid_study.py --runs sliding --seeds 1 --resume --out {second}/hybrid-h200.json\n"
     )
+
+
+def test_lease_left_counts_down_from_the_budget_call_1_wrote(tmp_path):
+    """lease_start in call 1 writes the time and budget_left_s; lease_left M is that budget less M and the seconds
+    since (the fourteenth lease's limits, each from one function)."""
+    import os
+
+    env = {**os.environ, "LEASE_CLOCK": str(tmp_path)}
+    script = f'source "{SHIP_SH}"; lease_start 1800; lease_left 240'
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) in (1560, 1559) and (tmp_path / "lease_budget").read_text() == "1800\n"
+    (tmp_path / "lease_t0").write_text(f"{int(time.time()) - 1000}\n")  # call 1 was 1000 s ago
+    later = subprocess.run(["bash", "-c", f'source "{SHIP_SH}"; lease_left 100'], capture_output=True, text=True,
+                           timeout=30, env=env)  # fmt: skip
+    assert int(later.stdout) in (700, 699)
+
+
+@pytest.mark.parametrize(("budget", "started"), [(1000, True), (300, False)])
+def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left(tmp_path, budget, started):
+    """watch_then_hybrid after a gu_study that has exited: the hybrid study starts with --time-limit the lease's
+    seconds left less 240 and is watched until it exits; with 150 s or less to give it, nothing starts."""
+    import os
+    import re
+
+    first, second, out, bin_ = tmp_path / "gu60", tmp_path / "hyb", tmp_path / "out", tmp_path / "bin"
+    for folder in (first, out, bin_):
+        folder.mkdir()
+    (bin_ / "python3").write_text('#!/bin/sh\necho "fake python3 $*"\n')
+    (bin_ / "python3").chmod(0o755)
+    (first / "study.pid").write_text("999999999")  # no such process: the gu study has exited
+    (first / "orchestrator.log").write_text("finished\n")
+    (first / "gu-study.json").write_text("{}")
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "LEASE_CLOCK": str(tmp_path), "WATCH_EVERY": "1"}
+    script = (f'source "{SHIP_SH}"; OUT="{out}"; lease_start {budget}; CALL_SECONDS=20; '
+              f'watch_then_hybrid "{first}" "{second}" --runs sliding --seeds 2 --resume')  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    [limit] = re.findall(r"watch_then_hybrid: hybrid time limit (\d+) s", done.stdout)
+    assert int(limit) in (budget - 240, budget - 241)  # a second may pass between lease_start and the watch's end
+    assert (out / "gu60" / "gu-study.json").exists() == started and (second / "study.pid").exists() == started
+    if started:
+        log = (second / "orchestrator.log").read_text()
+        assert re.fullmatch(rf"fake python3 benchmarks/hybrid_study.py --runs sliding --seeds 2 --resume "
+                            rf"--time-limit {limit} --out {second}/hybrid-h200.json\n", log), log  # fmt: skip
+        assert "study exited" in done.stdout.split("hybrid time limit")[1]  # the hybrid study watched to its exit
