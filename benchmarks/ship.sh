@@ -131,6 +131,18 @@ then_hybrid() {  # then_hybrid FIRST WORK ARGS...: the same with start_hybrid (a
     set_aside "$first" then_hybrid && start_hybrid "$@"
 }
 
+# -- the lease's clock: device seconds are counted from the machine's start, about 90 s before call 1 runs ------------
+LEASE_CLOCK=${LEASE_CLOCK:-/tmp}
+
+lease_start() {  # lease_start BUDGET: in call 1, the time and BUDGET (budget_left_s as call 1 was sent)
+    date +%s > "$LEASE_CLOCK"/lease_t0 && echo "$1" > "$LEASE_CLOCK"/lease_budget
+}
+
+lease_left() {  # lease_left MARGIN: the lease's device seconds left by that clock, less MARGIN (which must hold the
+    # machine's start, the copies still to come and a call's overrun)
+    echo $(($(cat "$LEASE_CLOCK"/lease_budget) - $1 - $(date +%s) + $(cat "$LEASE_CLOCK"/lease_t0)))
+}
+
 watch_then_hybrid() {  # watch_then_hybrid FIRST WORK ARGS...: one later call of a lease that runs a gu_study, then
     # a hybrid study: FIRST is watched to the call's end (CALL_SECONDS of the shell, 585); the call that sees it exit
     # starts the hybrid study, its --time-limit the lease's seconds left less 240, and every call from then on
@@ -146,18 +158,6 @@ watch_then_hybrid() {  # watch_then_hybrid FIRST WORK ARGS...: one later call of
         limit=$(lease_left 100) call=$((${CALL_SECONDS:-585} - SECONDS))
         watch_study "$work" $((limit < call ? limit : call))
     fi
-}
-
-# -- the lease's clock: device seconds are counted from the machine's start, about 90 s before call 1 runs ------------
-LEASE_CLOCK=${LEASE_CLOCK:-/tmp}
-
-lease_start() {  # lease_start BUDGET: in call 1, the time and BUDGET (budget_left_s as call 1 was sent)
-    date +%s > "$LEASE_CLOCK"/lease_t0 && echo "$1" > "$LEASE_CLOCK"/lease_budget
-}
-
-lease_left() {  # lease_left MARGIN: the lease's device seconds left by that clock, less MARGIN (which must hold the
-    # machine's start, the copies still to come and a call's overrun)
-    echo $(($(cat "$LEASE_CLOCK"/lease_budget) - $1 - $(date +%s) + $(cat "$LEASE_CLOCK"/lease_t0)))
 }
 
 set_aside() {  # set_aside FIRST WHO: if FIRST's study has exited, its copies in $OUT move to $OUT/$(basename FIRST)/
@@ -218,5 +218,6 @@ copy_study() {  # copy_study WORK: the study's JSON, plot, log and run records (
     local work=$1
     cp "$work"/*.json "$work"/*.png "$work"/orchestrator.log "$OUT"/ 2>/dev/null
     (cd "$work" && tar czf "$OUT"/.runs.tgz --exclude checkpoints */train.json */history.jsonl */log.txt \
-        */explain-step-*.json */rescan-step-*.json 2>/dev/null; mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
+        */explain-step-*.json */rescan-step-*.json 2>/dev/null
+        mv "$OUT"/.runs.tgz "$OUT"/runs.tgz)  # whole, even when the call is cut
 }

@@ -50,8 +50,6 @@ def test_watch_study_stops_polling_when_the_study_exits(tmp_path):
     out.mkdir()
     for name in ("train.json", "rescan-step-4.json", "explain-step-4.json"):  # the records of a saver's checkpoint
         (work / "softmax-s0" / name).write_text("{}")
-    (work / "softmax-s0" / "checkpoints" / "step-4").mkdir(parents=True)  # the checkpoint itself stays
-    (work / "softmax-s0" / "checkpoints" / "step-4" / "model.safetensors").write_text("weights")
     (work / "gu-study.json").write_text('{"benchmark": "gu_study"}')
     (work / "orchestrator.log").write_text("finished\n")
     (work / "study.pid").write_text("999999999")  # no such process: the study has exited
