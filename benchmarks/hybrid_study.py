@@ -111,18 +111,36 @@ def model_config(mix: Mix, preset: str, window: int) -> tuple[str, dict]:
     return "olmo3", {**ids, "rope_theta": 10_000.0, "sliding_window": window}
 
 
+def picked_implementation(decorated) -> tuple:
+    """(function, devices it runs on or None) behind transformers' ``use_kernel_func_from_hub_with_fallback``: the
+    wrapper keeps its pick in the closure variable ``implementation`` (and, from 5.25, ``supported_devices``); with the
+    ``kernels`` package installed (a dependency from 5.25) the wrapper itself sits in a module whose ``forward`` calls
+    it as ``func``."""
+    fn, devices = decorated, None
+    while True:
+        if isinstance(fn, torch.nn.Module):
+            fn = inspect.getclosurevars(type(fn).forward).nonlocals["func"]
+            continue
+        picked = inspect.getclosurevars(fn).nonlocals
+        if "implementation" not in picked:
+            return fn, devices
+        fn, devices = picked["implementation"], picked.get("supported_devices")
+
+
 def linear_kernel(architecture: str) -> str | None:
     """The chunked gated-delta-rule function the architecture's Gated DeltaNet layers call (transformers picks it when
-    the modeling module is imported: flash-linear-attention's kernel when ``fla`` imports, else its torch reference);
-    None for an architecture without them."""
+    the modeling module is imported: flash-linear-attention's kernel when ``fla`` imports, else its torch reference;
+    from transformers 5.25 the pick applies to the devices named, other inputs take the reference); None for an
+    architecture without them."""
     module = importlib.import_module(f"transformers.models.{architecture}.modeling_{architecture}")
-    wrapper = getattr(module, "torch_chunk_gated_delta_rule", None)
-    if wrapper is None:
+    decorated = getattr(module, "torch_chunk_gated_delta_rule", None)
+    if decorated is None:
         return None
-    fn = inspect.getclosurevars(wrapper).nonlocals.get("implementation", wrapper)
+    fn, devices = picked_implementation(decorated)
     name = f"{fn.__module__}.{fn.__qualname__}"
     if name.startswith("fla."):
-        return f"flash-linear-attention (fla {importlib.import_module('fla').__version__}): {name}"
+        where = f" on {', '.join(devices)} inputs, else the torch reference" if devices else ""
+        return f"flash-linear-attention (fla {importlib.import_module('fla').__version__}): {name}{where}"
     return f"transformers torch reference: {name}"
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from sinklab.errors import SinklabInputError
 from sinklab.hf import ModelView
@@ -87,6 +88,36 @@ def test_a_layout_without_linear_layers_names_no_linear_kernel(study, tmp_path):
     stays empty, so a machine without fla cannot overwrite the kernel that trained gated-1:3."""
     record = study.main(["--preset", "tiny", "--steps", "2", "--runs", "gated-1:0", "--out", str(tmp_path / "g.json")])
     assert record["rows"][0]["architecture"] == "qwen3_next" and record["linear_kernel"] == {}
+
+
+def test_the_linear_kernel_is_read_through_either_wrapper_transformers_ships(study):
+    """transformers <= 5.24 returns its pick's wrapper (closure ``implementation``); 5.25, whose ``kernels`` dependency
+    wraps that wrapper in a module calling it as ``func``, adds ``supported_devices``. Both name the picked function."""
+
+    def kernel(query):
+        return query
+
+    def decorate(implementation, devices=None):
+        supported_devices = devices
+
+        def wrapped(*args):  # reads both, as transformers' does
+            return implementation(*args) if supported_devices != () else None
+
+        return wrapped
+
+    class Func(torch.nn.Module):  # what kernels' use_kernel_forward_from_hub makes of a function
+        pass
+
+    def as_module(func):
+        def forward(self, *args):
+            return func(*args)
+
+        Func.forward = forward
+        return Func()
+
+    assert study.picked_implementation(decorate(kernel)) == (kernel, None)
+    assert study.picked_implementation(as_module(decorate(kernel, ("cuda",)))) == (kernel, ("cuda",))
+    assert study.picked_implementation(kernel) == (kernel, None)
 
 
 def test_the_plot_legend_says_how_many_seeds_each_arm_averages(study):
