@@ -16,6 +16,8 @@
 #   source benchmarks/ship.sh; lease_start B; ... $(lease_left M)    in call 1 the lease's clock (B: budget_left_s
 #                                                    as call 1 was sent); later, its device seconds left less M
 #   source benchmarks/ship.sh; watch_then_hybrid FIRST WORK ARGS     every call after the one starting FIRST
+#   source benchmarks/ship.sh; resume_study RECORD WORK ARGS         call 2 of a lease adding runs to a committed
+#                                                    gu_study record; later calls: watch_study WORK S
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
@@ -174,8 +176,9 @@ start_hybrid() {  # start_hybrid WORK ARGS...: benchmarks/hybrid_study.py ARGS, 
 }
 
 restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS before the study has written its
-    # second evaluation (a broken --compile), stop the study and start it again with ARGS
-    local work=$1 limit=$2 t0=$SECONDS; shift 2
+    # second evaluation (a broken --compile), stop the study and start it again with ARGS; only unfinished runs (no
+    # train.json) count, so the finished runs a resumed study starts with never pass for the new one
+    local work=$1 limit=$2 t0=$SECONDS history; shift 2
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
         sleep 5
         if grep -q FAILED "$work"/orchestrator.log; then
@@ -183,8 +186,25 @@ restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS 
             kill -- -"$(cat "$work"/study.pid)"; sleep 5
             start_study "$work" "$@"; return
         fi
-        [ "$(cat "$work"/*/history.jsonl 2>/dev/null | wc -l)" -ge 2 ] && { echo "second evaluation written"; return; }
+        for history in "$work"/*/history.jsonl; do
+            [ -f "$history" ] && [ ! -f "${history%/*}"/train.json ] && [ "$(wc -l < "$history")" -ge 2 ] &&
+                { echo "second evaluation written: ${history%/*}"; return 0; }
+        done
     done
+    echo "restart_if_failed: no second evaluation in $limit s, none FAILED either; the watch goes on"
+}
+
+resume_study() {  # resume_study RECORD WORK ARGS...: call 2 of a lease that adds runs to a committed gu_study
+    # record: RECORD's run records (benchmarks/results/<study>/, in the working tree every call carries) copied to
+    # WORK, the study started there with ARGS and --long-time-limit the lease's seconds left less 330 (the final
+    # copies, later calls' overruns and the machine's start, which the clock misses), restarted once if --compile
+    # breaks, and watched to the call's end (CALL_SECONDS of the shell, 585)
+    local record=$1 work=$2 args; shift 2
+    mkdir -p "$work" && cp -r "$record"/. "$work"/ || return 1
+    args=("$@" --long-time-limit "$(lease_left 330)")
+    start_study "$work" "${args[@]}" || return 1
+    restart_if_failed "$work" 240 "${args[@]}"
+    watch_study "$work" $((${CALL_SECONDS:-585} - SECONDS))
 }
 
 watch_study() {  # watch_study WORK SECONDS: a progress line every WATCH_EVERY s (30) until the study exits or

@@ -54,6 +54,8 @@ call 1 (carry $kit/a):
   export SINKLAB_COMMIT=$commit; R=\$PWD; mkdir -p /tmp/clean && tar -xf $kit/a/clean.tar -C /tmp/clean && cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/a && nvidia-smi -L && python3 -m pytest -q -p no:cacheprovider tests/gpu/test_explain_gpu.py
 call 2 at once (carry $kit/b), A = the study's arguments without --work/--out/--corpus:
   export SINKLAB_COMMIT=$commit; R=\$PWD; cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && stash \$R/$kit/b && install_corpus && A="..." && start_study /tmp/gu60 \$A --corpus /tmp/corpus --compile && restart_if_failed /tmp/gu60 240 \$A --corpus /tmp/corpus --compile && watch_study /tmp/gu60 480
+  (runs added to a committed record, with lease_start \$BUDGET in call 1: ... install_corpus && A="..." &&
+  resume_study \$R/benchmarks/results/gu60m-v03-h200 /tmp/gu60 \$A --corpus /tmp/corpus --compile)
 later calls:
   cd /tmp/clean && SRC=/tmp/clean/src source benchmarks/ship.sh && watch_study /tmp/gu60 560
 two studies in one call (the first's watch bounded by the call, then the second started; B = its arguments):

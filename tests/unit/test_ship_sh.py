@@ -195,3 +195,41 @@ def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left
         assert re.fullmatch(rf"fake python3 benchmarks/hybrid_study.py --runs sliding --seeds 2 --resume "
                             rf"--time-limit {limit} --out {second}/hybrid-h200.json\n", log), log  # fmt: skip
         assert "study exited" in done.stdout.split("hybrid time limit")[1]  # the hybrid study watched to its exit
+
+
+@pytest.mark.parametrize("fails_first", [False, True])
+def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_first):
+    """resume_study: the committed runs copied to WORK, the study started with --long-time-limit the lease's seconds
+    left less 330 and watched to its exit. The finished run copied in (3 evaluations) never passes for the new run's
+    second evaluation (the fourteenth lease's restart_if_failed took it for one and stopped looking at once); a start
+    that FAILS is started again with the same arguments."""
+    import os
+    import re
+
+    record, work, out, bin_ = tmp_path / "record", tmp_path / "gu60", tmp_path / "out", tmp_path / "bin"
+    for folder in (record / "softmax-long-s0", out, bin_):
+        folder.mkdir(parents=True)
+    (record / "softmax-long-s0" / "train.json").write_text("{}")
+    (record / "softmax-long-s0" / "history.jsonl").write_text("{}\n{}\n{}\n")
+    # stands in for gu_study.py: FAILED at the first start if asked, else the new run's two evaluations after 6 s
+    (bin_ / "python3").write_text(
+        '#!/bin/sh\necho "fake python3 $*"\nwhile [ $# -gt 0 ]; do [ "$1" = --work ] && w=$2; shift; done\n'
+        f'if [ {int(fails_first)} = 1 ] && [ ! -f "$w"/tried ]; then touch "$w"/tried; echo "s2 FAILED"; exit 1; fi\n'
+        'sleep 6; mkdir -p "$w"/gated-long-s2 && printf "{}\\n{}\\n" > "$w"/gated-long-s2/history.jsonl\n'
+    )
+    (bin_ / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "LEASE_CLOCK": str(tmp_path), "WATCH_EVERY": "1"}
+    script = (f'source "{SHIP_SH}"; OUT="{out}"; lease_start 1800; CALL_SECONDS=20; '
+              f'resume_study "{record}" "{work}" --first gated-long-s2 --compile')  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    launches = re.findall(r"launch \S+: pid \d+: python3 benchmarks/gu_study.py --first gated-long-s2 --compile "
+                          r"--long-time-limit (\d+) ", done.stdout)  # fmt: skip
+    assert len(launches) == 1 + fails_first and len(set(launches)) == 1, done.stdout
+    assert int(launches[0]) in (1470, 1469)
+    assert ("s2 FAILED" in done.stdout) == fails_first
+    written = re.findall(r"second evaluation written: (\S+)", done.stdout)
+    assert written == ([] if fails_first else [f"{work}/gated-long-s2"]), done.stdout
+    assert "study exited" in done.stdout and (work / "softmax-long-s0" / "train.json").exists()
+    with tarfile.open(out / "runs.tgz") as runs:
+        assert {"gated-long-s2/history.jsonl", "softmax-long-s0/train.json"} <= set(runs.getnames())
