@@ -116,15 +116,11 @@ def picked_implementation(decorated) -> tuple:
     wrapper keeps its pick in the closure variable ``implementation`` (and, from 5.25, ``supported_devices``); with the
     ``kernels`` package installed (a dependency from 5.25) the wrapper itself sits in a module whose ``forward`` calls
     it as ``func``."""
-    fn, devices = decorated, None
-    while True:
-        if isinstance(fn, torch.nn.Module):
-            fn = inspect.getclosurevars(type(fn).forward).nonlocals["func"]
-            continue
-        picked = inspect.getclosurevars(fn).nonlocals
-        if "implementation" not in picked:
-            return fn, devices
-        fn, devices = picked["implementation"], picked.get("supported_devices")
+    wrapper = decorated
+    if isinstance(wrapper, torch.nn.Module):
+        wrapper = inspect.getclosurevars(type(wrapper).forward).nonlocals["func"]
+    picked = inspect.getclosurevars(wrapper).nonlocals if inspect.isfunction(wrapper) else {}
+    return picked.get("implementation", wrapper), picked.get("supported_devices")
 
 
 def linear_kernel(architecture: str) -> str | None:
