@@ -46,6 +46,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def model_config(mix: Mix, preset: str, window: int) -> tuple[str, dict]:
     return "olmo3", {**ids, "rope_theta": 10_000.0, "sliding_window": window}
 
 
-def picked_implementation(decorated) -> tuple:
+def picked_implementation(decorated: Callable) -> tuple[Callable, tuple[str, ...] | None]:
     """(function, devices it runs on or None) behind transformers' ``use_kernel_func_from_hub_with_fallback``: the
     wrapper keeps its pick in the closure variable ``implementation`` (and, from 5.25, ``supported_devices``); with the
     ``kernels`` package installed (a dependency from 5.25) the wrapper itself sits in a module whose ``forward`` calls
