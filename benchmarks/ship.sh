@@ -177,8 +177,8 @@ start_hybrid() {  # start_hybrid WORK ARGS...: benchmarks/hybrid_study.py ARGS, 
 
 restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS before the study has written its
     # second evaluation (a broken --compile), stop the study and start it again with ARGS, its --long-time-limit less
-    # the seconds the failed start took (the lease's clock went on); only unfinished runs (no train.json) count, so
-    # the finished runs a resumed study starts with never pass for the new one
+    # the seconds the failed start took (the lease's clock went on; whole seconds, as bash counts); only unfinished
+    # runs (no train.json) count, so the finished runs a resumed study starts with never pass for the new one
     local work=$1 limit=$2 t0=$SECONDS history args arg previous; shift 2
     while [ $((SECONDS - t0)) -lt "$limit" ]; do
         sleep 5
@@ -187,7 +187,7 @@ restart_if_failed() {  # restart_if_failed WORK SECONDS ARGS...: if a run FAILS 
             kill -- -"$(cat "$work"/study.pid)"; sleep 5
             args=() previous=
             for arg in "$@"; do
-                [ "$previous" = --long-time-limit ] && arg=$((arg - SECONDS + t0))
+                [ "$previous" = --long-time-limit ] && arg=$((${arg%.*} - SECONDS + t0))
                 args+=("$arg") previous=$arg
             done
             start_study "$work" "${args[@]}"; return

@@ -198,6 +198,19 @@ def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left
         assert "study exited" in done.stdout.split("hybrid time limit")[1]  # the hybrid study watched to its exit
 
 
+def _fake_gu_study(bin_: Path, fails_first: bool) -> Path:
+    """A python3 on PATH that stands in for gu_study.py: FAILED at the first start if asked, else the new run's two
+    evaluations after 6 s."""
+    bin_.mkdir()
+    (bin_ / "python3").write_text(
+        '#!/bin/sh\necho "fake python3 $*"\nwhile [ $# -gt 0 ]; do [ "$1" = --work ] && w=$2; shift; done\n'
+        f'if [ {int(fails_first)} = 1 ] && [ ! -f "$w"/tried ]; then touch "$w"/tried; echo "s2 FAILED"; exit 1; fi\n'
+        'sleep 6; mkdir -p "$w"/gated-long-s2 && printf "{}\\n{}\\n" > "$w"/gated-long-s2/history.jsonl\n'
+    )
+    (bin_ / "python3").chmod(0o755)
+    return bin_
+
+
 @pytest.mark.parametrize("fails_first", [False, True])
 def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_first):
     """resume_study: the committed runs copied to WORK, the study started with --long-time-limit the lease's seconds
@@ -207,18 +220,12 @@ def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_fir
     import os
     import re
 
-    record, work, out, bin_ = tmp_path / "record", tmp_path / "gu60", tmp_path / "out", tmp_path / "bin"
-    for folder in (record / "softmax-long-s0", out, bin_):
+    record, work, out = tmp_path / "record", tmp_path / "gu60", tmp_path / "out"
+    for folder in (record / "softmax-long-s0", out):
         folder.mkdir(parents=True)
     (record / "softmax-long-s0" / "train.json").write_text("{}")
     (record / "softmax-long-s0" / "history.jsonl").write_text("{}\n{}\n{}\n")
-    # stands in for gu_study.py: FAILED at the first start if asked, else the new run's two evaluations after 6 s
-    (bin_ / "python3").write_text(
-        '#!/bin/sh\necho "fake python3 $*"\nwhile [ $# -gt 0 ]; do [ "$1" = --work ] && w=$2; shift; done\n'
-        f'if [ {int(fails_first)} = 1 ] && [ ! -f "$w"/tried ]; then touch "$w"/tried; echo "s2 FAILED"; exit 1; fi\n'
-        'sleep 6; mkdir -p "$w"/gated-long-s2 && printf "{}\\n{}\\n" > "$w"/gated-long-s2/history.jsonl\n'
-    )
-    (bin_ / "python3").chmod(0o755)
+    bin_ = _fake_gu_study(tmp_path / "bin", fails_first)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "LEASE_CLOCK": str(tmp_path), "WATCH_EVERY": "1"}
     script = (f'source "{SHIP_SH}"; OUT="{out}"; lease_start 1800; CALL_SECONDS=20; '
               f'resume_study "{record}" "{work}" --first gated-long-s2 --compile')  # fmt: skip
@@ -236,3 +243,21 @@ def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_fir
     assert "study exited" in done.stdout and (work / "softmax-long-s0" / "train.json").exists()
     with tarfile.open(out / "runs.tgz") as runs:
         assert {"gated-long-s2/history.jsonl", "softmax-long-s0/train.json"} <= set(runs.getnames())
+
+
+def test_restart_if_failed_shortens_a_limit_given_in_fractional_seconds(tmp_path):
+    """gu_study takes --long-time-limit as a float; the restart counts whole seconds (bash's arithmetic stops the
+    shell at '1250.5'), so a fractional limit restarts with its whole seconds less the failed start's."""
+    import os
+    import re
+
+    work = tmp_path / "gu60"
+    bin_ = _fake_gu_study(tmp_path / "bin", fails_first=True)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
+    script = (f'source "{SHIP_SH}"; start_study "{work}" --first gated-long-s2 --long-time-limit 1250.5; '
+              f'restart_if_failed "{work}" 30 --first gated-long-s2 --long-time-limit 1250.5')  # fmt: skip
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    launches = re.findall(r"launch \S+: pid \d+: python3 benchmarks/gu_study.py --first gated-long-s2 "
+                          r"--long-time-limit (\S+) ", done.stdout)  # fmt: skip
+    assert launches[0] == "1250.5" and 1250 - 15 <= int(launches[1]) <= 1250 - 10, done.stdout
