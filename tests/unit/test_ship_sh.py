@@ -198,9 +198,12 @@ def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left
         assert "study exited" in done.stdout.split("hybrid time limit")[1]  # the hybrid study watched to its exit
 
 
-def _fake_gu_study(bin_: Path, fails_first: bool) -> Path:
-    """A python3 on PATH that stands in for gu_study.py: FAILED at the first start if asked, else the new run's two
-    evaluations after 6 s."""
+def _with_fake_gu_study(tmp_path: Path, fails_first: bool, script: str, **env: str) -> subprocess.CompletedProcess:
+    """bash -c SCRIPT with a python3 on PATH that stands in for gu_study.py: FAILED at the first start if asked, else
+    the new run's two evaluations after 6 s; ENV beside the process's own."""
+    import os
+
+    bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "python3").write_text(
         '#!/bin/sh\necho "fake python3 $*"\nwhile [ $# -gt 0 ]; do [ "$1" = --work ] && w=$2; shift; done\n'
@@ -208,7 +211,9 @@ def _fake_gu_study(bin_: Path, fails_first: bool) -> Path:
         'sleep 6; mkdir -p "$w"/gated-long-s2 && printf "{}\\n{}\\n" > "$w"/gated-long-s2/history.jsonl\n'
     )
     (bin_ / "python3").chmod(0o755)
-    return bin_
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", "-c", f'source "{SHIP_SH}"; {script}'], capture_output=True, text=True, timeout=60,
+                          env=env)  # fmt: skip
 
 
 @pytest.mark.parametrize("fails_first", [False, True])
@@ -217,7 +222,6 @@ def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_fir
     left less 330 and watched to its exit. The finished run copied in (3 evaluations) never passes for the new run's
     second evaluation (the fourteenth lease's restart_if_failed took it for one and stopped looking at once); a start
     that FAILS is started again with the same arguments, its limit less the seconds the failed start took."""
-    import os
     import re
 
     record, work, out = tmp_path / "record", tmp_path / "gu60", tmp_path / "out"
@@ -225,11 +229,9 @@ def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_fir
         folder.mkdir(parents=True)
     (record / "softmax-long-s0" / "train.json").write_text("{}")
     (record / "softmax-long-s0" / "history.jsonl").write_text("{}\n{}\n{}\n")
-    bin_ = _fake_gu_study(tmp_path / "bin", fails_first)
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "LEASE_CLOCK": str(tmp_path), "WATCH_EVERY": "1"}
-    script = (f'source "{SHIP_SH}"; OUT="{out}"; lease_start 1800; CALL_SECONDS=20; '
+    script = (f'OUT="{out}"; lease_start 1800; CALL_SECONDS=20; '
               f'resume_study "{record}" "{work}" --first gated-long-s2 --compile')  # fmt: skip
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    done = _with_fake_gu_study(tmp_path, fails_first, script, LEASE_CLOCK=str(tmp_path), WATCH_EVERY="1")
     assert done.returncode == 0, done.stderr
     launches = re.findall(r"launch \S+: pid \d+: python3 benchmarks/gu_study.py --first gated-long-s2 --compile "
                           r"--long-time-limit (\d+) ", done.stdout)  # fmt: skip
@@ -248,15 +250,12 @@ def test_resume_study_starts_the_study_on_the_committed_runs(tmp_path, fails_fir
 def test_restart_if_failed_shortens_a_limit_given_in_fractional_seconds(tmp_path):
     """gu_study takes --long-time-limit as a float; the restart counts whole seconds (bash's arithmetic stops the
     shell at '1250.5'), so a fractional limit restarts with its whole seconds less the failed start's."""
-    import os
     import re
 
     work = tmp_path / "gu60"
-    bin_ = _fake_gu_study(tmp_path / "bin", fails_first=True)
-    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"}
-    script = (f'source "{SHIP_SH}"; start_study "{work}" --first gated-long-s2 --long-time-limit 1250.5; '
+    script = (f'start_study "{work}" --first gated-long-s2 --long-time-limit 1250.5; '
               f'restart_if_failed "{work}" 30 --first gated-long-s2 --long-time-limit 1250.5')  # fmt: skip
-    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    done = _with_fake_gu_study(tmp_path, True, script)
     assert done.returncode == 0, done.stderr
     launches = re.findall(r"launch \S+: pid \d+: python3 benchmarks/gu_study.py --first gated-long-s2 "
                           r"--long-time-limit (\S+) ", done.stdout)  # fmt: skip
