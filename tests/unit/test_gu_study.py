@@ -311,12 +311,11 @@ LONG = ["--variants", "softmax", "--seeds", "0", "--long-steps", "8000", "--long
 
 VARIANTS_021 = ["--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1"]
 DATA_SIZE = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000"]
-# nine 0.3.0 leases: the baseline's seeds 0-2 (the third's saving the checkpoints), the 1000-step softmax and
-# variants at seeds 0-2, gated's long seeds 0-1 (its seed 2 still missing) and sigmoid's 0-2; then the 10M- and
-# 50M-token subsets beside the baseline's seeds
+# ten 0.3.0 leases: the baseline's seeds 0-2 (the third's saving the checkpoints), the 1000-step softmax and
+# variants at seeds 0-2, gated's and sigmoid's long seeds 0-2; then the 10M- and 50M-token subsets beside the
+# baseline's seeds
 V03 = [*LONG, "--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1", "2", "--long-seeds", "2", "1", "0",
        "--long-variants", "softmax", "gated", "sigmoid"]  # fmt: skip
-V03_MISSING = ["gated-long-s2"]
 DATA_SIZE_V03 = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000",
                  "--long-seeds", "2", "1", "0"]  # fmt: skip
 
@@ -327,7 +326,7 @@ DATA_SIZE_V03 = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", 
         ("gu60m-long-h200", None, LONG, ["softmax-s0"], 8),
         ("gu60m-1000-h200", None, VARIANTS_021, ["softmax-s1"], 0),
         ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, [], 0),
-        ("gu60m-v03-h200", None, V03, V03_MISSING, 8),
+        ("gu60m-v03-h200", None, V03, [], 8),
         ("gu60m-datasize-v03-h200", "gu60m-v03-h200", DATA_SIZE_V03, [], 0),
     ],
 )
@@ -335,7 +334,7 @@ def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, n
     """The gu60m leases at sinklab 0.2.1 (all 100 probe sequences): the 8000-step baseline, the 1000-step variants
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
     full-size point); at 0.3.0 (spread probes) the baseline's seeds 0-2 (the third's saving the checkpoints), the
-    1000-step softmax and variants at seeds 0-2, gated's long seeds 0-1 and sigmoid's 0-2 (nine leases) and the 10M and
+    1000-step softmax and variants at seeds 0-2, gated's and sigmoid's long seeds 0-2 (ten leases) and the 10M and
     50M subsets beside that baseline. Their run records give the committed tables again; each saver's checkpoints were
     rescanned on its machine to exactly its history (0.2.1's seed 0 and 0.3.0's seed 2; the 0.3.0 seeds 0 and 1 lost
     theirs to a shadowed package and a device bug in explain), and the committed rescan and explain records give the
