@@ -18,10 +18,11 @@ is one ``python -m sinklab.cli train`` subprocess writing ``<work>/<run>/train.j
 beside it); up to ``--parallel`` share each of ``--gpus`` GPUs (every visible one by default; a run sees only its
 own), the runs named by ``--first`` and then the slowest variants start first, and a run whose train.json exists is
 skipped, so the study resumes where a stopped one left off (a train.json of another sinklab version is moved aside
-and its run trained again: versions may measure differently). After every finished run the study JSON (``--out``)
-and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded back through
-``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training evaluated (both
-numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
+and its run trained again: versions may measure differently; one of this version that trained another variant,
+preset, seed, step count or subset than its name's run in the plan is refused). After every finished run the study
+JSON (``--out``) and its plot (same name, .png) are rewritten from everything in ``--work``. Checkpoints are loaded
+back through ``sinklab.load`` and scanned with ``sinklab.scan`` on the same held-out sequences the training
+evaluated (both numbers recorded). Prints plain progress lines, a rich table at the end, then ONE JSON line last.
 """
 
 from __future__ import annotations
@@ -156,6 +157,18 @@ def _made_with(work: Path, run: dict) -> str | None:
     """The sinklab version of the run's train.json, or None when it has none."""
     record = _load_run(work, run)
     return None if record is None else record["provenance"].get("sinklab")
+
+
+def _mismatch(run: dict, record: dict, preset: str) -> str | None:
+    """What ``run``'s train.json trained otherwise than the plan has it (variant, preset, seed, steps, unique
+    tokens), or None: a run record stands only for the run it is named for (an 8000-step ``softmax-long-s0`` copied
+    into a 12000-step study would be skipped as if it were that run)."""
+    planned = {"variant": run["variant"], "preset": preset, "seed": run["seed"], "steps": run["steps"],
+               "unique_tokens": run["unique_tokens"]}  # fmt: skip
+    config = record["config"]
+    wrong = [f"{key}={config.get(key)!r} (the plan: {value!r})" for key, value in planned.items()
+             if config.get(key) != value]  # fmt: skip
+    return ", ".join(wrong) or None
 
 
 def _partial_history(work: Path, run: dict) -> list[dict]:
@@ -632,8 +645,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="*", default=["softmax", "gated", "softpick"], help="at the budget "
                         "(none: only the --sizes and long runs)")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--sizes", nargs="+", default=["full"], help="unique training tokens per softmax-s0 run, "
-                        "or 'full' (the whole training split)")  # fmt: skip
+    parser.add_argument("--sizes", nargs="*", default=["full"], help="unique training tokens per softmax-s0 run, "
+                        "or 'full' (the whole training split); none: only the --variants and long runs")  # fmt: skip
     parser.add_argument("--checkpoint-steps", default="", help="comma list; saved by softmax seed 0 at full size "
                         "(the --long-steps run when there is one)")  # fmt: skip
     parser.add_argument("--long-steps", type=int, default=None, help="add long runs of this many steps")
@@ -684,6 +697,15 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or work / "gu-study.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = plan(args)
+    if not runs:
+        parser.error("nothing to train: --variants, --sizes and --long-steps are all empty; accepted: at least one")
+    for run in runs:  # a record of another version is trained again below; one of this version must be this run
+        record = _load_run(work, run)
+        same_version = record is not None and record["provenance"].get("sinklab") == sinklab.__version__
+        wrong = same_version and _mismatch(run, record, args.preset)
+        if wrong:
+            parser.error(f"--work {work}: {run['name']}/train.json trained {wrong}; accepted: a --work whose run "
+                         "records are the plan's runs, or one without them")  # fmt: skip
     names = [run["name"] for run in runs]
     unknown = [name for name in args.first if name not in names]
     if unknown:

@@ -88,6 +88,12 @@ def test_long_baseline_runs_first_and_takes_the_checkpoints(study):
     two = study.plan(_args(long_steps=24000, long_seeds=[0, 1], variants=["softmax"], seeds=[0], sizes=["full"]))
     assert [r["name"] for r in two] == ["softmax-long-s0", "softmax-long-s1", "softmax-s0"]
     assert [r["name"] for r in two if r["checkpoints"]] == ["softmax-long-s0"]
+    # the long runs alone (no --variants, no --sizes): the 12000-step baseline, its 2.8 epochs allowed
+    longer = study.plan(_args(long_steps=12000, long_seeds=[0, 1, 2], variants=[], sizes=[], max_epochs=3.0,
+                              checkpoint_steps=""))  # fmt: skip
+    assert [r["name"] for r in longer] == ["softmax-long-s0", "softmax-long-s1", "softmax-long-s2"]
+    assert all("--steps 12000" in " ".join(r["command"]) and "--max-epochs 3" in " ".join(r["command"])
+               for r in longer) and not any(r["checkpoints"] for r in longer)  # fmt: skip
 
 
 def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys):
@@ -151,6 +157,33 @@ def test_smoke_study_runs_resumes_and_checks_checkpoints(study, tmp_path, capsys
     assert later["checkpoints"] == saved["checkpoints"]
     (work / "softmax-s0" / "rescan-step-4.json").unlink()
     assert [c["scan"] is None for c in study.main([*argv, "--aggregate-only"])["checkpoints"]] == [False, True]
+
+
+def test_a_run_record_of_another_plan_is_refused_not_skipped(study, tmp_path, capsys):
+    """An 8000-step softmax-long-s0 in the --work of a 12000-step study is not that study's run: refused with what
+    differs (exit 2), before anything trains or the record is rebuilt from it; an empty plan is refused too."""
+    work, out = tmp_path / "work", tmp_path / "s.json"
+    shutil.copytree(BENCHMARKS / "results" / "gu60m-v03-h200" / "softmax-long-s0", work / "softmax-long-s0")
+
+    def argv(steps: str) -> list[str]:
+        return ["--preset", "gu60m", "--bos", "never", "--min-lr-ratio", "1", "--metric-windows", "documents",
+                "--steps", "1000", "--variants", "--sizes", "--long-steps", steps, "--long-eval-every", "250",
+                "--long-seeds", "0", "--work", str(work), "--out", str(out)]  # fmt: skip
+
+    for extra in (["--finish-by", "0"], ["--aggregate-only"]):
+        with pytest.raises(SystemExit) as stopped:
+            study.main([*argv("12000"), *extra])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.endswith(
+            f"--work {work}: softmax-long-s0/train.json trained steps=8000 (the plan: 12000); "
+            "accepted: a --work whose run records are the plan's runs, or one without them"
+        )
+        assert not out.exists()
+    assert study.main([*argv("8000"), "--aggregate-only"])["missing"] == []  # the plan it was trained for
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["--variants", "--sizes", "--work", str(work), "--aggregate-only"])
+    assert stopped.value.code == 2 and "nothing to train" in capsys.readouterr().err
 
 
 def test_finish_by_leaves_the_queue_for_a_later_call(study, tmp_path, capsys):
