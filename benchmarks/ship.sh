@@ -18,9 +18,12 @@
 #   source benchmarks/ship.sh; watch_then_hybrid FIRST WORK ARGS     every call after the one starting FIRST
 #   source benchmarks/ship.sh; resume_study RECORD WORK ARGS         call 2 of a lease adding runs to a committed
 #                                                    gu_study record; later calls: watch_study WORK S
+#   source benchmarks/ship.sh; keep_triton_cache / restore_triton_cache   the last call's Triton cache to $OUT; a
+#                                                    later lease carries it (stash) and unpacks it before its runs
 # Everything lands under /tmp, which stays while the machine is warm (30 s after a call).
 SHIP=/tmp/ship
 export PYTHONPATH=/tmp/site:${SRC:-src} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 SINKLAB_CACHE=/tmp/cache
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/triton-cache}  # where keep_triton_cache finds it
 
 stash() {
     mkdir -p "$SHIP" && cp -r "$1"/. "$SHIP"/ && ls -l "$SHIP" | tail -n +2
@@ -136,6 +139,17 @@ then_hybrid() {  # then_hybrid FIRST WORK ARGS...: the same with start_hybrid (a
 # -- the lease's clock: device seconds are counted from the machine's start, about 90 s before call 1 runs ------------
 LEASE_CLOCK=${LEASE_CLOCK:-/tmp}
 
+keep_triton_cache() {  # keep_triton_cache: Triton's cache (compiled kernels, and fla 0.6's autotune results, which
+    # it writes there by default: FLA_CACHE_RESULTS=1) to $OUT/triton-cache.tgz for a later lease to carry; a fresh
+    # machine's first Gated DeltaNet run spent 170 s compiling and autotuning before its step 62 (sixteenth lease)
+    [ -d "$TRITON_CACHE_DIR" ] || { echo "keep_triton_cache: no $TRITON_CACHE_DIR" >&2; return 1; }
+    tar czf "$OUT"/.triton-cache.tgz -C "$TRITON_CACHE_DIR" . && mv "$OUT"/.triton-cache.tgz "$OUT"/triton-cache.tgz
+    echo "keep_triton_cache: $(du -sh "$TRITON_CACHE_DIR" | cut -f1) in $(du -h "$OUT"/triton-cache.tgz | cut -f1)"
+}
+restore_triton_cache() {  # restore_triton_cache: the triton-cache.tgz a call stashed, unpacked where Triton looks
+    mkdir -p "$TRITON_CACHE_DIR" && tar xzf "$SHIP"/triton-cache.tgz -C "$TRITON_CACHE_DIR" \
+        && echo "restore_triton_cache: $(find "$TRITON_CACHE_DIR" -type f | wc -l) files in $TRITON_CACHE_DIR"
+}
 lease_start() {  # lease_start BUDGET: in call 1, the time and BUDGET (budget_left_s as call 1 was sent)
     date +%s > "$LEASE_CLOCK"/lease_t0 && echo "$1" > "$LEASE_CLOCK"/lease_budget
 }

@@ -76,6 +76,9 @@ call $((last + 3)) (carry $kit/t$last), A = hybrid_study.py's arguments without 
   (fla's kernel against the torch reference, tests/gpu/test_fla_gated_delta.py, passed there in the tenth lease and
   costs 221 s of Triton JIT: add it before start_hybrid when fla or Triton changes; a resumed study also needs
   its record first: mkdir -p /tmp/hyb && cp \$R/benchmarks/results/hybrid-h200.json /tmp/hyb/ and --resume in A)
+  (the last call can end with keep_triton_cache: the compiled kernels and fla's autotune results come back in
+  triton-cache.tgz; copied into $kit/c by hand, a later lease carries them in one more call, stash \$R/$kit/c &&
+  restore_triton_cache before start_hybrid (what that saves of the first run's compile is not measured yet))
 CMD
 fi
 echo "each call's timeout_s: its watch_study seconds + 15 at least (the final copy), within budget_left_s"

@@ -260,3 +260,34 @@ def test_restart_if_failed_shortens_a_limit_given_in_fractional_seconds(tmp_path
     launches = re.findall(r"launch \S+: pid \d+: python3 benchmarks/gu_study.py --first gated-long-s2 "
                           r"--long-time-limit (\S+) ", done.stdout)  # fmt: skip
     assert launches[0] == "1250.5" and 1250 - 15 <= int(launches[1]) <= 1250 - 10, done.stdout
+
+
+def test_the_triton_cache_goes_out_whole_and_comes_back_where_triton_looks(tmp_path):
+    """keep_triton_cache packs TRITON_CACHE_DIR into $OUT/triton-cache.tgz (what the last call brings back);
+    restore_triton_cache unpacks a stashed one into an empty TRITON_CACHE_DIR on the next machine, file for file."""
+    import os
+
+    cache, out, ship = tmp_path / "cache", tmp_path / "out", tmp_path / "ship"
+    (cache / "AbC123").mkdir(parents=True)
+    (cache / "AbC123" / "kernel.cubin").write_bytes(bytes(range(256)))
+    (cache / "AbC123" / "chunk_fwd.autotune.json").write_text('{"configs_timings": [[{"BT": 64}, [0.1]]]}')
+    out.mkdir()
+    env = {**os.environ, "TRITON_CACHE_DIR": str(cache)}
+    keep = subprocess.run(["bash", "-c", f'source "{SHIP_SH}"; OUT="{out}"; keep_triton_cache'],
+                          capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert keep.returncode == 0, keep.stderr
+    assert "keep_triton_cache:" in keep.stdout and sorted(p.name for p in out.iterdir()) == ["triton-cache.tgz"]
+    ship.mkdir()
+    shutil.copy(out / "triton-cache.tgz", ship)
+    fresh = tmp_path / "fresh"
+    env["TRITON_CACHE_DIR"] = str(fresh)
+    script = f'source "{SHIP_SH}"; SHIP="{ship}"; restore_triton_cache'
+    restore = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+    assert restore.returncode == 0, restore.stderr
+    assert "2 files" in restore.stdout
+    assert (fresh / "AbC123" / "kernel.cubin").read_bytes() == bytes(range(256))
+    assert (fresh / "AbC123" / "chunk_fwd.autotune.json").read_text().startswith('{"configs_timings"')
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "none")
+    missing = subprocess.run(["bash", "-c", f'source "{SHIP_SH}"; OUT="{out}"; keep_triton_cache'],
+                             capture_output=True, text=True, timeout=30, env=env)  # fmt: skip
+    assert missing.returncode == 1 and "no " in missing.stderr
