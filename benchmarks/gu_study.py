@@ -700,9 +700,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not runs:
         parser.error("nothing to train: --variants, --sizes and --long-steps are all empty; accepted: at least one")
     for run in runs:  # a record of another version is trained again below; one of this version must be this run
-        record = _load_run(work, run)
-        same_version = record is not None and record["provenance"].get("sinklab") == sinklab.__version__
-        wrong = same_version and _mismatch(run, record, args.preset)
+        wrong = _made_with(work, run) == sinklab.__version__ and _mismatch(run, _load_run(work, run), args.preset)
         if wrong:
             parser.error(f"--work {work}: {run['name']}/train.json trained {wrong}; accepted: a --work whose run "
                          "records are the plan's runs, or one without them")  # fmt: skip
