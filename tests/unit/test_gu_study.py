@@ -351,6 +351,9 @@ V03 = [*LONG, "--variants", "softmax", "gated", "sigmoid", "--seeds", "0", "1", 
        "--long-variants", "softmax", "gated", "sigmoid"]  # fmt: skip
 DATA_SIZE_V03 = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", "--sizes", "10000000", "50000000",
                  "--long-seeds", "2", "1", "0"]  # fmt: skip
+# the baseline's 12,000-step group (2.8 epochs, no checkpoints), seed 0 first: long runs only
+TWELVE_K = ["--variants", "--sizes", "--long-steps", "12000", "--long-eval-every", "250", "--long-seeds", "0", "1", "2",
+            "--max-epochs", "3", "--long-time-limit", "1471"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -361,6 +364,7 @@ DATA_SIZE_V03 = [*LONG, "--steps", "4000", "--eval-every", "250", "--variants", 
         ("gu60m-datasize-h200", "gu60m-long-h200", DATA_SIZE, [], 0),
         ("gu60m-v03-h200", None, V03, [], 8),
         ("gu60m-datasize-v03-h200", "gu60m-v03-h200", DATA_SIZE_V03, [], 0),
+        ("gu60m-12k-v03-h200", None, TWELVE_K, ["softmax-long-s1", "softmax-long-s2"], 0),
     ],
 )
 def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, name, beside, argv, missing, rescans):
@@ -368,10 +372,10 @@ def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, n
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
     full-size point); at 0.3.0 (spread probes) the baseline's seeds 0-2 (the third's saving the checkpoints), the
     1000-step softmax and variants at seeds 0-2, gated's and sigmoid's long seeds 0-2 (ten leases) and the 10M and
-    50M subsets beside that baseline. Their run records give the committed tables again; each saver's checkpoints were
-    rescanned on its machine to exactly its history (0.2.1's seed 0 and 0.3.0's seed 2; the 0.3.0 seeds 0 and 1 lost
-    theirs to a shadowed package and a device bug in explain), and the committed rescan and explain records give the
-    record's checkpoints again."""
+    50M subsets beside that baseline, and the baseline's 12,000-step group (seed 0 so far). Their run records give
+    the committed tables again; each saver's checkpoints were rescanned on its machine to exactly its history
+    (0.2.1's seed 0 and 0.3.0's seed 2; the 0.3.0 seeds 0 and 1 lost theirs to a shadowed package and a device bug in
+    explain), and the committed rescan and explain records give the record's checkpoints again."""
     results = BENCHMARKS / "results"
     work = tmp_path / "work"
     shutil.copytree(results / name, work)
