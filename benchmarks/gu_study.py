@@ -466,11 +466,15 @@ def plot(record: dict, path: Path) -> None:
     params = baseline[0] / 1e6 if baseline else float("nan")
     fig.suptitle(
         f"sinklab Gu-regime study: {record['plan']['preset']} preset (softmax: {params:.1f}M parameters), "
-        f"{record['plan']['steps']} steps"
-        + (f", long run {record['plan']['long_steps']} steps" if record["plan"].get("long_steps") else "")
-        + f", {record['hardware']}"
+        f"{_budgets(record['plan'])}, {record['hardware']}"
     )
     fig.savefig(path, dpi=110)
+
+
+def _budgets(plan: dict) -> str:
+    """The plan's step budgets in words: the short runs' (variants and data-size subsets) only where it has some."""
+    short = [f"{plan['steps']} steps"] if plan["variants"] or plan["sizes"] else []
+    return ", ".join(short + ([f"long run {plan['long_steps']} steps"] if plan.get("long_steps") else []))
 
 
 def _emergence_order(fig, ax, curves: list[dict]) -> None:
@@ -540,7 +544,7 @@ def _write(record: dict, out: Path) -> None:
 
 
 def _table(record: dict) -> Table:
-    table = Table(title=f"sinklab Gu-regime study ({record['plan']['steps']} steps)")
+    table = Table(title=f"sinklab Gu-regime study ({_budgets(record['plan'])})")
     cols = ("run", "seed", "unique tok", "epochs", "val loss", "Sink_1", "max |x|", "kurtosis", "emerge 5/10 %",
             "ppl", "ppl W8A8/t", "tok/s", "wall s")  # fmt: skip
     for col in cols:

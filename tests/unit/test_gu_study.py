@@ -400,6 +400,23 @@ def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, n
     assert sum(c.get("explain") is not None for c in committed["checkpoints"]) == (8 if name == "gu60m-v03-h200" else 0)
 
 
+@pytest.mark.parametrize(
+    ("name", "budgets"),
+    [
+        ("gu60m-12k-v03-h200", "long run 12000 steps"),
+        ("gu60m-v03-h200", "1000 steps, long run 8000 steps"),
+        ("gu60m-datasize-v03-h200", "4000 steps, long run 8000 steps"),
+        ("gu60m-1000-h200", "1000 steps"),
+    ],
+)
+def test_the_titles_name_only_the_step_budgets_the_plan_trains(study, name, budgets):
+    """A study of long runs alone (no --variants, no --sizes) has no short runs: its figure and table name only the
+    long runs' steps, not the --steps no run used."""
+    record = json.loads((BENCHMARKS / "results" / f"{name}.json").read_text())
+    assert study._budgets(record["plan"]) == budgets
+    assert study._table(record).title == f"sinklab Gu-regime study ({budgets})"
+
+
 def test_the_full_size_data_point_comes_from_the_long_constant_lr_run(study, tmp_path):
     """--sizes without 'full' beside a long constant-lr baseline: the full-size point is that run's evaluation at the
     budget's step (the same schedule and data order as a run of that many steps), named as such; a cosine long run
