@@ -372,8 +372,8 @@ def test_the_h200_leases_runs_rebuild_their_committed_studies(study, tmp_path, n
     (seeds 0 and 1, two leases) and the data-size subsets trained beside the baseline (its step-4000 row is the
     full-size point); at 0.3.0 (spread probes) the baseline's seeds 0-2 (the third's saving the checkpoints), the
     1000-step softmax and variants at seeds 0-2, gated's and sigmoid's long seeds 0-2 (ten leases) and the 10M and
-    50M subsets beside that baseline, and the baseline's 12,000-step group (seeds 0 and 1 so far). Their run records give
-    the committed tables again; each saver's checkpoints were rescanned on its machine to exactly its history
+    50M subsets beside that baseline, and the baseline's 12,000-step group (seeds 0 and 1 so far). Their run records
+    give the committed tables again; each saver's checkpoints were rescanned on its machine to exactly its history
     (0.2.1's seed 0 and 0.3.0's seed 2; the 0.3.0 seeds 0 and 1 lost theirs to a shadowed package and a device bug in
     explain), and the committed rescan and explain records give the record's checkpoints again."""
     results = BENCHMARKS / "results"
