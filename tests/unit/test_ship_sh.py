@@ -1,5 +1,6 @@
 """benchmarks/ship.sh's background studies on the device: launched in their own session, watched, copied to $OUT."""
 
+import os
 import shutil
 import subprocess
 import tarfile
@@ -67,7 +68,6 @@ def test_a_hybrid_study_started_in_its_own_session_comes_back_through_the_watch(
     """The device path of the hybrid study on the CPU: start_hybrid launches hybrid_study.py in its own session (pid in
     WORK/study.pid), watch_study polls it to its end and copies its record and plot to $OUT."""
     import json
-    import os
     import sys
 
     work, out = tmp_path / "hyb", tmp_path / "out"
@@ -90,8 +90,6 @@ def test_a_hybrid_study_started_in_its_own_session_comes_back_through_the_watch(
 def test_then_study_starts_the_second_study_only_once_the_first_has_exited(tmp_path):
     """Two studies in one call (the ninth lease: the 50M subset, then sigmoid-long-s0): while the first runs nothing
     starts and $OUT is left alone; once it has exited its copies move to $OUT/<first>/ and the second is launched."""
-    import os
-
     first, second, out, bin_ = tmp_path / "ds", tmp_path / "gu60", tmp_path / "out", tmp_path / "bin"
     for folder in (first, out, bin_):
         folder.mkdir()
@@ -128,8 +126,6 @@ def test_then_study_starts_the_second_study_only_once_the_first_has_exited(tmp_p
 
 def test_then_hybrid_starts_the_hybrid_study_once_the_first_has_exited(tmp_path):
     """then_hybrid: a hybrid study after a gu_study one in the same call, the first's copies set aside the same way."""
-    import os
-
     first, second, out, bin_ = tmp_path / "gu60", tmp_path / "hyb", tmp_path / "out", tmp_path / "bin"
     for folder in (first, out, bin_):
         folder.mkdir()
@@ -154,8 +150,6 @@ def test_then_hybrid_starts_the_hybrid_study_once_the_first_has_exited(tmp_path)
 def test_lease_left_counts_down_from_the_budget_call_1_wrote(tmp_path):
     """lease_start in call 1 writes the time and budget_left_s; lease_left M is that budget less M and the seconds
     since (the fourteenth lease's limits, each from one function)."""
-    import os
-
     env = {**os.environ, "LEASE_CLOCK": str(tmp_path)}
     script = f'source "{SHIP_SH}"; lease_start 1800; lease_left 240'
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
@@ -171,7 +165,6 @@ def test_lease_left_counts_down_from_the_budget_call_1_wrote(tmp_path):
 def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left(tmp_path, budget, started):
     """watch_then_hybrid after a gu_study that has exited: the hybrid study starts with --time-limit the lease's
     seconds left less 240 and is watched until it exits; with 150 s or less to give it, nothing starts."""
-    import os
     import re
 
     first, second, out, bin_ = tmp_path / "gu60", tmp_path / "hyb", tmp_path / "out", tmp_path / "bin"
@@ -201,8 +194,6 @@ def test_watch_then_hybrid_starts_the_hybrid_study_with_the_lease_s_seconds_left
 def _with_fake_gu_study(tmp_path: Path, fails_first: bool, script: str, **env: str) -> subprocess.CompletedProcess:
     """bash -c SCRIPT with a python3 on PATH that stands in for gu_study.py: FAILED at the first start if asked, else
     the new run's two evaluations after 6 s; ENV beside the process's own."""
-    import os
-
     bin_ = tmp_path / "bin"
     bin_.mkdir()
     (bin_ / "python3").write_text(
@@ -265,8 +256,6 @@ def test_restart_if_failed_shortens_a_limit_given_in_fractional_seconds(tmp_path
 def test_the_triton_cache_goes_out_whole_and_comes_back_where_triton_looks(tmp_path):
     """keep_triton_cache packs TRITON_CACHE_DIR into $OUT/triton-cache.tgz (what the last call brings back);
     restore_triton_cache unpacks a stashed one into an empty TRITON_CACHE_DIR on the next machine, file for file."""
-    import os
-
     cache, out, ship = tmp_path / "cache", tmp_path / "out", tmp_path / "ship"
     (cache / "AbC123").mkdir(parents=True)
     (cache / "AbC123" / "kernel.cubin").write_bytes(bytes(range(256)))
